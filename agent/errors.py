@@ -23,6 +23,7 @@ Library code raises; only ``agent.cli.main`` prints and exits. The tree::
     │   ├── VaultIntegrityError         any MAC / AEAD / signature failure: deliberately opaque
     │   ├── VaultFormatError            structural problem, quotes what is wrong
     │   ├── VaultRollback               older than the generation this agent has seen
+    │   ├── VaultUntrusted              not the vault this agent pinned (or none pinned yet)
     │   ├── VaultNotFound (7)
     │   └── VaultPermissions            readable by other users
     ├── ChainError (8)                  decode / sign failures in a chain module
@@ -131,6 +132,10 @@ class VaultFormatError(VaultError):
 
 
 class VaultRollback(VaultError):
+    pass
+
+
+class VaultUntrusted(VaultError):
     pass
 
 

@@ -1,0 +1,121 @@
+"""Finding tokens: by the spec an operator typed at enrolment, and by credential at unlock.
+
+Token specs (the CLI's scripting contract): ``sim:NAME`` (a simulated token kept under
+``$KMS_AGENT_HOME/sim``), ``fido2`` / ``fido2:ID`` (a FIDO2 authenticator over USB HID or a PC/SC
+reader; ID is a substring of its path, serial or product name) and ``piv`` / ``piv:SERIAL``.
+
+At unlock we never ask "which token is this?": for each enrolled slot we look for a token that
+*holds* its credential (FIDO2 ``up=false`` pre-flight, PIV serial), so several tokens plugged in at
+once, or a token in another port, just work (research §4 items 2-4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.errors import TokenNotFound, UsageError, WrongToken
+from agent.tokens.base import Token
+
+logger = logging.getLogger(__name__)
+
+SIM_PREFIX = "sim:"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind[:arg]``; kind is ``sim``, ``fido2`` or ``piv``."""
+    kind, _, arg = spec.partition(":")
+    if kind not in ("sim", "fido2", "piv"):
+        raise UsageError(f"unknown token {spec!r}: use sim:NAME, fido2[:ID] or piv[:SERIAL]")
+    if kind == "sim" and not arg:
+        raise UsageError("a simulated token needs a name: sim:NAME")
+    return kind, arg
+
+
+def _sim_fido2(home: Path, name: str) -> Token:
+    from agent.tokens.fido2_token import Fido2Token
+    from agent.tokens.sim import open_sim_hid_device
+
+    return Fido2Token(open_sim_hid_device(home, name), SIM_PREFIX + name, simulated=True)
+
+
+def _real_fido2_devices() -> Iterator[tuple[str, Any]]:
+    """Every FIDO2 device the OS lets us open: USB HID first, then PC/SC readers (NFC/CCID)."""
+    try:
+        from fido2.hid import CtapHidDevice
+
+        for dev in CtapHidDevice.list_devices():
+            desc = dev.descriptor
+            ident = desc.serial_number or str(desc.path)
+            yield f"fido2:{desc.product_name or 'authenticator'}#{ident}", dev
+    except Exception as exc:  # no hidraw access is common; doctor explains it
+        logger.debug("HID enumeration failed: %s", type(exc).__name__)
+    try:
+        from fido2.pcsc import CtapPcscDevice
+
+        for pcsc_dev in CtapPcscDevice.list_devices():
+            yield f"fido2:{pcsc_dev}", pcsc_dev
+    except Exception as exc:
+        logger.debug("PC/SC enumeration failed: %s", type(exc).__name__)
+
+
+def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
+    """Open the token an operator named, for enrolment."""
+    from agent.tokens.fido2_token import Fido2Token
+
+    token_kind, arg = parse_spec(spec)
+    if token_kind == "piv" or (token_kind == "sim" and kind == "piv"):
+        from agent.tokens.piv_token import open_piv_token  # type: ignore[import-not-found,unused-ignore]
+
+        token: Token = open_piv_token(spec, home)
+        return token
+    if token_kind == "sim":
+        from agent.tokens.sim import create_sim_token
+
+        create_sim_token(home, arg)
+        return _sim_fido2(home, arg)
+    matches = [(label, dev) for label, dev in _real_fido2_devices() if not arg or arg in label]
+    if not matches:
+        raise TokenNotFound(
+            f"no FIDO2 token matching {spec!r} is plugged in",
+            hint="check the USB connection and permissions: `kms-agent doctor`",
+        )
+    if len(matches) > 1:
+        raise UsageError(f"{len(matches)} FIDO2 tokens match {spec!r}: name one, e.g. {matches[0][0]}")
+    label, dev = matches[0]
+    return Fido2Token(dev, label)
+
+
+def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
+    """Return an opened token holding ``slot``'s credential, or None when none is plugged in."""
+    label = str(slot["label"])
+    if slot["kind"] == "piv-p256":
+        from agent.tokens.piv_token import find_piv_token  # type: ignore[import-not-found,unused-ignore]
+
+        found: Token | None = find_piv_token(slot["public"], home)
+        return found
+    if label.startswith(SIM_PREFIX):
+        from agent.tokens.sim import sim_token_exists
+
+        name = label[len(SIM_PREFIX):]
+        if not sim_token_exists(home, name):
+            return None
+        try:
+            token = _sim_fido2(home, name)
+        except TokenNotFound:
+            return None  # unplugged
+        if token.holds(slot["public"]):
+            return token
+        token.close()
+        raise WrongToken(f"{label} is plugged in but does not hold its enrolled credential (reset or replaced?)")
+    from agent.tokens.fido2_token import Fido2Token
+
+    for found_label, dev in _real_fido2_devices():
+        token = Fido2Token(dev, found_label)
+        if token.holds(slot["public"]):
+            token.label = label
+            return token
+        token.close()
+    return None

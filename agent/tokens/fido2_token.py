@@ -1,0 +1,229 @@
+"""FIDO2 hmac-secret keyslots over python-fido2's raw ``Ctap2`` + ``ClientPin`` (research §2.3).
+
+Why raw CTAP2 and not ``Fido2Client``: the approval must sign our own 32-byte digest as the
+clientDataHash (WebAuthn would wrap it in clientDataJSON), and one getAssertion must yield both
+that signature and the hmac-secret output. Any ``CtapDevice`` works underneath: ``CtapHidDevice``
+(USB), ``CtapPcscDevice`` (NFC/CCID readers) or the simulator served as a CTAPHID connection.
+
+Slot rules (research §5.4): user verification always (the KEK comes from the *UV* hmac secret, so a
+stolen token without its PIN yields only the useless non-UV secret), credProtect=2 so the no-PIN
+``up=false`` pre-flight can find the token holding a credential, non-resident credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, cast
+
+from fido2 import cbor
+from fido2.cose import CoseKey
+from fido2.ctap import CtapDevice, CtapError
+from fido2.ctap2 import AssertionResponse, Ctap2
+from fido2.ctap2.extensions import HmacSecretExtension
+from fido2.ctap2.pin import ClientPin
+from fido2.hid import STATUS
+from fido2.webauthn import (
+    AuthenticatorData,
+    PublicKeyCredentialDescriptor,
+    PublicKeyCredentialRequestOptions,
+    PublicKeyCredentialType,
+)
+
+from agent.errors import PinInvalid, PinRequired, TokenError, TokenUnsupported
+from agent.tokens.base import Approval, Enrolment, Prompts, Token, Unwrapped
+from agent.tokens.fido2_errors import map_token_errors
+
+logger = logging.getLogger(__name__)
+
+KIND = "fido2-hmac"
+CRED_PROTECT_OPTIONAL_WITH_LIST = 2
+ES256 = -7
+_ENROL_DOMAIN = b"kms-agent/v1/enrol\0"
+
+
+class Fido2Token(Token):
+    """One FIDO2 authenticator behind any python-fido2 ``CtapDevice``."""
+
+    kind = KIND
+
+    def __init__(self, device: CtapDevice, label: str, *, simulated: bool = False,
+                 cancel: threading.Event | None = None) -> None:
+        self.device = device
+        self.label = label
+        self.simulated = simulated
+        self.cancel = cancel or threading.Event()
+        with map_token_errors(label):
+            self.ctap = Ctap2(device)
+        self.info = self.ctap.info
+
+    def close(self) -> None:
+        self.device.close()
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _keepalive(self, prompts: Prompts) -> Any:
+        announced = False
+
+        def on_keepalive(status: int) -> None:
+            nonlocal announced
+            if status == STATUS.UPNEEDED and not announced:
+                announced = True
+                prompts.touch(self.label)
+
+        return on_keepalive
+
+    def _pin_token(self, client_pin: ClientPin, prompts: Prompts, permissions: ClientPin.PERMISSION,
+                   rp_id: str) -> bytes:
+        if not self.info.options.get("clientPin"):
+            raise PinRequired(f"{self.label} has no PIN set; kms-agent requires one",
+                              hint="set one, e.g. `ykman fido access change-pin`")
+        with map_token_errors(self.label):
+            retries = client_pin.get_pin_retries()[0]
+        pin = prompts.pin(self.label, retries)
+        try:
+            # python-fido2 takes the PIN as str; this is the one unavoidable immutable copy.
+            with map_token_errors(self.label):
+                return client_pin.get_pin_token(pin.decode(), permissions, rp_id)
+        except PinInvalid:
+            with map_token_errors(self.label):
+                left = client_pin.get_pin_retries()[0]
+            raise PinInvalid(f"wrong PIN for {self.label}: {left} {'try' if left == 1 else 'tries'} left",
+                             attempts_remaining=left,
+                             hint="the token blocks its PIN at 0; a blocked FIDO2 PIN needs a reset") from None
+        except UnicodeDecodeError:
+            raise PinInvalid("the PIN must be UTF-8 text") from None
+        finally:
+            pin[:] = bytes(len(pin))
+
+    def _hmac_assertion(self, slot: Mapping[str, Any], client_pin: ClientPin, pin_token: bytes,
+                        digest: bytes, prompts: Prompts) -> tuple[bytearray, AssertionResponse]:
+        rp_id = slot["rp_id"]
+        descriptor = PublicKeyCredentialDescriptor(type=PublicKeyCredentialType.PUBLIC_KEY, id=slot["cred_id"])
+        options = PublicKeyCredentialRequestOptions(
+            challenge=digest, rp_id=rp_id, allow_credentials=[descriptor],
+            extensions={"hmacGetSecret": {"salt1": slot["salt"]}},
+        )
+        protocol = client_pin.protocol
+        with map_token_errors(self.label):
+            processor = HmacSecretExtension(allow_hmac_secret=True).get_assertion(self.ctap, options, protocol)
+            if processor is None:
+                raise TokenUnsupported(f"{self.label} does not offer hmac-secret")
+            response = self.ctap.get_assertion(
+                rp_id, digest, [{"type": "public-key", "id": slot["cred_id"]}],
+                extensions=processor.prepare_inputs(descriptor, pin_token),
+                pin_uv_param=protocol.authenticate(pin_token, digest), pin_uv_protocol=protocol.VERSION,
+                event=self.cancel, on_keepalive=self._keepalive(prompts),
+            )
+            outputs = processor.prepare_outputs(response, pin_token) or {}
+        secret = outputs.get("hmacGetSecret")
+        if secret is None or len(secret.output1) != 32:
+            raise TokenError(f"{self.label} returned no hmac-secret output")
+        return bytearray(secret.output1), response
+
+    # --- Token contract -----------------------------------------------------------------------
+    def enrol(self, *, rp_id: str, user_id: bytes, user_name: str, salt: bytes, prompts: Prompts) -> Enrolment:
+        if HmacSecretExtension.NAME not in self.info.extensions:
+            raise TokenUnsupported(f"{self.label} does not support the hmac-secret extension")
+        if "credProtect" not in self.info.extensions:
+            raise TokenUnsupported(f"{self.label} does not support credProtect (CTAP 2.1)")
+        client_pin = ClientPin(self.ctap)
+        perms = ClientPin.PERMISSION.MAKE_CREDENTIAL | ClientPin.PERMISSION.GET_ASSERTION
+        pin_token = self._pin_token(client_pin, prompts, perms, rp_id)
+        cdh = _sha256(_ENROL_DOMAIN + user_id)
+        protocol = client_pin.protocol
+        logger.info("Creating a credential on %s", self.label)
+        with map_token_errors(self.label):
+            att = self.ctap.make_credential(
+                cdh, {"id": rp_id, "name": "kms-agent"}, {"id": user_id, "name": user_name, "displayName": user_name},
+                [{"type": "public-key", "alg": ES256}],
+                extensions={"hmac-secret": True, "credProtect": CRED_PROTECT_OPTIONAL_WITH_LIST},
+                options={"rk": False},
+                pin_uv_param=protocol.authenticate(pin_token, cdh), pin_uv_protocol=protocol.VERSION,
+                event=self.cancel, on_keepalive=self._keepalive(prompts),
+            )
+        auth_data = att.auth_data
+        cred = auth_data.credential_data
+        if cred is None or not (auth_data.extensions or {}).get("hmac-secret"):
+            raise TokenUnsupported(f"{self.label} did not enable hmac-secret on the new credential")
+        _verify_attestation(att.fmt, att.att_stmt, auth_data, cdh, self.label)
+        slot_public: dict[str, Any] = {
+            "rp_id": rp_id,
+            "cred_id": bytes(cred.credential_id),
+            "cose_key": cbor.encode(dict(cred.public_key)),
+            "aaguid": bytes(cred.aaguid),
+            "att_fmt": att.fmt,
+            "att_stmt": cbor.encode(att.att_stmt),
+            "salt": salt,
+            "kdf_salt": salt,
+            "uv": True,
+            "cred_protect": CRED_PROTECT_OPTIONAL_WITH_LIST,
+            "sign_count": auth_data.counter,
+        }
+        # A second touch: the hmac output only comes from getAssertion (before CTAP 2.2's hmac-secret-mc).
+        ikm, _ = self._hmac_assertion(slot_public, client_pin, pin_token, cdh, prompts)
+        return Enrolment(KIND, self.label, slot_public, ikm, simulated=self.simulated)
+
+    def holds(self, slot_public: Mapping[str, Any]) -> bool:
+        """``up=false`` pre-flight (systemd's trick): no PIN, no touch, answers only for our credential."""
+        try:
+            self.ctap.get_assertion(slot_public["rp_id"], bytes(32),
+                                    [{"type": "public-key", "id": slot_public["cred_id"]}],
+                                    options={"up": False})
+        except CtapError as exc:
+            if exc.code == CtapError.ERR.NO_CREDENTIALS:
+                return False
+            with map_token_errors(self.label):
+                raise
+        except Exception:
+            with map_token_errors(self.label):
+                raise
+        return True
+
+    def unwrap(self, slot_public: Mapping[str, Any], *, digest: bytes, prompts: Prompts) -> Unwrapped:
+        if len(digest) != 32:
+            raise ValueError("digest must be 32 bytes")
+        client_pin = ClientPin(self.ctap)
+        pin_token = self._pin_token(client_pin, prompts, ClientPin.PERMISSION.GET_ASSERTION, slot_public["rp_id"])
+        ikm, response = self._hmac_assertion(slot_public, client_pin, pin_token, digest, prompts)
+        approval = verify_assertion(slot_public, digest, bytes(response.auth_data), response.signature, self.label)
+        return Unwrapped(ikm, approval)
+
+
+def verify_assertion(slot_public: Mapping[str, Any], digest: bytes, auth_data: bytes, signature: bytes,
+                     label: str) -> Approval:
+    """Check a getAssertion over ``digest`` against the enrolled key; usable offline by auditors."""
+    data = AuthenticatorData(auth_data)
+    key = CoseKey.parse(cast(Mapping[int, Any], cbor.decode(slot_public["cose_key"])))
+    try:
+        key.verify(auth_data + digest, signature)
+    except Exception:
+        raise TokenError(f"{label} returned an assertion that does not verify against its enrolled key") from None
+    if data.rp_id_hash != _sha256(slot_public["rp_id"].encode()):
+        raise TokenError(f"{label} signed for another relying party")
+    up = bool(data.flags & AuthenticatorData.FLAG.UP)
+    uv = bool(data.flags & AuthenticatorData.FLAG.UV)
+    if not (up and uv):
+        raise TokenError(f"{label} did not confirm both touch and PIN for this operation")
+    return Approval(KIND, auth_data, signature, data.counter, up, uv)
+
+
+def _verify_attestation(fmt: str, att_stmt: Mapping[str, Any], auth_data: AuthenticatorData, cdh: bytes,
+                        label: str) -> None:
+    """Check the attestation statement is self-consistent (trust in its root is policy: see docs)."""
+    from fido2.attestation import Attestation, UnsupportedType
+
+    attestation = Attestation.for_type(fmt)()
+    if isinstance(attestation, UnsupportedType):
+        logger.warning("%s uses attestation format %s, which kms-agent cannot check", label, fmt)
+        return
+    try:
+        attestation.verify(att_stmt, auth_data, cdh)
+    except Exception:
+        raise TokenError(f"{label} returned an attestation that does not verify") from None
+
+
+def _sha256(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,132 @@
+"""Exact shape of the v1 header and body maps (docs/wallet-format.md §3).
+
+A tiny declarative checker instead of a schema library: the header is small, its rules are exact
+(types *and* byte lengths), and the error must quote the path of the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.errors import VaultFormatError
+
+Spec = Any  # a type, a (bytes, length) pair, a dict spec, or a [spec] list spec
+
+
+class _Optional:
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+
+def optional(spec: Spec) -> _Optional:
+    return _Optional(spec)
+
+
+ANY_MAP = dict  # free-form map (backend-specific slot fields); checked by the backend
+
+SLOT: dict[str, Spec] = {
+    "slot_id": (bytes, 16),
+    "operator_id": (bytes, 16),
+    "kind": str,
+    "label": str,
+    "simulated": bool,
+    "enrolled_at": int,
+    "public": ANY_MAP,
+    "kdf_salt": bytes,
+    "nonce": (bytes, 12),
+    "wrapped": bytes,
+}
+
+OPERATOR: dict[str, Spec] = {"operator_id": (bytes, 16), "name": str}
+
+WALLET: dict[str, Spec] = {
+    "signatureId": str,
+    "type": str,
+    "chain": str,
+    "testnet": bool,
+    "created_at": int,
+    "xpub": optional(str),
+    "address": optional(str),
+}
+
+RECOVERY: dict[str, Spec] = {
+    "kind": str,
+    "threshold": int,
+    "shares": int,
+    "nonce": (bytes, 12),
+    "wrapped": bytes,
+}
+
+HEADER: dict[str, Spec] = {
+    "vault_id": (bytes, 16),
+    "generation": int,
+    "created_at": int,
+    "updated_at": int,
+    "rp_id": str,
+    "quorum": int,
+    "operators": [OPERATOR],
+    "slots": [SLOT],
+    "recovery": RECOVERY,
+    "signing_key": (bytes, 32),
+    "body_nonce": (bytes, 12),
+    "simulated": bool,
+    "wallets": [WALLET],
+}
+
+BODY: dict[str, Spec] = {
+    "shares": dict,
+    "entries": dict,
+}
+
+
+def _check(value: Any, spec: Spec, path: str) -> None:
+    if isinstance(spec, _Optional):
+        if value is not None:
+            _check(value, spec.spec, path)
+        return
+    if isinstance(spec, tuple):
+        kind, length = spec
+        if not isinstance(value, kind) or len(value) != length:
+            raise VaultFormatError(f"header field {path} must be {length} bytes")
+        return
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise VaultFormatError(f"header field {path} must be a list")
+        for i, item in enumerate(value):
+            _check(item, spec[0], f"{path}[{i}]")
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise VaultFormatError(f"header field {path} must be a map")
+        unknown = set(value) - set(spec)
+        if unknown:
+            raise VaultFormatError(f"header field {path} has unknown keys {sorted(map(str, unknown))}")
+        for key, sub in spec.items():
+            if key not in value:
+                if isinstance(sub, _Optional):
+                    continue
+                raise VaultFormatError(f"header field {path}.{key} is missing")
+            _check(value[key], sub, f"{path}.{key}")
+        return
+    # bool is an int subclass: keep them apart so `true` never passes as a count.
+    if spec is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise VaultFormatError(f"header field {path} must be an unsigned integer")
+    if not isinstance(value, spec):
+        raise VaultFormatError(f"header field {path} must be {spec.__name__}")
+
+
+def check_header(header: Any) -> None:
+    _check(header, HEADER, "header")
+    n = len(header["operators"])
+    if not 1 <= header["quorum"] <= n:
+        raise VaultFormatError(f"header quorum {header['quorum']} is impossible with {n} operators")
+    ids = {op["operator_id"] for op in header["operators"]}
+    if len(ids) != n:
+        raise VaultFormatError("header lists an operator twice")
+    for slot in header["slots"]:
+        if slot["operator_id"] not in ids:
+            raise VaultFormatError(f"header slot {slot['label']!r} belongs to no operator")
+
+
+def check_body(body: Any) -> None:
+    _check(body, BODY, "body")

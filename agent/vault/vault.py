@@ -1,0 +1,405 @@
+"""The vault's few public verbs: create, load (no token), unlock (quorum of touches), recover, save.
+
+Reading what a vault *is* (operators, tokens, wallets and their xpubs) needs no token: the header is
+signed by a key the agent pinned at init. Anything that reads or changes secrets needs the data key,
+which exists only after ``quorum`` distinct operators each touched one of their own tokens (or the
+recovery officers combined their words), and is wiped by :meth:`UnlockedVault.close`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import (
+    KmsAgentError,
+    QuorumNotMet,
+    TokenNotFound,
+    UsageError,
+    VaultIntegrityError,
+)
+from agent.tokens.base import Approval, Prompts, Token
+from agent.vault import format as fmt
+from agent.vault import keyslots, quorum
+from agent.vault import primitives as p
+from agent.vault.pin import VaultPin, check_pin, load_pin, save_pin
+from agent.vault.sealed import VaultKeys, check_file_signature, open_body, open_entry, seal_entry, seal_file
+from agent.vault.store import atomic_write, read_private
+
+#: Given a slot, return an opened token that holds its credential, or None if none is plugged in.
+TokenFinder = Callable[[Mapping[str, Any]], Token | None]
+
+DEFAULT_RP_ID = "kms-agent.local"
+WALLET_TYPES = ("MNEMONIC", "PRIVATE_KEY")
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One operator's touch during an unlock: who, with which token, and the signed evidence."""
+
+    operator: str
+    token_label: str
+    approval: Approval
+
+
+def unlock_digest(vault_id: bytes, generation: int) -> bytes:
+    """What a token signs when it unwraps for an unlock (approvals sign the transaction digest)."""
+    return p.sha256(p.DOMAIN + b"unlock\0" + vault_id + generation.to_bytes(8, "big"))
+
+
+class PublicVault:
+    """A wallet.dat read and checked without any token: signature and pin only."""
+
+    def __init__(self, path: Path, pin_path: Path, vf: fmt.VaultFile) -> None:
+        self.path = path
+        self.pin_path = pin_path
+        self.file = vf
+
+    @classmethod
+    def load(cls, path: Path, pin_path: Path, *, require_pin: bool = True) -> PublicVault:
+        vf = fmt.parse(read_private(path))
+        check_file_signature(vf)
+        if require_pin:
+            h = vf.header
+            check_pin(load_pin(pin_path), vault_id=h["vault_id"], signing_key=h["signing_key"],
+                      generation=h["generation"], header_mac=vf.header_mac)
+        return cls(path, pin_path, vf)
+
+    # --- public facts -------------------------------------------------------------------------
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.file.header
+
+    @property
+    def fingerprint(self) -> str:
+        return p.fingerprint(self.header["signing_key"])
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.header["simulated"])
+
+    def operator_name(self, operator_id: bytes) -> str:
+        for op in self.header["operators"]:
+            if op["operator_id"] == operator_id:
+                return str(op["name"])
+        raise VaultIntegrityError()
+
+    def wallet(self, signature_id: str) -> dict[str, Any]:
+        for w in self.header["wallets"]:
+            if w["signatureId"] == signature_id:
+                return dict[str, Any](w)
+        raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+
+    def trust(self) -> VaultPin:
+        """Pin this vault (after an operator compared the fingerprint printed at init)."""
+        pin = VaultPin(self.header["vault_id"], self.header["signing_key"], self.header["generation"],
+                       self.file.header_mac)
+        save_pin(self.pin_path, pin)
+        return pin
+
+    # --- opening ------------------------------------------------------------------------------
+    def unlock(self, finder: TokenFinder, prompts: Prompts, *, operators: Sequence[str] | None = None,
+               digest: bytes | None = None) -> UnlockedVault:
+        """Collect one share from each of ``quorum`` distinct operators, then open the body.
+
+        :param operators: names to ask, in order (default: every operator, in enrolment order).
+        :raises QuorumNotMet: fewer distinct operators had a token present.
+        :raises TokenError: a token refused (wrong PIN, no touch, removed): nothing is changed.
+        """
+        h = self.header
+        need = h["quorum"]
+        by_name = {op["name"]: op for op in h["operators"]}
+        names = list(operators) if operators else [op["name"] for op in h["operators"]]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise UsageError(f"no operator named {', '.join(unknown)} in this vault (see `kms-agent operator list`)")
+        digest = digest or unlock_digest(h["vault_id"], h["generation"])
+        shares: dict[bytes, bytearray] = {}
+        touches: list[Touch] = []
+        absent: list[str] = []
+        try:
+            for name in dict.fromkeys(names):
+                if len(shares) >= need:
+                    break
+                op_id = by_name[name]["operator_id"]
+                got = self._unwrap_operator(op_id, finder, prompts, digest)
+                if got is None:
+                    absent.append(name)
+                    continue
+                shares[op_id], touch = got
+                touches.append(touch)
+            if len(shares) < need:
+                touched = ", ".join(t.operator for t in touches) or "nobody"
+                raise QuorumNotMet(
+                    f"{need} distinct operators must touch a token; got {len(shares)} ({touched})"
+                    + (f"; no token present for {', '.join(absent)}" if absent else ""),
+                    hint="plug in the tokens of more operators, or name them with --operator",
+                )
+            dek = quorum.combine([bytes(s).decode() for s in shares.values()], need)
+        finally:
+            p.wipe(*shares.values())
+        return UnlockedVault.open(self, dek, touches)
+
+    def _unwrap_operator(self, op_id: bytes, finder: TokenFinder, prompts: Prompts,
+                         digest: bytes) -> tuple[bytearray, Touch] | None:
+        for slot in self.header["slots"]:
+            if slot["operator_id"] != op_id:
+                continue
+            token = finder(slot)
+            if token is None:
+                continue
+            with token:
+                unwrapped = token.unwrap(slot["public"], digest=digest, prompts=prompts)
+            try:
+                share = keyslots.unwrap_share(slot, unwrapped.ikm, self.header["vault_id"])
+            finally:
+                p.wipe(unwrapped.ikm)
+            return share, Touch(self.operator_name(op_id), slot["label"], unwrapped.approval)
+        return None
+
+    def recover(self, shares: Sequence[str]) -> UnlockedVault:
+        """Open with the recovery officers' SLIP-39 words instead of tokens (bypasses the quorum)."""
+        rec = self.header["recovery"]
+        secret = quorum.combine(shares, rec["threshold"])
+        try:
+            dek = keyslots.unwrap_recovery(rec, secret, self.header["vault_id"])
+        finally:
+            p.wipe(secret)
+        return UnlockedVault.open(self, dek, [])
+
+
+@dataclass
+class UnlockedVault:
+    """A vault with its data key in memory. Use as a context manager so the key is always wiped."""
+
+    path: Path
+    pin_path: Path
+    header: dict[str, Any]
+    body: dict[str, Any]
+    keys: VaultKeys
+    touches: list[Touch] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, public: PublicVault, dek: bytearray, touches: list[Touch]) -> UnlockedVault:
+        keys = VaultKeys(dek, public.header["vault_id"])
+        try:
+            body = open_body(public.file, keys)
+        except KmsAgentError:
+            keys.wipe()
+            raise
+        return cls(public.path, public.pin_path, dict(public.header), body, keys, touches)
+
+    def __enter__(self) -> UnlockedVault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.keys.wipe()
+        self.body = {}
+
+    # --- operators and tokens -------------------------------------------------------------------
+    def operator_id(self, name: str) -> bytes:
+        for op in self.header["operators"]:
+            if op["name"] == name:
+                return bytes(op["operator_id"])
+        raise UsageError(f"no operator named {name!r} in this vault")
+
+    def enrol_token(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> dict[str, Any]:
+        """Add ``token`` as another token of ``operator``: it wraps that operator's own share."""
+        op_id = self.operator_id(operator)
+        if any(s["label"] == token.label for s in self.header["slots"]):
+            raise UsageError(f"token {token.label} is already enrolled in this vault")
+        share = bytearray(self.body["shares"][op_id.hex()].encode())
+        try:
+            slot = _enrol_slot(self.header, op_id, operator, token, share, prompts, now=now)
+        finally:
+            p.wipe(share)
+        self.header["slots"] = [*self.header["slots"], slot]
+        self.header["simulated"] = any(s["simulated"] for s in self.header["slots"])
+        return slot
+
+    def remove_token(self, label: str) -> dict[str, Any]:
+        slots = self.header["slots"]
+        match = [s for s in slots if s["label"] == label]
+        if not match:
+            raise TokenNotFound(f"no token {label} is enrolled in this vault")
+        slot: dict[str, Any] = match[0]
+        left = [s for s in slots if s["operator_id"] == slot["operator_id"] and s is not slot]
+        if not left:
+            raise UsageError(
+                f"{label} is the last token of operator {_name(self.header, slot['operator_id'])}; "
+                "enrol another token first, or that operator's share is lost",
+            )
+        self.header["slots"] = [s for s in slots if s is not slot]
+        self.header["simulated"] = any(s["simulated"] for s in self.header["slots"])
+        return slot
+
+    # --- wallets ------------------------------------------------------------------------------
+    def add_wallet(self, *, wallet_type: str, chain: str, testnet: bool, secret: bytearray,
+                   xpub: str | None = None, address: str | None = None, signature_id: str | None = None,
+                   now: int | None = None) -> dict[str, Any]:
+        """Store one secret (mnemonic or private key, UTF-8) and its public index entry."""
+        if wallet_type not in WALLET_TYPES:
+            raise UsageError(f"unknown wallet type {wallet_type!r}")
+        sig_id = signature_id or str(uuid.uuid4())
+        if sig_id in self.body["entries"]:
+            raise UsageError(f"a wallet {sig_id} already exists")
+        plaintext = bytearray(wallet_type.encode() + b"\0") + secret
+        try:
+            self.body["entries"][sig_id] = seal_entry(self.keys, sig_id, plaintext)
+        finally:
+            p.wipe(plaintext)
+        entry: dict[str, Any] = {"signatureId": sig_id, "type": wallet_type, "chain": chain, "testnet": testnet,
+                                 "created_at": int(now if now is not None else time.time())}
+        if xpub is not None:
+            entry["xpub"] = xpub
+        if address is not None:
+            entry["address"] = address
+        self.header["wallets"] = [*self.header["wallets"], entry]
+        return entry
+
+    def remove_wallet(self, signature_id: str) -> None:
+        if signature_id not in self.body["entries"]:
+            raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+        del self.body["entries"][signature_id]
+        self.header["wallets"] = [w for w in self.header["wallets"] if w["signatureId"] != signature_id]
+
+    def read_secret(self, signature_id: str) -> tuple[str, bytearray]:
+        """Decrypt exactly one wallet's secret; the caller wipes the returned bytearray."""
+        blob = self.body["entries"].get(signature_id)
+        if blob is None:
+            raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+        plaintext = open_entry(self.keys, signature_id, blob)
+        sep = plaintext.index(0)
+        wallet_type = bytes(plaintext[:sep]).decode()
+        secret = plaintext[sep + 1 :]
+        p.wipe(plaintext)
+        return wallet_type, secret
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, *, now: int | None = None) -> None:
+        """Write generation + 1 atomically and move the pin forward with it."""
+        self.header["generation"] += 1
+        self.header["updated_at"] = int(now if now is not None else time.time())
+        self.header["body_nonce"] = p.random_bytes(p.NONCE_LEN)
+        data = seal_file(self.header, self.body, self.keys)
+        atomic_write(self.path, data)
+        vf = fmt.parse(data)
+        save_pin(self.pin_path, VaultPin(self.header["vault_id"], self.keys.signing_public,
+                                         self.header["generation"], vf.header_mac))
+
+    @property
+    def fingerprint(self) -> str:
+        return p.fingerprint(self.keys.signing_public)
+
+
+def _name(header: Mapping[str, Any], operator_id: bytes) -> str:
+    return next(str(op["name"]) for op in header["operators"] if op["operator_id"] == operator_id)
+
+
+def _enrol_slot(header: Mapping[str, Any], operator_id: bytes, operator: str, token: Token, share: bytearray,
+                prompts: Prompts, *, now: int | None) -> dict[str, Any]:
+    slot_id = p.random_bytes(16)
+    enrolment = token.enrol(rp_id=header["rp_id"], user_id=slot_id, user_name=operator,
+                            salt=p.random_bytes(32), prompts=prompts)
+    try:
+        kind = enrolment.kind
+        kdf_salt = bytes(enrolment.slot_public["kdf_salt"])
+        nonce, wrapped = keyslots.wrap_share(share, enrolment.ikm, kind=kind, kdf_salt=kdf_salt,
+                                             vault_id=header["vault_id"], slot_id=slot_id, operator_id=operator_id)
+    finally:
+        p.wipe(enrolment.ikm)
+    return {
+        "slot_id": slot_id,
+        "operator_id": operator_id,
+        "kind": kind,
+        "label": enrolment.token_label,
+        "simulated": enrolment.simulated,
+        "enrolled_at": int(now if now is not None else time.time()),
+        "public": enrolment.slot_public,
+        "kdf_salt": kdf_salt,
+        "nonce": nonce,
+        "wrapped": wrapped,
+    }
+
+
+@dataclass
+class PendingVault:
+    """A new vault built in memory: shown recovery words must be test-recovered before it is written."""
+
+    vault: UnlockedVault
+    recovery_shares: list[str]
+
+    def check_recovery(self, shares: Sequence[str]) -> None:
+        """Prove the given words rebuild this vault's data key (init refuses to finish otherwise)."""
+        rec = self.vault.header["recovery"]
+        secret = quorum.combine(shares, rec["threshold"])
+        try:
+            dek = keyslots.unwrap_recovery(rec, secret, self.vault.header["vault_id"])
+        finally:
+            p.wipe(secret)
+        ok = p.sha256(bytes(dek)) == p.sha256(bytes(self.vault.keys.dek))
+        p.wipe(dek)
+        if not ok:
+            raise VaultIntegrityError("the recovery words do not open this vault")
+
+    def commit(self, *, now: int | None = None) -> UnlockedVault:
+        if self.vault.path.exists():
+            raise UsageError(f"{self.vault.path} already exists; refusing to overwrite a vault")
+        self.vault.header["generation"] = 0  # save() makes it 1
+        self.vault.save(now=now)
+        return self.vault
+
+
+def create_vault(path: Path, pin_path: Path, operators: Sequence[tuple[str, Token]], quorum_size: int,
+                 prompts: Prompts, *, recovery_threshold: int = 2, recovery_shares: int = 3,
+                 rp_id: str = DEFAULT_RP_ID, now: int | None = None) -> PendingVault:
+    """Enrol each operator's first token, split the data key k-of-n across operators, add recovery."""
+    names = [name for name, _ in operators]
+    if len(set(names)) != len(names):
+        raise UsageError("each operator needs a distinct name")
+    labels = [tok.label for _, tok in operators]
+    if len(set(labels)) != len(labels):
+        raise UsageError("one token cannot serve two operators: that would defeat the 4-eye principle")
+    if not 1 <= quorum_size <= len(operators):
+        raise UsageError(f"quorum must be between 1 and the number of operators ({len(operators)})")
+    if path.exists():
+        raise UsageError(f"{path} already exists; refusing to overwrite a vault")
+    ts = int(now if now is not None else time.time())
+    vault_id = p.random_bytes(16)
+    dek = bytearray(p.random_bytes(32))
+    recovery_secret = bytearray(p.random_bytes(32))
+    try:
+        op_shares = quorum.split(dek, quorum_size, len(operators))
+        recovery_words = quorum.split(recovery_secret, recovery_threshold, recovery_shares, for_people=True)
+        rec_nonce, rec_wrapped = keyslots.wrap_recovery(dek, recovery_secret, vault_id)
+    finally:
+        p.wipe(recovery_secret)
+    keys = VaultKeys(dek, vault_id)
+    ops: list[dict[str, Any]] = [{"operator_id": p.random_bytes(16), "name": name} for name in names]
+    header: dict[str, Any] = {
+        "vault_id": vault_id, "generation": 0, "created_at": ts, "updated_at": ts, "rp_id": rp_id,
+        "quorum": quorum_size, "operators": ops, "slots": [],
+        "recovery": {"kind": keyslots.RECOVERY_KIND, "threshold": recovery_threshold,
+                     "shares": recovery_shares, "nonce": rec_nonce, "wrapped": rec_wrapped},
+        "signing_key": keys.signing_public, "body_nonce": p.random_bytes(p.NONCE_LEN),
+        "simulated": False, "wallets": [],
+    }
+    shares = {bytes(op["operator_id"]).hex(): share for op, share in zip(ops, op_shares, strict=True)}
+    body: dict[str, Any] = {"shares": shares, "entries": {}}
+    vault = UnlockedVault(path, pin_path, header, body, keys)
+    try:
+        for (name, token), share in zip(operators, op_shares, strict=True):
+            with token:
+                vault.enrol_token(name, token, prompts, now=ts)
+            del share
+    except BaseException:
+        vault.close()
+        raise
+    return PendingVault(vault, recovery_words)
