@@ -26,8 +26,10 @@ app = typer.Typer(
 def _register() -> None:
     from agent.cli import (
         demo_cmd,
+        doctor_cmd,
         init_cmd,
         operator_cmd,
+        recovery_cmd,
         sim_cmd,
         status_cmd,
         token_cmd,
@@ -40,11 +42,13 @@ def _register() -> None:
     status_cmd.register(app)
     unlock_cmd.register(app)
     demo_cmd.register(app)
+    doctor_cmd.register(app)
     app.add_typer(token_cmd.app, name="token")
     app.add_typer(operator_cmd.app, name="operator")
     app.add_typer(vault_cmd.app, name="vault")
     app.add_typer(wallet_cmd.app, name="wallet")
     app.add_typer(sim_cmd.app, name="sim")
+    app.add_typer(recovery_cmd.app, name="recovery")
 
 
 _register()

@@ -73,14 +73,17 @@ class Fido2Token(Token):
 
         return on_keepalive
 
-    def _pin_token(self, client_pin: ClientPin, prompts: Prompts, permissions: ClientPin.PERMISSION,
-                   rp_id: str) -> bytes:
+    def _read_pin(self, client_pin: ClientPin, prompts: Prompts) -> bytearray:
         if not self.info.options.get("clientPin"):
             raise PinRequired(f"{self.label} has no PIN set; kms-agent requires one",
                               hint="set one, e.g. `ykman fido access change-pin`")
         with map_token_errors(self.label):
             retries = client_pin.get_pin_retries()[0]
-        pin = prompts.pin(self.label, retries)
+        return prompts.pin(self.label, retries)
+
+    def _pin_token(self, client_pin: ClientPin, pin: bytearray, permissions: ClientPin.PERMISSION,
+                   rp_id: str) -> bytes:
+        """A fresh pinUvAuthToken: CTAP 2.1 clears its permissions after each touch-requiring use."""
         try:
             # python-fido2 takes the PIN as str; this is the one unavoidable immutable copy.
             with map_token_errors(self.label):
@@ -93,8 +96,6 @@ class Fido2Token(Token):
                              hint="the token blocks its PIN at 0; a blocked FIDO2 PIN needs a reset") from None
         except UnicodeDecodeError:
             raise PinInvalid("the PIN must be UTF-8 text") from None
-        finally:
-            pin[:] = bytes(len(pin))
 
     def _hmac_assertion(self, slot: Mapping[str, Any], client_pin: ClientPin, pin_token: bytes,
                         digest: bytes, prompts: Prompts) -> tuple[bytearray, AssertionResponse]:
@@ -128,8 +129,16 @@ class Fido2Token(Token):
         if "credProtect" not in self.info.extensions:
             raise TokenUnsupported(f"{self.label} does not support credProtect (CTAP 2.1)")
         client_pin = ClientPin(self.ctap)
-        perms = ClientPin.PERMISSION.MAKE_CREDENTIAL | ClientPin.PERMISSION.GET_ASSERTION
-        pin_token = self._pin_token(client_pin, prompts, perms, rp_id)
+        pin = self._read_pin(client_pin, prompts)
+        try:
+            return self._enrol_with_pin(client_pin, pin, rp_id=rp_id, user_id=user_id, user_name=user_name,
+                                        salt=salt, prompts=prompts)
+        finally:
+            pin[:] = bytes(len(pin))
+
+    def _enrol_with_pin(self, client_pin: ClientPin, pin: bytearray, *, rp_id: str, user_id: bytes, user_name: str,
+                        salt: bytes, prompts: Prompts) -> Enrolment:
+        pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.MAKE_CREDENTIAL, rp_id)
         cdh = _sha256(_ENROL_DOMAIN + user_id)
         protocol = client_pin.protocol
         logger.info("Creating a credential on %s", self.label)
@@ -161,6 +170,7 @@ class Fido2Token(Token):
             "sign_count": auth_data.counter,
         }
         # A second touch: the hmac output only comes from getAssertion (before CTAP 2.2's hmac-secret-mc).
+        pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.GET_ASSERTION, rp_id)
         ikm, _ = self._hmac_assertion(slot_public, client_pin, pin_token, cdh, prompts)
         return Enrolment(KIND, self.label, slot_public, ikm, simulated=self.simulated)
 
@@ -184,7 +194,11 @@ class Fido2Token(Token):
         if len(digest) != 32:
             raise ValueError("digest must be 32 bytes")
         client_pin = ClientPin(self.ctap)
-        pin_token = self._pin_token(client_pin, prompts, ClientPin.PERMISSION.GET_ASSERTION, slot_public["rp_id"])
+        pin = self._read_pin(client_pin, prompts)
+        try:
+            pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.GET_ASSERTION, slot_public["rp_id"])
+        finally:
+            pin[:] = bytes(len(pin))
         ikm, response = self._hmac_assertion(slot_public, client_pin, pin_token, digest, prompts)
         approval = verify_assertion(slot_public, digest, bytes(response.auth_data), response.signature, self.label)
         return Unwrapped(ikm, approval)

@@ -1,0 +1,67 @@
+"""``kms-agent recovery ...``: prove the recovery words work, and use them when tokens are lost."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.errors import UsageError
+
+app = typer.Typer(help="recovery words: test them, or use them to replace lost tokens", no_args_is_help=True)
+Json = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _read_shares() -> list[str]:
+    """Shares from stdin (one per line, blank lines between shares allowed) or hidden prompts."""
+    if sys.stdin.isatty():
+        shares: list[str] = []
+        while True:
+            line = typer.prompt(f"recovery share {len(shares) + 1} (empty line to finish)", default="",
+                                hide_input=True, show_default=False)
+            if not line.strip():
+                break
+            shares.append(line.strip())
+    else:
+        shares = [line.strip() for line in sys.stdin.read().splitlines()
+                  if line.strip() and not line.startswith("recovery share")]
+    if not shares:
+        raise UsageError("no recovery shares given")
+    return shares
+
+
+@app.command("verify")
+def verify(as_json: Json = False) -> None:
+    """check that the recovery shares on stdin open the vault; changes nothing"""
+    from agent.cli.session import load_public
+
+    vault = load_public(Paths.resolve())
+    with vault.recover(_read_shares()) as opened:
+        wallets = len(opened.header["wallets"])
+    emit({"ok": True, "wallets": wallets}, as_json, f"OK: the recovery shares open this vault ({wallets} wallets).")
+
+
+@app.command("enrol-token")
+def enrol_token(
+    token: Annotated[str, typer.Argument(help="the replacement token: sim:NAME, fido2[:ID] or piv[:SERIAL]")],
+    operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
+    kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
+    as_json: Json = False,
+) -> None:
+    """when tokens are lost: open the vault with recovery shares (stdin) and enrol a replacement token"""
+    from agent.cli.session import load_public
+    from agent.tokens.discovery import open_token
+
+    paths = Paths.resolve()
+    vault = load_public(paths)
+    shares = _read_shares()
+    err("Opening the vault with recovery shares (this bypasses the operator quorum; it is logged).")
+    with vault.recover(shares) as opened:
+        new = open_token(token, paths.home, kind=kind)
+        with new:
+            slot = opened.enrol_token(operator, new, CliPrompts(paths))
+        opened.save()
+    emit({"label": slot["label"], "operator": operator, "via": "recovery"}, as_json,
+         f"Enrolled {slot['label']} for {operator} using the recovery shares.")

@@ -1,0 +1,86 @@
+"""Shared fixtures: a private data directory, simulated tokens, and the CLI as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class AutoPrompts:
+    """Answers PIN prompts for simulated tokens and records touch notices, as an operator would."""
+
+    home: Path
+    pins: dict[str, str] = field(default_factory=dict)
+    touched: list[str] = field(default_factory=list)
+    asked: list[tuple[str, int | None]] = field(default_factory=list)
+
+    def touch(self, token_label: str) -> None:
+        self.touched.append(token_label)
+
+    def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
+        from agent.tokens.sim import sim_pin
+
+        self.asked.append((token_label, attempts_remaining))
+        if token_label in self.pins:
+            return bytearray(self.pins[token_label].encode())
+        return bytearray(sim_pin(self.home, token_label.removeprefix("sim:")).encode())
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "kms"
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv("KMS_AGENT_HOME", str(path))
+    monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "auto")
+    return path
+
+
+@pytest.fixture
+def prompts(home: Path) -> AutoPrompts:
+    return AutoPrompts(home)
+
+
+@dataclass
+class Cli:
+    home: Path
+    env: dict[str, str]
+
+    def __call__(self, *args: str, input: bytes | None = None, touch: str | None = "auto",
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, "KMS_AGENT_HOME": str(self.home)}
+        if touch is None:
+            env.pop("KMS_AGENT_SIM_TOUCH", None)
+        else:
+            env["KMS_AGENT_SIM_TOUCH"] = touch
+        proc = subprocess.run([sys.executable, "-m", "agent", *args], input=input if input is not None else b"",
+                              capture_output=True, env=env, timeout=timeout, cwd=REPO)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    def json(self, *args: str, input: bytes | None = None, touch: str | None = "auto") -> dict:  # type: ignore[type-arg]
+        import json
+
+        proc = self(*args, "--json", input=input, touch=touch)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def cli(home: Path) -> Cli:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_AGENT_")}
+    return Cli(home, env)
+
+
+def init_args(operators: Sequence[str] = ("alice", "bob", "carol"), quorum: int = 2) -> list[str]:
+    args = ["init"]
+    for name in operators:
+        args += ["--operator", f"{name}=sim:{name}"]
+    return [*args, "--quorum", str(quorum)]
