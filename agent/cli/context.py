@@ -78,8 +78,10 @@ class CliPrompts:
         err(f"Touch {token_label} now...")
 
     def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
-        if token_label.startswith("sim:") and os.environ.get(SIM_TOUCH_ENV) == "auto" and not self.pin_stdin:
-            # Simulator convenience for demos and tests (scripting contract): never for real tokens.
+        if token_label.startswith("sim:") and os.environ.get(SIM_TOUCH_ENV, "ask") != "ask" and not self.pin_stdin:
+            # Simulator convenience for demos and tests (scripting contract): when their touch is
+            # automated (auto, deny, timeout, remove), simulated tokens also answer their own PIN
+            # prompt. Never for real tokens.
             from agent.tokens.sim import sim_pin
 
             return bytearray(sim_pin(self.paths.home, token_label[4:]).encode())

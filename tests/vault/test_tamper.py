@@ -108,13 +108,17 @@ def test_rolled_back_file_is_refused(vault, prompts: AutoPrompts) -> None:  # ty
 
 
 def test_forked_file_at_same_generation_is_refused(vault, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
-    pin_before = vault.pin.read_bytes()
+    pin_before, file_before = vault.pin.read_bytes(), vault.vault.read_bytes()
     with unlock(vault, prompts, operators=["bob", "carol"]) as v:
         v.save()
     fork = vault.vault.read_bytes()
+    # Another copy of the same starting file is changed elsewhere and reaches this agent first...
     vault.pin.write_bytes(pin_before)
+    vault.vault.write_bytes(file_before)
     with unlock(vault, prompts, operators=["alice", "carol"]) as v:
         v.save()
+    # ...then the first branch, at the same generation, turns up.
+    assert fmt.split(fork)[0] != fmt.split(vault.vault.read_bytes())[0]
     vault.vault.write_bytes(fork)
     with pytest.raises(VaultRollback, match="forked"):
         load(vault)
