@@ -75,7 +75,7 @@ def main() -> None:
             print(f"  filling: {i}/{n}", file=sys.stderr)
     vault.save()
     fill_s = time.perf_counter() - t
-    sig_id = vault.header["wallets"][n // 2]["signatureId"]
+    sig_id = vault.header["wallets"][n // 2][0]
     size_mib = paths.vault.stat().st_size / 2**20
     print(f"vault: {n} wallets, {size_mib:.1f} MiB, filled in {fill_s:.1f} s")
 

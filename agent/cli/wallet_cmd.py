@@ -133,7 +133,7 @@ def list_wallets(as_json: Json = False) -> None:
     """list wallets from the public index (no token needed)"""
     from agent.cli.session import load_public
 
-    wallets = load_public(Paths.resolve()).header["wallets"]
+    wallets = load_public(Paths.resolve()).wallets()
     if as_json:
         emit({"wallets": wallets}, True)
         return

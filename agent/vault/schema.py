@@ -10,16 +10,7 @@ from typing import Any
 
 from agent.errors import VaultFormatError
 
-Spec = Any  # a type, a (bytes, length) pair, a dict spec, or a [spec] list spec
-
-
-class _Optional:
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
-
-
-def optional(spec: Spec) -> _Optional:
-    return _Optional(spec)
+Spec = Any  # a type, a (bytes, length) pair, a dict spec, a [spec] list spec, or the wallet rows
 
 
 ANY_MAP = dict  # free-form map (backend-specific slot fields); checked by the backend
@@ -39,15 +30,14 @@ SLOT: dict[str, Spec] = {
 
 OPERATOR: dict[str, Spec] = {"operator_id": (bytes, 16), "name": str}
 
-WALLET: dict[str, Spec] = {
-    "signatureId": str,
-    "type": str,
-    "chain": str,
-    "testnet": bool,
-    "created_at": int,
-    "xpub": optional(str),
-    "address": optional(str),
-}
+#: A public wallet index row is a fixed-order array, not a map: a 25,000-wallet index then decodes
+#: and checks about four times faster (docs/wallet-format.md §3.2).
+WALLET_FIELDS = ("signatureId", "type", "chain", "testnet", "created_at", "xpub", "address")
+_WALLET_TYPES = (str, str, str, bool, int, (str, type(None)), (str, type(None)))
+
+
+class _Rows:
+    """Marker spec for the wallet index; checked by the tight loop in :func:`_check_wallets`."""
 
 RECOVERY: dict[str, Spec] = {
     "kind": str,
@@ -70,7 +60,7 @@ HEADER: dict[str, Spec] = {
     "signing_key": (bytes, 32),
     "body_nonce": (bytes, 12),
     "simulated": bool,
-    "wallets": [WALLET],
+    "wallets": _Rows(),
 }
 
 BODY: dict[str, Spec] = {
@@ -79,10 +69,21 @@ BODY: dict[str, Spec] = {
 }
 
 
+def _check_wallets(rows: Any, path: str) -> None:
+    if not isinstance(rows, list):
+        raise VaultFormatError(f"header field {path} must be a list")
+    width = len(WALLET_FIELDS)
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != width:
+            raise VaultFormatError(f"header field {path}[{i}] must be an array of {width} fields")
+        for name, kind, value in zip(WALLET_FIELDS, _WALLET_TYPES, row, strict=True):
+            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+                raise VaultFormatError(f"header field {path}[{i}].{name} has the wrong type")
+
+
 def _check(value: Any, spec: Spec, path: str) -> None:
-    if isinstance(spec, _Optional):
-        if value is not None:
-            _check(value, spec.spec, path)
+    if isinstance(spec, _Rows):
+        _check_wallets(value, path)
         return
     if isinstance(spec, tuple):
         kind, length = spec
@@ -103,8 +104,6 @@ def _check(value: Any, spec: Spec, path: str) -> None:
             raise VaultFormatError(f"header field {path} has unknown keys {sorted(map(str, unknown))}")
         for key, sub in spec.items():
             if key not in value:
-                if isinstance(sub, _Optional):
-                    continue
                 raise VaultFormatError(f"header field {path}.{key} is missing")
             _check(value[key], sub, f"{path}.{key}")
         return

@@ -43,6 +43,11 @@ def signed_bytes(prefix: bytes, header_mac: bytes, body: bytes) -> bytes:
 
 def seal_file(header: dict[str, Any], body: dict[str, Any], keys: VaultKeys) -> bytes:
     """Serialise a complete file. ``header['body_nonce']`` must be fresh for every call."""
+    return seal_file_with_mac(header, body, keys)[0]
+
+
+def seal_file_with_mac(header: dict[str, Any], body: dict[str, Any], keys: VaultKeys) -> tuple[bytes, bytes]:
+    """As :func:`seal_file`, also returning the header MAC (which the agent pins)."""
     header_bytes = fmt.encode_canonical(header)
     prefix = fmt.PREFIX.pack(fmt.MAGIC, fmt.VERSION, len(header_bytes)) + header_bytes
     plaintext = bytearray(fmt.encode_canonical(body))
@@ -52,7 +57,7 @@ def seal_file(header: dict[str, Any], body: dict[str, Any], keys: VaultKeys) -> 
         p.wipe(plaintext)
     header_mac = p.mac(keys.mac_key, prefix)
     header_sig = keys.signer.sign(signed_bytes(prefix, header_mac, ciphertext))
-    return fmt.serialise(header_bytes, header_mac, header_sig, ciphertext)
+    return fmt.serialise(header_bytes, header_mac, header_sig, ciphertext), header_mac
 
 
 def check_file_signature(vf: fmt.VaultFile) -> None:

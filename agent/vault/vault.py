@@ -27,7 +27,15 @@ from agent.vault import format as fmt
 from agent.vault import keyslots, quorum
 from agent.vault import primitives as p
 from agent.vault.pin import VaultPin, check_pin, load_pin, save_pin
-from agent.vault.sealed import VaultKeys, check_file_signature, open_body, open_entry, seal_entry, seal_file
+from agent.vault.schema import WALLET_FIELDS
+from agent.vault.sealed import (
+    VaultKeys,
+    check_file_signature,
+    open_body,
+    open_entry,
+    seal_entry,
+    seal_file_with_mac,
+)
 from agent.vault.store import atomic_write, read_private
 
 #: Given a slot, return an opened token that holds its credential, or None if none is plugged in.
@@ -89,10 +97,13 @@ class PublicVault:
         raise VaultIntegrityError()
 
     def wallet(self, signature_id: str) -> dict[str, Any]:
-        for w in self.header["wallets"]:
-            if w["signatureId"] == signature_id:
-                return dict[str, Any](w)
+        for row in self.header["wallets"]:
+            if row[0] == signature_id:
+                return wallet_dict(row)
         raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+
+    def wallets(self) -> list[dict[str, Any]]:
+        return [wallet_dict(row) for row in self.header["wallets"]]
 
     def trust(self) -> VaultPin:
         """Pin this vault (after an operator compared the fingerprint printed at init)."""
@@ -255,20 +266,15 @@ class UnlockedVault:
             self.body["entries"][sig_id] = seal_entry(self.keys, sig_id, plaintext)
         finally:
             p.wipe(plaintext)
-        entry: dict[str, Any] = {"signatureId": sig_id, "type": wallet_type, "chain": chain, "testnet": testnet,
-                                 "created_at": int(now if now is not None else time.time())}
-        if xpub is not None:
-            entry["xpub"] = xpub
-        if address is not None:
-            entry["address"] = address
-        self.header["wallets"] = [*self.header["wallets"], entry]
-        return entry
+        row = [sig_id, wallet_type, chain, testnet, int(now if now is not None else time.time()), xpub, address]
+        self.header["wallets"].append(row)
+        return wallet_dict(row)
 
     def remove_wallet(self, signature_id: str) -> None:
         if signature_id not in self.body["entries"]:
             raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
         del self.body["entries"][signature_id]
-        self.header["wallets"] = [w for w in self.header["wallets"] if w["signatureId"] != signature_id]
+        self.header["wallets"] = [w for w in self.header["wallets"] if w[0] != signature_id]
 
     def read_secret(self, signature_id: str) -> tuple[str, bytearray]:
         """Decrypt exactly one wallet's secret; the caller wipes the returned bytearray."""
@@ -288,15 +294,19 @@ class UnlockedVault:
         self.header["generation"] += 1
         self.header["updated_at"] = int(now if now is not None else time.time())
         self.header["body_nonce"] = p.random_bytes(p.NONCE_LEN)
-        data = seal_file(self.header, self.body, self.keys)
+        data, header_mac = seal_file_with_mac(self.header, self.body, self.keys)
         atomic_write(self.path, data)
-        vf = fmt.parse(data)
         save_pin(self.pin_path, VaultPin(self.header["vault_id"], self.keys.signing_public,
-                                         self.header["generation"], vf.header_mac))
+                                         self.header["generation"], header_mac))
 
     @property
     def fingerprint(self) -> str:
         return p.fingerprint(self.keys.signing_public)
+
+
+def wallet_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """One public index row as the JSON shape users see (Tatum's field names; absent fields omitted)."""
+    return {k: v for k, v in zip(WALLET_FIELDS, row, strict=True) if v is not None}
 
 
 def _name(header: Mapping[str, Any], operator_id: bytes) -> str:

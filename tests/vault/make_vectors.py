@@ -59,8 +59,7 @@ def build(i: dict[str, str | int | bool]) -> tuple[dict, dict, bytes]:
         "recovery": {"kind": "slip39-recovery", "threshold": 2, "shares": 3, "nonce": h(str(i["recovery_nonce"])),
                      "wrapped": ref.wrap_recovery(dek, h(str(i["recovery_secret"])), vid, h(str(i["recovery_nonce"])))},
         "signing_key": ref.signing_public(dek, vid), "body_nonce": h(str(i["body_nonce"])), "simulated": True,
-        "wallets": [{"signatureId": i["signature_id"], "type": "MNEMONIC", "chain": "BTC", "testnet": False,
-                     "created_at": i["created_at"], "xpub": i["xpub"]}],
+        "wallets": [[i["signature_id"], "MNEMONIC", "BTC", False, i["created_at"], i["xpub"], None]],
     }
     body = {
         "shares": {str(i["operator_a"]): i["share_a"], str(i["operator_b"]): i["share_b"]},

@@ -49,7 +49,7 @@ def test_changed_xpub_is_refused(vault) -> None:  # type: ignore[no-untyped-def]
     other = "xpub6BosfCnifzxcFwrSzQiqu2DBVTshkCXacvNsWGYJVVhhawA7d4R5WSWGFNbi8Aw6ZRc1brxMyWMzG3DSSSSoekkudhUd9yLb6qx39T9nMdj"
 
     def edit(h):  # type: ignore[no-untyped-def]
-        h["wallets"][0]["xpub"] = other
+        h["wallets"][0][5] = other
 
     _rewrite_header(vault.vault, edit)
     with pytest.raises(VaultIntegrityError):
@@ -100,7 +100,7 @@ def test_header_from_another_vault_is_refused(vault, tmp_path: Path, prompts: Au
 def test_rolled_back_file_is_refused(vault, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     old = vault.vault.read_bytes()
     with unlock(vault, prompts, operators=["bob", "carol"]) as v:
-        v.remove_wallet(v.header["wallets"][0]["signatureId"])
+        v.remove_wallet(v.header["wallets"][0][0])
         v.save()
     vault.vault.write_bytes(old)
     with pytest.raises(VaultRollback, match="older than generation"):
