@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.cli.context import Paths  # noqa: E402
-from agent.tokens.discovery import find_token, open_token  # noqa: E402
-from agent.tokens.sim import sim_pin  # noqa: E402
-from agent.vault.vault import PublicVault, create_vault  # noqa: E402
+from agent.cli.context import Paths
+from agent.tokens.discovery import find_token, open_token
+from agent.tokens.sim import sim_pin
+from agent.vault.vault import PublicVault, create_vault
 
 RUNS = 7
 PHRASE = "abandon " * 11 + "about"

@@ -33,7 +33,7 @@ OPERATOR: dict[str, Spec] = {"operator_id": (bytes, 16), "name": str}
 #: A public wallet index row is a fixed-order array, not a map: a 25,000-wallet index then decodes
 #: and checks about four times faster (docs/wallet-format.md §3.2).
 WALLET_FIELDS = ("signatureId", "type", "chain", "testnet", "created_at", "xpub", "address")
-_WALLET_TYPES = (str, str, str, bool, int, (str, type(None)), (str, type(None)))
+_WALLET_TYPES: tuple[type | tuple[type, ...], ...] = (str, str, str, bool, int, (str, type(None)), (str, type(None)))
 
 
 class _Rows:
@@ -77,7 +77,7 @@ def _check_wallets(rows: Any, path: str) -> None:
         if not isinstance(row, list) or len(row) != width:
             raise VaultFormatError(f"header field {path}[{i}] must be an array of {width} fields")
         for name, kind, value in zip(WALLET_FIELDS, _WALLET_TYPES, row, strict=True):
-            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or int(value) < 0)):
                 raise VaultFormatError(f"header field {path}[{i}].{name} has the wrong type")
 
 
