@@ -11,6 +11,7 @@ garbage collector frees them. What we hand back to callers is always a fresh ``b
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ChainError, UsageError
@@ -55,18 +56,38 @@ def require_native_secp256k1() -> None:
                          hint="reinstall embit so that its bundled libsecp256k1 loads")
 
 
-def seed_from_mnemonic(mnemonic: str) -> bytes:
-    """BIP-39 seed (no passphrase, as Tatum) from an English mnemonic; whitespace is normalised.
+def seed_from_mnemonic(mnemonic: str, passphrase: str = "") -> bytes:
+    """BIP-39 seed from an English mnemonic; whitespace and case are normalised.
+
+    Tatum uses no passphrase; the parameter exists for the published BIP-39 vectors ("TREZOR").
 
     :raises UsageError: bad word or checksum; the message never quotes the mnemonic.
     """
+    import unicodedata
+
     from embit import bip39
 
     words = " ".join(mnemonic.split()).lower()
     if not bip39.mnemonic_is_valid(words):
         raise UsageError("that is not a valid BIP-39 English mnemonic (bad word or checksum)")
-    seed: bytes = bip39.mnemonic_to_seed(words)
+    seed: bytes = bip39.mnemonic_to_seed(words, unicodedata.normalize("NFKD", passphrase))
     return seed
+
+
+def mnemonic_from_entropy(entropy: bytes | bytearray) -> str:
+    """English BIP-39 mnemonic for 16..32 bytes of entropy (a multiple of 4)."""
+    from embit import bip39
+
+    if len(entropy) not in (16, 20, 24, 28, 32):
+        raise UsageError("BIP-39 entropy must be 16, 20, 24, 28 or 32 bytes")
+    words: str = bip39.mnemonic_from_bytes(bytes(entropy))
+    return words
+
+
+def node_from_seed(seed: bytes) -> HDKey:
+    from embit.bip32 import HDKey
+
+    return HDKey.from_seed(seed)
 
 
 def root_from_mnemonic(mnemonic: str) -> HDKey:
@@ -102,38 +123,62 @@ def decode_xpub(text: str, allowed: dict[bytes, Any]) -> tuple[HDKey, Any]:
     """Parse an extended *public* key whose version is one of ``allowed`` (version -> tag).
 
     Returns the key (re-tagged with a Bitcoin version for embit) and the tag of the version found.
+    Parsed keys are cached: a busy agent derives many addresses from few xpubs.
 
     :raises UsageError: not base58check, a private key, a version not allowed here, or a bad point.
         Messages never quote the text: an ``xprv`` pasted by mistake must not reach a log.
     """
     from embit import base58
+
+    version, node = _parse_xpub(text.strip())
+    if version not in allowed:
+        raise UsageError("extended key version does not match this chain and network "
+                         f"(got {base58.encode_check(version + bytes(74))[:4]}…)")
+    return node, allowed[version]
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_xpub(text: str) -> tuple[bytes, HDKey]:
+    from embit import base58
     from embit.bip32 import HDKey
 
     try:
-        raw = base58.decode_check(text.strip())
+        raw = base58.decode_check(text)
     except Exception:
         raise UsageError("not an extended public key (bad base58 or checksum)") from None
     if len(raw) != 78:
         raise UsageError("not an extended public key (wrong length)")
-    version = bytes(raw[:4])
     if raw[45] == 0:
         raise UsageError("that is an extended PRIVATE key; give the xpub")
-    if version not in allowed:
-        raise UsageError("extended key version does not match this chain and network "
-                         f"(got {base58.encode_check(version + bytes(74))[:4]}…)")
     try:
         node = HDKey.parse(XPUB + bytes(raw[4:]))
     except Exception:
         raise UsageError("not an extended public key (invalid public key or header)") from None
-    return node, allowed[version]
+    return bytes(raw[:4]), node
 
 
 def child_pubkey(node: HDKey, *path: int) -> bytes:
-    """Compressed SEC public key of a non-hardened descendant."""
+    """Compressed SEC public key of a non-hardened descendant (BIP-32 CKDpub).
+
+    The same steps as embit's ``HDKey.child`` (HMAC-SHA512, then libsecp256k1 point addition), minus
+    building an ``HDKey`` per level, whose constructor base58-encodes itself as a sanity check and
+    costs more than the derivation.
+    """
+    import hmac
+
+    from embit.util import secp256k1
+
+    sec: bytes = node.key.sec()
+    chain_code: bytes = node.chain_code
     for i in path:
         if not 0 <= i < HARDENED:
             raise UsageError(f"address index must be 0..{HARDENED - 1}, got {i}")
-    sec: bytes = node.derive(list(path)).key.sec() if path else node.key.sec()
+        raw = hmac.new(chain_code, sec + i.to_bytes(4, "big"), "sha512").digest()
+        try:
+            point = secp256k1.ec_pubkey_add(secp256k1.ec_pubkey_parse(sec), raw[:32])
+        except ValueError:  # probability below 2^-127; BIP-32 says the index is invalid
+            raise UsageError(f"BIP-32 index {i} is invalid for this key; use another index") from None
+        sec, chain_code = secp256k1.ec_pubkey_serialize(point), raw[32:]
     return sec
 
 

@@ -165,7 +165,7 @@ class EvmChain(Chain):
         return FeeEstimate(fee=gas * max_fee_per_gas, size=gas, rate=max_fee_per_gas)
 
     # --- decoding ---------------------------------------------------------------------------------
-    def decode(self, tx: bytes | str | Mapping[str, Any], *, testnet: bool,  # type: ignore[override]
+    def decode(self, tx: bytes | str | Mapping[str, Any], *, testnet: bool,
                owned: Owned | None = None) -> TxSummary:
         return self._decode(unsigned_bytes(tx), testnet, owned)[0]
 
@@ -275,11 +275,12 @@ class EvmChain(Chain):
                          sender=self.format_address(addrs[0][12:]))
 
     # --- signing ----------------------------------------------------------------------------------
-    def sign(self, tx: bytes | str | Mapping[str, Any], keys: Sequence[bytes], *,  # type: ignore[override]
+    def sign(self, tx: bytes | str | Mapping[str, Any], keys: Sequence[bytes], *,
              testnet: bool, owned: Owned | None = None) -> SignedTx:
         import rlp
         from eth_account import Account
 
+        _require_coincurve_backend()
         if len(keys) != 1:
             raise ChainError("an EVM transaction is signed by exactly one key")
         key = keys[0]
@@ -365,6 +366,21 @@ class EvmChain(Chain):
             raise UsageError("nothing to sweep: token balance is zero")
         return self.build_erc20_transfer(token=token, to=to, amount=token_balance, nonce=nonce, chain_id=chain_id,
                                          gas=gas, **fees)
+
+
+def _require_coincurve_backend() -> None:
+    """Refuse to sign unless eth-keys (under eth-account) uses coincurve, i.e. libsecp256k1.
+
+    Without coincurve, or with ``ECC_BACKEND_CLASS`` pointing elsewhere, eth-keys silently uses
+    its pure-Python backend, which is slow and not constant-time.
+
+    :raises ChainError: another backend is selected.
+    """
+    from eth_keys.backends import get_backend
+
+    if type(get_backend()).__name__ != "CoinCurveECCBackend":
+        raise ChainError("eth-keys is not using its coincurve (libsecp256k1) backend; refusing to sign",
+                         hint="install coincurve and unset ECC_BACKEND_CLASS")
 
 
 def erc20_transfer_data(to20: bytes, amount: int) -> bytes:

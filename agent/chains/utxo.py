@@ -127,9 +127,12 @@ def _read_compact(buf: bytes, pos: int) -> tuple[int, int]:
 def _precheck_psbt(raw: bytes) -> None:
     """Reject global maps that would make embit allocate absurd input/output lists (PSBT v2 counts)."""
     pos = 5
+    seen: set[bytes] = set()
     while True:
         klen, pos = _read_compact(raw, pos)
         if klen == 0:
+            if b"\x00" not in seen and b"\xfb" not in seen:
+                raise ChainError("not a valid PSBT: no unsigned transaction (v0) and no version field (v2)")
             return
         key = raw[pos:pos + klen]
         pos += klen
@@ -138,10 +141,25 @@ def _precheck_psbt(raw: bytes) -> None:
         pos += vlen
         if pos > len(raw):
             raise ChainError("not a valid PSBT: truncated")
+        seen.add(bytes(key))
+        if key == b"\x00":
+            _check_unsigned_tx(value)
         if key in (b"\x04", b"\x05"):
             count, _ = _read_compact(value, 0)
             if count > len(raw):
                 raise ChainError("not a valid PSBT: input/output count exceeds the data")
+
+
+def _check_unsigned_tx(value: bytes) -> None:
+    """BIP-174: the global unsigned transaction must have empty scriptSigs and witnesses."""
+    from embit.transaction import Transaction
+
+    try:
+        tx = Transaction.read_from(_StrictStream(value))
+    except Exception:
+        raise ChainError("not a valid PSBT: bad unsigned transaction") from None
+    if any(inp.script_sig.data or inp.witness.items for inp in tx.vin):
+        raise ChainError("not a valid PSBT: the unsigned transaction has a filled scriptSig or witness")
 
 
 def _as_bytes(tx: bytes | str) -> bytes:
@@ -289,7 +307,10 @@ class UtxoChain(Chain):
             return str(base58.encode_check(bytes([net.p2sh]) + spk[2:22]))
         if net.bech32 and len(spk) in (22, 34) and spk[0] in (0, *range(0x51, 0x61)) and spk[1] == len(spk) - 2:
             ver = 0 if spk[0] == 0 else spk[0] - 0x50
-            return str(bech32.encode(net.bech32, ver, spk[2:]))
+            # bech32.encode() re-decodes its own output as a self-check, doubling the cost; the
+            # encoder below is the same reference code, and the tests round-trip every address.
+            encoding = bech32.Encoding.BECH32 if ver == 0 else bech32.Encoding.BECH32M
+            return str(bech32.bech32_encode(encoding, net.bech32, [ver, *bech32.convertbits(spk[2:], 8, 5)]))
         return None
 
     def script_from_address(self, address: str, net: UtxoNet) -> bytes:
@@ -345,7 +366,7 @@ class UtxoChain(Chain):
         _hd.pubkey_from_private(key)  # range check; raises UsageError without the key
         return key
 
-    def wif_from_private_key(self, key: bytes, *, testnet: bool, regtest: bool = False) -> str:
+    def wif_from_private_key(self, key: bytes | bytearray, *, testnet: bool, regtest: bool = False) -> str:
         """Compressed WIF, as Tatum stores UTXO private keys."""
         from embit import base58
 
@@ -360,7 +381,7 @@ class UtxoChain(Chain):
             return 41, 1 + 1 + 72 + 1 + 33
         if kind is AddressKind.P2SH_P2WPKH:
             return 41 + 23, 1 + 1 + 72 + 1 + 33
-        return 41 + 1 + 1 + 72 + 1 + 33, 0
+        return 41 + 1 + 72 + 1 + 33, 0
 
     def vsize(self, input_kinds: Sequence[AddressKind | None], output_scripts: Sequence[bytes]) -> int:
         """Virtual size of the signed transaction (BIP-141 weight / 4, rounded up)."""

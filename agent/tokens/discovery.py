@@ -91,7 +91,7 @@ def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
 def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
     """Return an opened token holding ``slot``'s credential, or None when none is plugged in."""
     label = str(slot["label"])
-    if slot["kind"] == "piv-p256":
+    if slot["kind"] == "piv":
         from agent.tokens.piv_token import find_piv_token  # type: ignore[import-not-found,unused-ignore]
 
         found: Token | None = find_piv_token(slot["public"], home)

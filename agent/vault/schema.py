@@ -61,6 +61,8 @@ HEADER: dict[str, Spec] = {
     "body_nonce": (bytes, 12),
     "simulated": bool,
     "wallets": _Rows(),
+    #: Custody policy (docs/policy.md); shape checked by ``agent.policy.Policy.from_dict``.
+    "policy": ANY_MAP,
 }
 
 BODY: dict[str, Spec] = {

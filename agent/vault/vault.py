@@ -52,6 +52,8 @@ class Touch:
     operator: str
     token_label: str
     approval: Approval
+    operator_id: bytes = b""
+    slot_id: bytes = b""
 
 
 def unlock_digest(vault_id: bytes, generation: int) -> bytes:
@@ -102,6 +104,12 @@ class PublicVault:
                 return wallet_dict(row)
         raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
 
+    def policy(self) -> Any:
+        """The custody policy in the signed header, as an ``agent.policy.Policy``."""
+        from agent.policy import Policy
+
+        return Policy.from_dict(self.header["policy"])
+
     def wallets(self) -> list[dict[str, Any]]:
         return [wallet_dict(row) for row in self.header["wallets"]]
 
@@ -121,39 +129,56 @@ class PublicVault:
         :raises QuorumNotMet: fewer distinct operators had a token present.
         :raises TokenError: a token refused (wrong PIN, no touch, removed): nothing is changed.
         """
-        h = self.header
-        need = h["quorum"]
-        by_name = {op["name"]: op for op in h["operators"]}
-        names = list(operators) if operators else [op["name"] for op in h["operators"]]
+        digest = digest or unlock_digest(self.header["vault_id"], self.header["generation"])
+        collected = self.collect(finder, prompts, digest=digest, operators=operators, want=self.header["quorum"])
+        return self.open_with(collected)
+
+    def collect(self, finder: TokenFinder, prompts: Prompts, *, digest: bytes, want: int,
+                operators: Sequence[str] | None = None, skip: Sequence[bytes] = ()) -> Collected:
+        """Touch the tokens of up to ``want`` distinct operators over ``digest``; keep their shares.
+
+        Each touch both signs ``digest`` (the approval) and unwraps that operator's share. Operators
+        in ``skip`` (by id) are not asked. The caller must :meth:`Collected.wipe` (or open) the result.
+        """
+        by_name = {op["name"]: op for op in self.header["operators"]}
+        names = list(operators) if operators else [op["name"] for op in self.header["operators"]]
         unknown = [n for n in names if n not in by_name]
         if unknown:
             raise UsageError(f"no operator named {', '.join(unknown)} in this vault (see `kms-agent operator list`)")
-        digest = digest or unlock_digest(h["vault_id"], h["generation"])
-        shares: dict[bytes, bytearray] = {}
-        touches: list[Touch] = []
-        absent: list[str] = []
+        collected = Collected(self)
         try:
             for name in dict.fromkeys(names):
-                if len(shares) >= need:
+                if len(collected.touches) >= want:
                     break
                 op_id = by_name[name]["operator_id"]
+                if op_id in skip:
+                    continue
                 got = self._unwrap_operator(op_id, finder, prompts, digest)
                 if got is None:
-                    absent.append(name)
+                    collected.absent.append(name)
                     continue
-                shares[op_id], touch = got
-                touches.append(touch)
-            if len(shares) < need:
-                touched = ", ".join(t.operator for t in touches) or "nobody"
+                collected.shares[op_id], touch = got
+                collected.touches.append(touch)
+        except BaseException:
+            collected.wipe()
+            raise
+        return collected
+
+    def open_with(self, collected: Collected) -> UnlockedVault:
+        """Rebuild the data key from collected shares (quorum distinct operators) and open the body."""
+        need = self.header["quorum"]
+        try:
+            if len(collected.shares) < need:
+                touched = ", ".join(t.operator for t in collected.touches) or "nobody"
                 raise QuorumNotMet(
-                    f"{need} distinct operators must touch a token; got {len(shares)} ({touched})"
-                    + (f"; no token present for {', '.join(absent)}" if absent else ""),
+                    f"{need} distinct operators must touch a token; got {len(collected.shares)} ({touched})"
+                    + (f"; no token present for {', '.join(collected.absent)}" if collected.absent else ""),
                     hint="plug in the tokens of more operators, or name them with --operator",
                 )
-            dek = quorum.combine([bytes(s).decode() for s in shares.values()], need)
+            dek = quorum.combine([bytes(s).decode() for s in collected.shares.values()], need)
         finally:
-            p.wipe(*shares.values())
-        return UnlockedVault.open(self, dek, touches)
+            collected.wipe()
+        return UnlockedVault.open(self, dek, collected.touches)
 
     def _unwrap_operator(self, op_id: bytes, finder: TokenFinder, prompts: Prompts,
                          digest: bytes) -> tuple[bytearray, Touch] | None:
@@ -169,7 +194,7 @@ class PublicVault:
                 share = keyslots.unwrap_share(slot, unwrapped.ikm, self.header["vault_id"])
             finally:
                 p.wipe(unwrapped.ikm)
-            return share, Touch(self.operator_name(op_id), slot["label"], unwrapped.approval)
+            return share, Touch(self.operator_name(op_id), slot["label"], unwrapped.approval, op_id, slot["slot_id"])
         return None
 
     def recover(self, shares: Sequence[str]) -> UnlockedVault:
@@ -181,6 +206,28 @@ class PublicVault:
         finally:
             p.wipe(secret)
         return UnlockedVault.open(self, dek, [])
+
+
+@dataclass
+class Collected:
+    """Shares and approvals gathered from operators' touches; holds secrets until wiped."""
+
+    vault: PublicVault
+    shares: dict[bytes, bytearray] = field(default_factory=dict)
+    touches: list[Touch] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+
+    def wipe(self) -> None:
+        p.wipe(*self.shares.values())
+
+    def merge(self, other: Collected) -> None:
+        for op_id, share in other.shares.items():
+            if op_id in self.shares:
+                p.wipe(share)
+            else:
+                self.shares[op_id] = share
+        self.touches.extend(other.touches)
+        self.absent = other.absent
 
 
 @dataclass
@@ -339,6 +386,15 @@ def _enrol_slot(header: Mapping[str, Any], operator_id: bytes, operator: str, to
     }
 
 
+def _default_policy(quorum_size: int) -> dict[str, Any]:
+    """At init, withdrawals need as many distinct approvers as the vault's unlock quorum."""
+    from agent.policy import Policy, Rule
+
+    policy: dict[str, Any] = Policy(generation=1, default=Rule(approvals_required=quorum_size),
+                                    admin_approvals=quorum_size).to_dict()
+    return policy
+
+
 @dataclass
 class PendingVault:
     """A new vault built in memory: shown recovery words must be test-recovered before it is written."""
@@ -399,7 +455,7 @@ def create_vault(path: Path, pin_path: Path, operators: Sequence[tuple[str, Toke
         "recovery": {"kind": keyslots.RECOVERY_KIND, "threshold": recovery_threshold,
                      "shares": recovery_shares, "nonce": rec_nonce, "wrapped": rec_wrapped},
         "signing_key": keys.signing_public, "body_nonce": p.random_bytes(p.NONCE_LEN),
-        "simulated": False, "wallets": [],
+        "simulated": False, "wallets": [], "policy": _default_policy(quorum_size),
     }
     shares = {bytes(op["operator_id"]).hex(): share for op, share in zip(ops, op_shares, strict=True)}
     body: dict[str, Any] = {"shares": shares, "entries": {}}

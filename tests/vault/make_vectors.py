@@ -12,6 +12,14 @@ from tests.vault import reference as ref
 
 VECTOR = Path(__file__).parent / "vectors" / "v1-basic.json"
 
+#: The default policy for a 2-of-2 vault, as docs/policy.md spells it.
+POLICY = {
+    "v": 1, "generation": 1, "frozen": False, "admin_approvals": 2, "chains": {}, "wallets": {},
+    "default": {"approvals_required": 2, "initiator_may_approve": False, "approval_ttl": 7200, "frozen": False,
+                "assets": {}, "allowlist": [], "unknown_destination": "escalate", "escalate_by": 1,
+                "over_limit": "deny", "velocity_scope": "wallet", "time_window": None, "allow_contract_calls": False},
+}
+
 
 def inputs() -> dict[str, str | int | bool]:
     return {
@@ -60,6 +68,7 @@ def build(i: dict[str, str | int | bool]) -> tuple[dict, dict, bytes]:
                      "wrapped": ref.wrap_recovery(dek, h(str(i["recovery_secret"])), vid, h(str(i["recovery_nonce"])))},
         "signing_key": ref.signing_public(dek, vid), "body_nonce": h(str(i["body_nonce"])), "simulated": True,
         "wallets": [[i["signature_id"], "MNEMONIC", "BTC", False, i["created_at"], i["xpub"], None]],
+        "policy": POLICY,
     }
     body = {
         "shares": {str(i["operator_a"]): i["share_a"], str(i["operator_b"]): i["share_b"]},
