@@ -27,7 +27,7 @@ Library code raises; only ``agent.cli.main`` prints and exits. The tree::
     │   ├── VaultNotFound (7)
     │   └── VaultPermissions            readable by other users
     ├── ChainError (8)                  decode / sign failures in a chain module
-    └── StateError (9)                  the agent's own state or audit store cannot be used
+    └── StateError (9)                  the agent's own state or audit store is unusable (+ issue #5 block at the end)
 
 ``ProgrammingError`` is separate (a ``RuntimeError``): misuse of our API, never an operator's fault.
 """
@@ -172,3 +172,31 @@ EXIT_CODES: dict[int, str] = {
     8: "chain: transaction could not be decoded or signed",
     9: "agent state or audit store unusable",
 }
+
+
+# --- approvals, policy and audit (issue #5) -------------------------------------------------------
+#   ApprovalError (5) ── ApprovalInvalid: evidence that does not verify for this request, or is malformed
+#                     ├─ ApprovalRejected: an operator vetoed the request
+#                     └─ OperatorSuspended: a cloned token was seen (signCount went back); needs reinstating
+#   UsageError (2)    ── PolicyFormatError: a policy document with an unknown key, wrong type or bad value
+#   StateError (9)    ── AuditIntegrityError: the audit chain or its head pin does not check out
+
+
+class ApprovalInvalid(ApprovalError):
+    pass
+
+
+class ApprovalRejected(ApprovalError):
+    pass
+
+
+class OperatorSuspended(ApprovalError):
+    pass
+
+
+class PolicyFormatError(UsageError):
+    pass
+
+
+class AuditIntegrityError(StateError):
+    pass

@@ -1,0 +1,166 @@
+"""Offline verification of one recorded approval against the slot enrolled in the vault header.
+
+Pure: no token, no disk. The same checks run when the agent accepts an approval, when the quorum is
+evaluated, and when ``kms-agent audit verify`` re-checks every approval row years later
+(docs/approvals.md §3).
+
+* FIDO2 (``fido2-hmac``): :func:`agent.tokens.fido2_token.verify_assertion` unchanged: the COSE
+  key from the slot verifies the signature over ``authData || digest``, ``rp_id_hash`` must be
+  SHA-256 of the slot's rp id, and both UP (touch) and UV (PIN) flags must be set. The recorded
+  ``sign_count`` and flags must equal what the signed ``authData`` says.
+* PIV (``piv``): the card's signing key signs the 32-byte digest as an already-hashed message
+  (``Prehashed(SHA256)``), exactly as :mod:`agent.tokens.piv_token` asks the card to; we verify
+  with ``cryptography`` under the slot's ``sign_pub`` (compressed SEC1 P-256 point). PIV proves
+  touch and PIN only through the attested slot policy, so the slot must say touch ALWAYS and a PIN
+  policy that requires the PIN; ``auth_data`` is empty and ``sign_count`` is 0 (PIV has no counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from agent.approvals.evidence import RecordedApproval, Roster, Slot, find_slot
+from agent.approvals.payload import ApprovalPayload, approval_digest
+from agent.errors import ApprovalInvalid, KmsAgentError
+
+FIDO2_KIND = "fido2-hmac"
+#: ``agent.tokens.piv_token.KIND`` (kept literal so verifying never imports yubikit).
+PIV_KIND = "piv"
+PIV_APPROVAL_ALG = "ecdsa-p256-prehashed-sha256"
+#: yubikit ``TOUCH_POLICY.ALWAYS``: CACHED would let one touch approve several requests.
+_PIV_TOUCH_ALWAYS = 2
+#: yubikit ``PIN_POLICY`` ONCE, ALWAYS, MATCH_ONCE, MATCH_ALWAYS: the PIN (or a fingerprint) is required.
+_PIV_PIN_REQUIRED = frozenset({2, 3, 4, 5})
+_AUTH_DATA_MIN = 37  # rp_id_hash(32) | flags(1) | counter(4)
+
+
+def verify_approval(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
+    """Check that ``approval`` is ``slot``'s token's signature over ``digest`` with touch and PIN.
+
+    This does not apply the signCount rule, expiry or the quorum: see
+    :func:`agent.approvals.quorum.evaluate_quorum`.
+
+    :raises ApprovalInvalid: the evidence does not verify, or its recorded fields disagree with it.
+    """
+    if len(digest) != 32:
+        raise ApprovalInvalid("an approval digest is 32 bytes")
+    if approval.slot_id != slot.slot_id:
+        raise ApprovalInvalid(f"the approval names slot {approval.slot_id.hex()}, not {slot.label!r}")
+    if approval.kind != slot.kind:
+        raise ApprovalInvalid(f"the approval is a {approval.kind!r} approval but slot {slot.label!r} is {slot.kind!r}")
+    if slot.kind == FIDO2_KIND:
+        _verify_fido2(approval, slot, digest)
+    elif slot.kind == PIV_KIND:
+        _verify_piv(approval, slot, digest)
+    else:
+        raise ApprovalInvalid(f"slot {slot.label!r} is of kind {slot.kind!r}, which cannot approve")
+
+
+def _verify_fido2(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
+    from agent.tokens.fido2_token import verify_assertion
+
+    if len(approval.auth_data) < _AUTH_DATA_MIN:
+        raise ApprovalInvalid(f"the approval by {slot.label!r} has truncated authenticator data")
+    try:
+        evidence = verify_assertion(slot.public, digest, approval.auth_data, approval.signature, slot.label)
+    except KmsAgentError as exc:
+        raise ApprovalInvalid(f"the approval by {slot.label!r} does not verify: {exc.message}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ApprovalInvalid(f"the approval by {slot.label!r} cannot be checked ({type(exc).__name__})") from None
+    recorded = (approval.sign_count, approval.user_present, approval.user_verified)
+    signed = (evidence.sign_count, evidence.user_present, evidence.user_verified)
+    if recorded != signed:
+        raise ApprovalInvalid(f"the approval record of {slot.label!r} says (count, UP, UV) = {recorded}, "
+                              f"its signed authenticator data says {signed}")
+
+
+def _verify_piv(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
+    public = slot.public
+    if public.get("approval_alg", PIV_APPROVAL_ALG) != PIV_APPROVAL_ALG:
+        raise ApprovalInvalid(f"slot {slot.label!r} uses approval algorithm {public.get('approval_alg')!r}")
+    if public.get("sign_touch_policy") != _PIV_TOUCH_ALWAYS or public.get("sign_pin_policy") not in _PIV_PIN_REQUIRED:
+        raise ApprovalInvalid(f"slot {slot.label!r}: its signing key does not require a touch every time and a PIN")
+    if approval.auth_data or approval.sign_count != 0 or not (approval.user_present and approval.user_verified):
+        raise ApprovalInvalid(f"the PIV approval record of {slot.label!r} has FIDO2-only fields or missing flags")
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(public["sign_pub"]))
+        key.verify(approval.signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        raise ApprovalInvalid(f"the approval by {slot.label!r} does not verify against its enrolled key") from None
+
+
+# --- audit rows -------------------------------------------------------------------------------
+def approval_audit_payload(payload: ApprovalPayload, approval: RecordedApproval, slot: Slot) -> dict[str, Any]:
+    """The audit-log payload of an ``approval`` row: enough to re-verify it with no other input.
+
+    The full signed payload (canonical CBOR, hex), its digest, the raw evidence, and the slot's
+    public fields at the time (so an approval by a since-removed token still re-verifies).
+    """
+    return {
+        "payload_cbor": payload.canonical_bytes().hex(),
+        "digest": approval_digest(payload).hex(),
+        "approval": approval.to_json(),
+        "slot": {"kind": slot.kind, "label": slot.label, "operator_id": slot.operator_id.hex(),
+                 "public_cbor": bytes(cbor2.dumps(dict(slot.public), canonical=True)).hex()},
+    }
+
+
+class _Row(Protocol):
+    @property
+    def request_id(self) -> str | None: ...
+
+    @property
+    def payload(self) -> Mapping[str, Any]: ...
+
+
+def verify_approval_record(record: Mapping[str, Any], roster: Roster | None = None,
+                           *, request_id: str | None = None) -> RecordedApproval:
+    """Re-verify an approval row's payload (see :func:`approval_audit_payload`).
+
+    The slot comes from ``roster`` (the current vault header) when it still lists it, and must then
+    equal the recorded one; a slot removed since is checked under its recorded public key.
+
+    :raises ApprovalInvalid: anything does not match or verify.
+    """
+    try:
+        payload = ApprovalPayload.from_cbor(bytes.fromhex(record["payload_cbor"]))
+        digest = bytes.fromhex(record["digest"])
+        approval = RecordedApproval.from_json(record["approval"])
+        raw_slot = record["slot"]
+        recorded_public = cbor2.loads(bytes.fromhex(raw_slot["public_cbor"]))
+        recorded = Slot(approval.slot_id, bytes.fromhex(raw_slot["operator_id"]), raw_slot["kind"], raw_slot["label"],
+                        recorded_public)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ApprovalInvalid(f"approval row is malformed ({type(exc).__name__}: {exc})") from None
+    if digest != approval_digest(payload):
+        raise ApprovalInvalid("approval row: the stored digest is not the digest of the stored payload")
+    if approval.request_id != payload.request_id or (request_id is not None and request_id != payload.request_id.hex()):
+        raise ApprovalInvalid("approval row: the approval, the payload and the row name different requests")
+    slot = recorded
+    if roster is not None:
+        current = find_slot(roster, approval.slot_id)
+        if current is not None:
+            if (current.operator_id, current.kind, dict(current.public)) != (recorded.operator_id, recorded.kind,
+                                                                           recorded.public):
+                raise ApprovalInvalid("approval row: the recorded slot differs from the slot in the vault header")
+            slot = current
+    if slot.operator_id != approval.operator_id:
+        raise ApprovalInvalid("approval row: the approval names another operator than its slot's owner")
+    verify_approval(approval, slot, digest)
+    return approval
+
+
+def approval_row_verifier(roster: Roster | None = None) -> Callable[[_Row], None]:
+    """A callback for :meth:`agent.audit.AuditLog.verify` that re-verifies every ``approval`` row."""
+
+    def check(row: _Row) -> None:
+        verify_approval_record(row.payload, roster, request_id=row.request_id)
+
+    return check

@@ -1,0 +1,531 @@
+"""Append-only, hash-chained audit log in SQLite, with its head pinned in a separate file.
+
+Files, under the agent's state directory (``<home>/state``), all 0600 in a 0700 directory:
+
+* ``audit.sqlite`` (+ ``-wal``/``-shm``): WAL mode, ``synchronous=FULL``, one table. Triggers refuse
+  UPDATE and DELETE (defence in depth: whoever can write the file can drop them, which is what the
+  chain and the head pin are for).
+* ``audit-head.json``: ``{"v": 1, "seq": n, "hash": hex}`` of the newest row, rewritten atomically
+  after every append, so deleting the newest rows (truncation) is detected too.
+* ``audit.lock``: ``flock`` serialising appenders across processes, so the head pin is only ever
+  written by the process that appended the row it names.
+
+:meth:`AuditLog.append` fails closed: any problem (disk full, read-only, locked past the busy
+timeout, a corrupted database, a tail that does not match the head pin) raises
+:class:`~agent.errors.StateError` naming it, the row is not written (one transaction), and the
+caller must not sign or broadcast. :meth:`AuditLog.verify` re-checks the whole chain and names the
+first bad seq (docs/audit-log.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from agent.audit.chain import GENESIS, canonical_json, check_json_value, row_bytes, row_hash
+from agent.errors import AuditIntegrityError, KmsAgentError, ProgrammingError, StateError
+from agent.vault.store import atomic_write
+
+DB_NAME = "audit.sqlite"
+HEAD_NAME = "audit-head.json"
+LOCK_NAME = "audit.lock"
+DEFAULT_BUSY_TIMEOUT = 10.0
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIR = 0o700
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq        INTEGER PRIMARY KEY,
+    ts         INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    request_id TEXT,
+    actor      TEXT,
+    payload    TEXT    NOT NULL,
+    prev_hash  TEXT    NOT NULL,
+    hash       TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_kind_ts ON audit_log (kind, ts);
+CREATE INDEX IF NOT EXISTS audit_log_request ON audit_log (request_id);
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+_COLUMNS = "seq, ts, kind, request_id, actor, payload, prev_hash, hash"
+
+
+class AuditKind(StrEnum):
+    """What a row records. Payload shapes per kind: docs/audit-log.md §5."""
+
+    REQUEST = "request"
+    DECISION = "decision"
+    APPROVAL = "approval"
+    REJECTION = "rejection"
+    SIGNATURE = "signature"
+    BROADCAST = "broadcast"
+    CONFIRMATION = "confirmation"
+    ERROR = "error"
+    UNLOCK = "unlock"
+    PIN_ERROR = "pin_error"
+    ALERT = "alert"
+    POLICY_CHANGE = "policy_change"
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    seq: int
+    ts: int
+    kind: str
+    request_id: str | None
+    actor: str | None
+    #: The canonical JSON text exactly as stored (``payload`` is its parsed value).
+    payload_text: str
+    prev_hash: bytes
+    hash: bytes
+    payload: Any = field(compare=False, default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "request_id": self.request_id, "actor": self.actor,
+                "payload": self.payload, "prev_hash": self.prev_hash.hex(), "hash": self.hash.hex()}
+
+
+@dataclass(frozen=True)
+class HeadPin:
+    seq: int
+    hash: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": 1, "seq": self.seq, "hash": self.hash.hex()}
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """One finding of :meth:`AuditLog.verify`; ``seq`` is None when no single row is to blame."""
+
+    seq: int | None
+    what: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "what": self.what}
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    ok: bool
+    rows: int
+    #: Newest row in the database, and what the head file pins.
+    head: HeadPin | None
+    pinned: HeadPin | None
+    first_bad_seq: int | None
+    problems: tuple[AuditProblem, ...]
+    warnings: tuple[str, ...] = ()
+    approvals_checked: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "rows": self.rows, "head": self.head.to_json() if self.head else None,
+                "pinned": self.pinned.to_json() if self.pinned else None, "first_bad_seq": self.first_bad_seq,
+                "problems": [p.to_json() for p in self.problems], "warnings": list(self.warnings),
+                "approvals_checked": self.approvals_checked}
+
+
+ApprovalVerifier = Callable[[AuditRow], None]
+
+
+def _describe_sqlite(exc: sqlite3.Error) -> str:
+    """Name the reason an operator can act on (the caller refuses to sign either way)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        return "the disk is full"
+    if name.startswith("SQLITE_READONLY") or "readonly" in text or "read-only" in text:
+        return "the database or its directory is read-only"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return "the database is locked by another process (busy timeout reached)"
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text:
+        return "the database file is corrupted"
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return "the database cannot be opened (missing or unwritable directory?)"
+    if name.startswith("SQLITE_IOERR") or "disk i/o" in text:
+        return "a disk I/O error occurred"
+    if name in ("SQLITE_PERM", "SQLITE_AUTH"):
+        return "permission denied"
+    return f"SQLite failed ({name or type(exc).__name__}: {exc})"
+
+
+class AuditLog:
+    """The audit log of one agent home. Cheap to construct; every call opens and closes its own connection,
+    so an instance may be shared across threads and survives ``fork``.
+
+    :param directory: the state directory (``<home>/state``); created 0700 on first append.
+    :param busy_timeout: seconds to wait for another appender before failing closed.
+    :param clock: returns Unix seconds for rows appended without an explicit ``ts``.
+    """
+
+    def __init__(self, directory: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        self.head_path = self.directory / HEAD_NAME
+        self.lock_path = self.directory / LOCK_NAME
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+
+    @classmethod
+    def for_home(cls, home: Path, **kwargs: Any) -> AuditLog:
+        return cls(Path(home) / "state", **kwargs)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _flock(self, exclusive: bool) -> Iterator[None]:
+        """Cross-process lock around append (exclusive) and verify (shared), bounded by busy_timeout."""
+        try:
+            if exclusive:
+                self.directory.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, (os.O_RDWR | os.O_CREAT) if exclusive else os.O_RDONLY, _PRIVATE_FILE)
+        except FileNotFoundError:
+            if exclusive:
+                raise StateError(f"audit log: cannot create its lock file in {self.directory}") from None
+            yield  # nothing was ever appended here: nothing to hold still
+            return
+        except OSError as exc:
+            raise StateError(f"audit log: cannot open {self.lock_path}: {exc.strerror or exc}") from None
+        try:
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateError("audit log: locked by another process (busy timeout reached)") from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)
+
+    def _connect(self, *, write: bool) -> sqlite3.Connection:
+        if write:
+            if not self.path.exists():
+                # Create it ourselves so it is 0600 from its first byte; SQLite gives -wal/-shm the same mode.
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, _PRIVATE_FILE)
+                os.close(fd)
+            self._check_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        else:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.busy_timeout,
+                                   isolation_level=None)
+            try:
+                conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                conn.close()
+                if Path(f"{self.path}-wal").exists():
+                    raise
+                # A WAL database in a directory we cannot write (a read-only copy, an immutable
+                # backup): with no -wal file there is nothing uncheckpointed, so read the file as is.
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                       isolation_level=None)
+        try:
+            if write:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StateError(f"audit log: SQLite refused WAL mode (got {mode!r})")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA trusted_schema=OFF")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _check_private(path: Path) -> None:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise StateError(f"audit log: {path} is accessible by other users (mode {stat.S_IMODE(mode):04o})",
+                             hint=f"chmod 600 {path}")
+
+    def _read_head(self) -> HeadPin | None:
+        """The pinned head, None when no head file exists.
+
+        :raises AuditIntegrityError: the head file is unreadable or malformed.
+        """
+        try:
+            self._check_private(self.head_path)
+            raw = json.loads(self.head_path.read_text())
+        except FileNotFoundError:
+            return None
+        except StateError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise AuditIntegrityError(f"audit head pin {self.head_path} is unreadable ({type(exc).__name__})") from None
+        try:
+            if set(raw) != {"v", "seq", "hash"} or raw["v"] != 1 or type(raw["seq"]) is not int or raw["seq"] < 1:
+                raise ValueError("shape")
+            digest = bytes.fromhex(raw["hash"])
+            if len(digest) != 32:
+                raise ValueError("hash length")
+        except (TypeError, ValueError, AttributeError):
+            raise AuditIntegrityError(f"audit head pin {self.head_path} is malformed") from None
+        return HeadPin(raw["seq"], digest)
+
+    def _write_head(self, pin: HeadPin) -> None:
+        atomic_write(self.head_path, (json.dumps(pin.to_json(), sort_keys=True) + "\n").encode())
+
+    @staticmethod
+    def _row(record: tuple[Any, ...]) -> AuditRow:
+        seq, ts, kind, request_id, actor, payload, prev_hash, digest = record
+        try:
+            parsed = json.loads(payload)
+        except (TypeError, ValueError):
+            parsed = None
+        return AuditRow(seq, ts, kind, request_id, actor, payload, _unhex(prev_hash), _unhex(digest), parsed)
+
+    # --- append ---------------------------------------------------------------------------------
+    def append(self, kind: AuditKind | str, payload: Mapping[str, Any], *, request_id: bytes | str | None = None,
+               actor: str | None = None, ts: int | None = None) -> AuditRow:
+        """Append one row and re-pin the head. Fails closed.
+
+        :param payload: a JSON-able map with the *full* evidence (hex for bytes, decimal strings for
+            amounts); secret-looking keys are refused.
+        :raises StateError: the row could not be durably appended (and was not); do not sign.
+        :raises AuditIntegrityError: the log's tail does not match its head pin; do not sign.
+        :raises ProgrammingError: an unknown kind or a payload that cannot or must not be logged.
+        """
+        try:
+            kind = AuditKind(kind)
+        except ValueError:
+            raise ProgrammingError(f"unknown audit kind {kind!r}") from None
+        if not isinstance(payload, Mapping):
+            raise ProgrammingError("an audit payload is a map")
+        check_json_value(payload)
+        payload_text = canonical_json(payload)
+        payload_value = json.loads(payload_text)
+        rid = request_id.hex() if isinstance(request_id, bytes) else request_id
+        ts = self.clock() if ts is None else ts
+        if type(ts) is not int or ts < 0:
+            raise ProgrammingError("audit ts must be non-negative Unix seconds")
+        if actor is not None and not isinstance(actor, str):
+            raise ProgrammingError("audit actor must be text")
+
+        with self._flock(exclusive=True):
+            try:
+                conn = self._connect(write=True)
+            except sqlite3.Error as exc:
+                raise StateError(f"audit log unusable: {_describe_sqlite(exc)}",
+                                 hint="nothing was signed; fix the state directory and retry") from None
+            except OSError as exc:
+                raise StateError(f"audit log unusable: cannot create {self.path}: {exc.strerror or exc}") from None
+            try:
+                row = self._append_locked(conn, kind, rid, actor, ts, payload_text, payload_value)
+            finally:
+                conn.close()
+            try:
+                self._write_head(HeadPin(row.seq, row.hash))
+            except OSError as exc:
+                raise StateError(f"audit row {row.seq} was committed but its head pin could not be written "
+                                 f"({exc.strerror or exc}); the next append re-pins it",
+                                 hint="nothing may be signed until the state directory is writable") from None
+        return row
+
+    def _append_locked(self, conn: sqlite3.Connection, kind: AuditKind, rid: str | None, actor: str | None, ts: int,
+                       payload_text: str, payload_value: Any) -> AuditRow:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+                self._check_tail(conn, None if last is None else self._row(last))
+                seq = 1 if last is None else int(last[0]) + 1
+                prev = GENESIS if last is None else _unhex(last[7])
+                digest = row_hash(prev, row_bytes(seq, ts, kind.value, rid, actor, payload_value))
+                conn.execute(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (seq, ts, kind.value, rid, actor, payload_text, prev.hex(), digest.hex()))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StateError(f"audit log append failed: {_describe_sqlite(exc)}",
+                             hint="nothing was written and nothing may be signed") from None
+        return AuditRow(seq, ts, kind.value, rid, actor, payload_text, prev, digest, payload_value)
+
+    def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None) -> None:
+        """Refuse to extend a log whose newest rows do not match the head pin (inside the write lock)."""
+        pinned = self._read_head()
+        if last is None:
+            if pinned is not None:
+                raise AuditIntegrityError(f"the audit log is empty but its head pins row {pinned.seq}: "
+                                          "it was deleted or replaced")
+            return
+        if last.hash != row_hash(last.prev_hash, row_bytes(last.seq, last.ts, last.kind, last.request_id, last.actor,
+                                                           last.payload)):
+            raise AuditIntegrityError(f"audit row {last.seq} does not match its hash: the log was edited")
+        if pinned is None:
+            if last.seq == 1:
+                return  # the very first pin write failed after its commit: the same one-row lag as below
+            raise AuditIntegrityError(f"the audit log has {last.seq} rows but its head pin file is missing",
+                                      hint="run `kms-agent audit verify`")
+        if pinned.seq > last.seq:
+            raise AuditIntegrityError(f"the audit log ends at row {last.seq} but its head pins row {pinned.seq}: "
+                                      "rows were deleted")
+        if pinned.seq < last.seq - 1:
+            raise AuditIntegrityError(f"the audit head pins row {pinned.seq} but the log has {last.seq} rows")
+        pinned_row = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (pinned.seq,)).fetchone()
+        if pinned_row is None or _unhex(pinned_row[0]) != pinned.hash:
+            raise AuditIntegrityError(f"audit row {pinned.seq} is not the row the head pin names: the log was edited")
+        if pinned.seq == last.seq - 1 and last.prev_hash != pinned.hash:
+            raise AuditIntegrityError(f"audit row {last.seq} does not follow the pinned row {pinned.seq}")
+
+    # --- verify ---------------------------------------------------------------------------------
+    def verify(self, approval_verifier: ApprovalVerifier | None = None) -> AuditReport:
+        """Re-check every row, the chain and the head pin; optionally re-verify every approval row.
+
+        :param approval_verifier: called with each ``approval`` row; it raises a
+            :class:`~agent.errors.KmsAgentError` when the approval does not verify
+            (:func:`agent.approvals.approval_row_verifier` is one).
+        :raises StateError: the database cannot be read at all.
+        """
+        problems: list[AuditProblem] = []
+        warnings: list[str] = []
+        pin_error: str | None = None
+        with self._flock(exclusive=False):
+            try:
+                pinned = self._read_head()
+            except AuditIntegrityError as exc:
+                pinned, pin_error = None, exc.message
+            records = self._select("", ()) if self.path.exists() else []
+        checked = 0
+        expected, prev = 1, GENESIS
+        by_seq: dict[int, bytes] = {}
+        for row in records:
+            if row.seq != expected:
+                problems.append(AuditProblem(expected, f"rows {expected}..{row.seq - 1} are missing"
+                                             if row.seq > expected + 1 else f"row {expected} is missing"))
+            expected = row.seq + 1
+            problems.extend(self._check_row(row, prev))
+            if approval_verifier is not None and row.kind == AuditKind.APPROVAL.value and row.payload is not None:
+                checked += 1
+                try:
+                    approval_verifier(row)
+                except KmsAgentError as exc:
+                    problems.append(AuditProblem(row.seq, f"approval does not verify: {exc.message}"))
+            prev = row.hash
+            by_seq[row.seq] = row.hash
+        head = HeadPin(records[-1].seq, records[-1].hash) if records else None
+        if pin_error is not None:
+            problems.append(AuditProblem(None, pin_error))
+        else:
+            problems.extend(self._check_pin(head, pinned, by_seq, warnings))
+        bad = [p.seq for p in problems if p.seq is not None]
+        return AuditReport(not problems, len(records), head, pinned, min(bad) if bad else None,
+                           tuple(sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))), tuple(warnings),
+                           checked)
+
+    @staticmethod
+    def _check_row(row: AuditRow, prev: bytes) -> list[AuditProblem]:
+        found = []
+        if row.prev_hash != prev:
+            found.append(AuditProblem(row.seq, "prev_hash is not the hash of the row before it (rows deleted, "
+                                               "inserted or reordered)"))
+        if row.payload is None or canonical_or_none(row.payload) != row.payload_text:
+            found.append(AuditProblem(row.seq, "payload is not canonical JSON"))
+        elif row.kind not in AuditKind.__members__.values():
+            found.append(AuditProblem(row.seq, f"unknown kind {row.kind!r}"))
+        else:
+            try:
+                recomputed = row_hash(row.prev_hash, row_bytes(row.seq, row.ts, row.kind, row.request_id, row.actor,
+                                                               row.payload))
+            except (ProgrammingError, TypeError):
+                recomputed = b""
+            if recomputed != row.hash:
+                found.append(AuditProblem(row.seq, "the row does not match its hash (edited)"))
+        return found
+
+    @staticmethod
+    def _check_pin(head: HeadPin | None, pinned: HeadPin | None, by_seq: Mapping[int, bytes],
+                   warnings: list[str]) -> list[AuditProblem]:
+        if pinned is None:
+            if head is not None and head.seq == 1:
+                warnings.append("row 1 is not pinned yet (its head pin write failed?); the next append pins it")
+            elif head is not None:
+                return [AuditProblem(None, f"the head pin file is missing although the log has {head.seq} rows")]
+            return []
+        if head is None:
+            return [AuditProblem(1, f"the log is empty or missing but its head pins row {pinned.seq}")]
+        if pinned.seq > head.seq:
+            return [AuditProblem(head.seq + 1, f"the log ends at row {head.seq} but its head pins row {pinned.seq}: "
+                                               "the newest rows were deleted")]
+        if by_seq.get(pinned.seq) != pinned.hash:
+            return [AuditProblem(pinned.seq, f"row {pinned.seq} is not the row the head pin names "
+                                             "(edited row or forged head)")]
+        if pinned.seq == head.seq - 1:
+            warnings.append(f"row {head.seq} is not pinned yet (a crash between commit and pin?); "
+                            "the next append pins it")
+        elif pinned.seq < head.seq:
+            return [AuditProblem(pinned.seq + 1, f"rows {pinned.seq + 1}..{head.seq} come after the pinned head "
+                                                 f"(row {pinned.seq}): the head file was rolled back")]
+        return []
+
+    # --- queries --------------------------------------------------------------------------------
+    def _select(self, where: str, params: tuple[Any, ...]) -> list[AuditRow]:
+        try:
+            conn = self._connect(write=False)
+            try:
+                records = conn.execute(f"SELECT {_COLUMNS} FROM audit_log {where} ORDER BY seq", params).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
+        return [self._row(r) for r in records]
+
+    def rows(self, *, kinds: Iterable[AuditKind | str] | None = None, since: int | None = None,
+             until: int | None = None, request_id: bytes | str | None = None) -> list[AuditRow]:
+        """Rows in seq order, filtered by kind, time range ``since <= ts < until`` and request id (reports)."""
+        if not self.path.exists():
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+        if kinds is not None:
+            names = [AuditKind(k).value for k in kinds]
+            clauses.append(f"kind IN ({', '.join('?' for _ in names)})")
+            params += names
+        if since is not None:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("ts < ?")
+            params.append(until)
+        if request_id is not None:
+            clauses.append("request_id = ?")
+            params.append(request_id.hex() if isinstance(request_id, bytes) else request_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._select(where, tuple(params))
+
+    def head(self) -> HeadPin | None:
+        """The newest row's (seq, hash), or None for an empty log (for reports and external anchoring)."""
+        rows = self._select("WHERE seq = (SELECT MAX(seq) FROM audit_log)", ()) if self.path.exists() else []
+        return HeadPin(rows[0].seq, rows[0].hash) if rows else None
+
+
+def canonical_or_none(value: Any) -> str | None:
+    try:
+        return canonical_json(value)
+    except ProgrammingError:
+        return None
+
+
+def _unhex(value: Any) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        return b""

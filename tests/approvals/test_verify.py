@@ -1,0 +1,152 @@
+"""verify_approval: FIDO2 through the product's verify_assertion, PIV as the PIV backend signs; audit rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.approvals import (
+    PIV_KIND,
+    ApprovalPayload,
+    approval_audit_payload,
+    approval_digest,
+    approval_row_verifier,
+    verify_approval,
+    verify_approval_record,
+)
+from agent.errors import ApprovalInvalid, ProgrammingError
+from tests.approvals.helpers import UP, UV, SoftPiv, Team, oid, payload
+
+
+@pytest.fixture
+def team() -> Team:
+    return Team.build()
+
+
+def slot_of(team: Team, n: int):  # type: ignore[no-untyped-def]
+    for op in team.roster.values():
+        for slot in op.slots:
+            if slot.slot_id == oid(n):
+                return slot
+    raise KeyError(n)
+
+
+def test_fido2_approval_verifies(team: Team) -> None:
+    p = payload()
+    verify_approval(team.approve(p, 2, 0x21), slot_of(team, 0x21), approval_digest(p))
+
+
+@pytest.mark.parametrize("case", ["wrong-digest", "wrong-rp", "no-uv", "no-up", "other-key", "bad-sig",
+                                  "record-count-lies", "record-flags-lie", "kind-mismatch", "truncated"])
+def test_fido2_approval_refusals(team: Team, case: str) -> None:
+    p = payload()
+    digest = approval_digest(p)
+    slot = slot_of(team, 0x21)
+    kw: dict[str, Any] = {}
+    if case == "wrong-rp":
+        kw = {"rp_id": "evil.example"}
+    elif case == "no-uv":
+        kw = {"flags": UP}
+    elif case == "no-up":
+        kw = {"flags": UV}
+    approval = team.approve(p, 2, 0x21, digest=bytes(32) if case == "wrong-digest" else None, **kw)
+    if case == "other-key":
+        approval = dataclasses.replace(team.approve(p, 4, 0x41), operator_id=oid(2), slot_id=oid(0x21))
+    elif case == "bad-sig":
+        approval = dataclasses.replace(approval, signature=approval.signature[:-1] + bytes([approval.signature[-1] ^ 1]))
+    elif case == "record-count-lies":
+        approval = dataclasses.replace(approval, sign_count=approval.sign_count + 100)
+    elif case == "record-flags-lie":
+        approval = dataclasses.replace(team.approve(p, 2, 0x21, flags=UP), user_verified=True)
+    elif case == "kind-mismatch":
+        approval = dataclasses.replace(approval, kind="piv")
+    elif case == "truncated":
+        approval = dataclasses.replace(approval, auth_data=approval.auth_data[:20])
+    with pytest.raises(ApprovalInvalid):
+        verify_approval(approval, slot, digest)
+
+
+def test_piv_approval_verifies_and_matches_the_backend(team: Team) -> None:
+    from agent.tokens import piv_token
+
+    assert piv_token.KIND == PIV_KIND
+    p = payload()
+    digest = approval_digest(p)
+    approval = team.approve(p, 3, 0x31)
+    slot = slot_of(team, 0x31)
+    verify_approval(approval, slot, digest)
+    # The backend's own offline check agrees, on the good and on a wrong digest.
+    assert piv_token.verify_approval(slot.public, digest, approval.signature)
+    assert not piv_token.verify_approval(slot.public, bytes(32), approval.signature)
+
+
+@pytest.mark.parametrize("public", [{"sign_touch_policy": 3}, {"sign_touch_policy": 1}, {"sign_pin_policy": 1},
+                                    {"approval_alg": "rsa"}])
+def test_piv_slot_must_require_touch_and_pin(public: dict[str, Any]) -> None:
+    token = SoftPiv("p")
+    from agent.approvals import RecordedApproval, Slot
+
+    slot = Slot(oid(9), oid(8), "piv", "p", {**token.public(), **public})
+    p = payload()
+    digest = approval_digest(p)
+    approval = RecordedApproval.from_token(token.approve(digest), request_id=p.request_id, operator_id=oid(8),
+                                           slot_id=oid(9), approved_at=0)
+    with pytest.raises(ApprovalInvalid, match=r"touch|algorithm"):
+        verify_approval(approval, slot, digest)
+
+
+def test_piv_signature_over_unhashed_message_is_refused() -> None:
+    """A card that hashed the digest again (ECDSA-SHA256 over the digest) is not what we enrolled."""
+    from agent.approvals import RecordedApproval, Slot
+
+    token = SoftPiv("p")
+    slot = Slot(oid(9), oid(8), "piv", "p", token.public())
+    p = payload()
+    digest = approval_digest(p)
+    wrong = token.key.sign(digest, ec.ECDSA(hashes.SHA256()))
+    approval = RecordedApproval(p.request_id, oid(8), oid(9), "piv", b"", wrong, 0, True, True, 0)
+    with pytest.raises(ApprovalInvalid):
+        verify_approval(approval, slot, digest)
+
+
+def test_payload_rejects_bad_fields() -> None:
+    for bad in ({"request_id": bytes(15)}, {"fee": -1}, {"derivation_index": True}, {"nonce": 1 << 64},
+                {"outputs": [()]}, {"unsigned_tx_sha256": "00" * 32}, {"action": "withdrawal"}):
+        with pytest.raises(ProgrammingError):
+            payload(**bad)
+
+
+def test_payload_digest_changes_with_every_field() -> None:
+    base = payload()
+    variants = [payload(chain="LTC"), payload(network="mainnet"), payload(derivation_index=1),
+                payload(unsigned_tx_sha256=hashlib.sha256(b"x").digest()), payload(fee=1411), payload(nonce=0),
+                payload(expires_at=base.expires_at + 1), payload(policy_generation=8), payload(outputs=()),
+                payload(signature_id="other"), payload(vault_id=bytes(16)), payload(request_id=bytes(16))]
+    digests = {approval_digest(v) for v in variants}
+    assert approval_digest(base) not in digests and len(digests) == len(variants)
+    assert ApprovalPayload.from_cbor(base.canonical_bytes()) == base
+
+
+def test_audit_record_reverifies(team: Team) -> None:
+    p = payload()
+    approval = team.approve(p, 2, 0x21).with_baseline(0)
+    record = approval_audit_payload(p, approval, slot_of(team, 0x21))
+    assert verify_approval_record(record, team.roster, request_id=p.request_id.hex()) == approval
+    # Removed from the header since: still verifies under the recorded slot.
+    assert verify_approval_record(record, {}) == approval
+    tampered = {**record, "digest": "00" * 32}
+    with pytest.raises(ApprovalInvalid):
+        verify_approval_record(tampered, team.roster)
+    wrong_request = approval_audit_payload(payload(request_id=oid(7)), approval, slot_of(team, 0x21))
+    with pytest.raises(ApprovalInvalid):
+        verify_approval_record(wrong_request, team.roster)
+    swapped_key = dataclasses.replace(slot_of(team, 0x41), slot_id=oid(0x21), operator_id=oid(2))
+    with pytest.raises(ApprovalInvalid):
+        verify_approval_record(approval_audit_payload(p, approval, swapped_key), team.roster)
+    with pytest.raises(ApprovalInvalid):
+        approval_row_verifier(team.roster)(type("Row", (), {"request_id": None, "payload": {"junk": 1}})())
