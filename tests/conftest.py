@@ -27,12 +27,12 @@ class AutoPrompts:
         self.touched.append(token_label)
 
     def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
-        from agent.tokens.sim import sim_pin
+        from agent.tokens.sim import simulated_pin
 
         self.asked.append((token_label, attempts_remaining))
         if token_label in self.pins:
             return bytearray(self.pins[token_label].encode())
-        return bytearray(sim_pin(self.home, token_label.removeprefix("sim:")).encode())
+        return bytearray(simulated_pin(self.home, token_label.removeprefix("sim:")).encode())
 
 
 @pytest.fixture

@@ -82,9 +82,9 @@ class CliPrompts:
             # Simulator convenience for demos and tests (scripting contract): when their touch is
             # automated (auto, deny, timeout, remove), simulated tokens also answer their own PIN
             # prompt. Never for real tokens.
-            from agent.tokens.sim import sim_pin
+            from agent.tokens.sim import simulated_pin
 
-            return bytearray(sim_pin(self.paths.home, token_label[4:]).encode())
+            return bytearray(simulated_pin(self.paths.home, token_label[4:]).encode())
         left = f" ({attempts_remaining} tries left)" if attempts_remaining is not None else ""
         if attempts_remaining is not None and attempts_remaining <= 2:
             err(f"warning: {token_label} blocks its PIN after {attempts_remaining} more wrong tries")

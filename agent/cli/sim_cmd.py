@@ -13,21 +13,54 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 @app.command("create")
-def create(name: str, as_json: Json = False) -> None:
-    """create a simulated FIDO2 token (PIN 123456)"""
-    from agent.tokens.sim import create_sim_token
+def create(name: str, kind: Annotated[str, typer.Option(help="fido2 or piv")] = "fido2", as_json: Json = False) -> None:
+    """create a simulated FIDO2 token or PIV card (PIN 123456)"""
+    from agent.errors import UsageError
+    from agent.tokens.sim import create_piv_sim, create_sim_token
 
-    path = create_sim_token(Paths.resolve().home, name)
-    emit({"token": f"sim:{name}", "state": str(path)}, as_json, f"sim:{name} ready (PIN 123456), state in {path}")
+    home = Paths.resolve().home
+    if kind == "fido2":
+        detail = str(create_sim_token(home, name))
+    elif kind == "piv":
+        detail = f"serial {create_piv_sim(home, name).read().serial}"
+    else:
+        raise UsageError(f"unknown token kind {kind!r}: use fido2 or piv")
+    emit({"token": f"sim:{name}", "kind": kind, "detail": detail}, as_json,
+         f"sim:{name} ready ({kind}, PIN 123456): {detail}")
 
 
 @app.command("list")
 def list_sims(as_json: Json = False) -> None:
     """list simulated tokens"""
-    from agent.tokens.sim import sim_token_names
+    from agent.tokens.sim import list_piv_sims, sim_token_names
 
-    names = sim_token_names(Paths.resolve().home)
-    emit({"tokens": [f"sim:{n}" for n in names]}, as_json, "\n".join(f"sim:{n}" for n in names))
+    home = Paths.resolve().home
+    tokens = [{"token": f"sim:{n}", "kind": "fido2"} for n in sim_token_names(home)]
+    tokens += [{"token": f"sim:{n}", "kind": "piv"} for n in list_piv_sims(home)]
+    emit({"tokens": tokens}, as_json, "\n".join(f"{t['token']:<24} {t['kind']}" for t in tokens))
+
+
+@app.command("pcsc")
+def pcsc(
+    piv: Annotated[list[str] | None, typer.Option("--piv", help="simulated PIV card to serve (repeat)")] = None,
+    fido2: Annotated[list[str] | None, typer.Option("--fido2", help="simulated FIDO2 token to serve (repeat)")]
+    = None,
+    port: Annotated[int, typer.Option(help="vpcd port of the first reader slot")] = 35963,
+) -> None:
+    """serve simulated tokens to pcscd's vpcd reader until stopped (SIGTERM or Ctrl-C ends it cleanly)"""
+    import signal
+    import threading
+
+    from agent.cli.context import err
+    from agent.tokens.sim.pcsc_server import serve
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    names = [f"piv:{n}" for n in piv or []] + [f"fido2:{n}" for n in fido2 or []]
+    err(f"serving {', '.join(names) or 'nothing'} to vpcd on port {port}; stop with Ctrl-C or SIGTERM")
+    serve(Paths.resolve().home, piv=piv or [], fido2=fido2 or [], stop=stop, port=port)
+    err("stopped; the cards left the reader")
 
 
 @app.command("unplug")

@@ -66,8 +66,15 @@ def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
     from agent.tokens.fido2_token import Fido2Token
 
     token_kind, arg = parse_spec(spec)
+    if kind not in ("fido2", "piv"):
+        raise UsageError(f"unknown token kind {kind!r}: use fido2 or piv")
+    if token_kind == "sim" and kind != "piv":
+        from agent.tokens.piv_token import is_piv_sim
+
+        if is_piv_sim(home, arg):
+            kind = "piv"  # `kms-agent sim create NAME --kind piv` made it a PIV card
     if token_kind == "piv" or (token_kind == "sim" and kind == "piv"):
-        from agent.tokens.piv_token import open_piv_token  # type: ignore[import-not-found,unused-ignore]
+        from agent.tokens.piv_token import open_piv_token
 
         token: Token = open_piv_token(spec, home)
         return token
@@ -92,7 +99,7 @@ def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
     """Return an opened token holding ``slot``'s credential, or None when none is plugged in."""
     label = str(slot["label"])
     if slot["kind"] == "piv":
-        from agent.tokens.piv_token import find_piv_token  # type: ignore[import-not-found,unused-ignore]
+        from agent.tokens.piv_token import find_piv_token
 
         found: Token | None = find_piv_token(slot["public"], home)
         return found

@@ -73,6 +73,9 @@ def map_token_errors(label: str) -> Iterator[None]:
     except (OSError, EOFError) as exc:
         raise TokenRemoved(f"{label} was removed or stopped answering during the operation") from exc
     except Exception as exc:
+        if type(exc).__module__.startswith("smartcard"):
+            # pyscard: CardConnectionException / NoCardException when a card leaves the reader.
+            raise TokenRemoved(f"{label} left the reader or stopped answering during the operation") from exc
         # python-fido2 raises bare Exception/ValueError for malformed frames from a failing device.
         if type(exc).__name__ == "ConnectionFailure":
             raise TokenRemoved(f"{label} stopped answering correctly (unplugged or reset?)") from exc

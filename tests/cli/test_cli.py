@@ -224,3 +224,15 @@ def test_recovery_words_verify_and_replace_lost_tokens(cli: Cli, initialised: di
         assert out["via"] == "recovery"
     result = cli.json("unlock")
     assert {t["token"] for t in result["touched"]} == {"sim:alice-new", "sim:bob-new"}
+
+
+def test_mixed_piv_and_fido2_operators(cli: Cli) -> None:
+    assert cli.json("sim", "create", "bob", "--kind", "piv")["kind"] == "piv"
+    init = cli.json("init", "--operator", "alice=sim:alice", "--operator", "bob=sim:bob", "--quorum", "2")
+    assert init["quorum"] == 2
+    kinds = {t["label"]: t["kind"] for t in cli.json("token", "list")["tokens"]}
+    assert kinds == {"sim:alice": "fido2-hmac", "sim:bob": "piv"}
+    touched = cli.json("unlock")["touched"]
+    assert [(t["operator"], t["token"]) for t in touched] == [("alice", "sim:alice"), ("bob", "sim:bob")]
+    added = cli.json("token", "enrol", "sim:alice-piv", "--kind", "piv", "--operator", "alice")
+    assert added["kind"] == "piv"
