@@ -25,6 +25,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from agent.cli import (
+        audit_cmd,
         demo_cmd,
         doctor_cmd,
         init_cmd,
@@ -36,6 +37,7 @@ def _register() -> None:
         unlock_cmd,
         vault_cmd,
         wallet_cmd,
+        withdraw_cmd,
     )
 
     init_cmd.register(app)
@@ -49,6 +51,11 @@ def _register() -> None:
     app.add_typer(wallet_cmd.app, name="wallet")
     app.add_typer(sim_cmd.app, name="sim")
     app.add_typer(recovery_cmd.app, name="recovery")
+    app.add_typer(withdraw_cmd.app, name="request")
+    withdraw_cmd.register(app)
+    app.add_typer(audit_cmd.audit_app, name="audit")
+    app.add_typer(audit_cmd.policy_app, name="policy")
+    app.add_typer(audit_cmd.report_app, name="report")
 
 
 _register()

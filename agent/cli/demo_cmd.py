@@ -20,12 +20,18 @@ import typer
 from agent.cli.context import HOME_ENV, SIM_TOUCH_ENV, emit, err
 from agent.errors import KmsAgentError
 
+COLD_ETH = "0x00000000000000000000000000000000000c01D0"
+SEPOLIA = 11_155_111
+
 
 @dataclass
 class Step:
     title: str
     args: list[str]
     expect_exit: int = 0
+    #: (substitution name, key in the JSON output) to remember for later steps.
+    capture: tuple[str, str] | None = None
+    json: bool = True
 
 
 def _steps() -> list[Step]:
@@ -35,22 +41,58 @@ def _steps() -> list[Step]:
               "--quorum", "2", "--recovery-out", "{dir}/recovery-shares.txt"]),
         Step("List operators and their tokens (no token needed)", ["operator", "list"]),
         Step("Generate a BTC wallet (alice and bob approve with a touch)",
-             ["wallet", "generate", "BTC", "--testnet", "--approver", "alice", "--approver", "bob"]),
+             ["wallet", "generate", "BTC", "--testnet", "--approver", "alice", "--approver", "bob"],
+             capture=("btc", "signatureId")),
         Step("Generate an ETH wallet (bob and carol approve)",
-             ["wallet", "generate", "ETH", "--testnet", "--approver", "bob", "--approver", "carol"]),
+             ["wallet", "generate", "ETH", "--testnet", "--approver", "bob", "--approver", "carol"],
+             capture=("eth", "signatureId")),
         Step("List wallets from the signed public index (no token needed)", ["wallet", "list"]),
         Step("Derive BTC deposit address 0 (no token needed)", ["wallet", "address", "{btc}", "0"]),
         Step("Derive BTC deposit address 1", ["wallet", "address", "{btc}", "1"]),
         Step("Derive ETH deposit address 0", ["wallet", "address", "{eth}", "0"]),
         Step("Unlock with alice and carol: quorum met", ["unlock", "--operator", "alice", "--operator", "carol"]),
         Step("Unlock with alice alone: refused (4-eye principle)", ["unlock", "--operator", "alice"], expect_exit=5),
+        Step("Policy change: allowlist the cold wallet, at most 1 ETH per withdrawal (a quorum approves it)",
+             ["policy", "set", "{dir}/policy.json", "--operator", "alice", "--operator", "bob"]),
+        Step("An application asks to send 0.1 ETH to the cold wallet",
+             ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_ok}", "--initiator", "app:exchange"],
+             capture=("req", "id")),
+        Step("Alice approves: PIN + touch over the digest of the exact transaction", ["approve", "{req}",
+                                                                                      "--operator", "alice"]),
+        Step("Bob approves: quorum met, the agent signs", ["approve", "{req}", "--operator", "bob"]),
+        Step("A 5 ETH request breaks the per-transaction limit: denied by policy",
+             ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_big}", "--initiator", "app:exchange"],
+             expect_exit=5),
         Step("Verify the vault: structure, signature, pinned key, rollback", ["vault", "verify"]),
+        Step("Verify the audit log: hash chain, head pin, every approval signature", ["audit", "verify"]),
+        Step("Withdrawals report", ["report", "withdrawals", "--format", "json"], json=False),
+        Step("Anomalies report", ["report", "anomalies", "--format", "json"], json=False),
         Step("Status", ["status"]),
     ]
 
 
+def _prepare(home: Path) -> dict[str, str]:
+    """The inputs a real deployment gets elsewhere: a policy file and unsigned transactions."""
+    from agent.chains.evm import ETH as eth
+    from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
+
+    cold = eth.normalize_address(COLD_ETH, testnet=True)
+    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([cold]),
+                                               assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None,
+                                                                          per_day=5 * 10**18)},
+                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    (home / "policy.json").write_text(json.dumps(policy.to_dict(), indent=2))
+
+    def tx(value: int, nonce: int) -> str:
+        unsigned: str = eth.build_transfer(to=cold, value=value, nonce=nonce, chain_id=SEPOLIA,
+                                           max_fee_per_gas=30 * 10**9, max_priority_fee_per_gas=10**9)
+        return unsigned
+
+    return {"tx_ok": tx(10**17, 0), "tx_big": tx(5 * 10**18, 1)}
+
+
 def _run(step: Step, env: dict[str, str], subs: dict[str, str]) -> dict[str, Any]:
-    args = [a.format(**subs) for a in step.args] + ["--json"]
+    args = [a.format(**subs) for a in step.args] + (["--json"] if step.json else [])
     proc = subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=300)
     try:
@@ -76,7 +118,7 @@ def register(app: typer.Typer) -> None:
         if (home / "wallet.dat").exists():
             raise KmsAgentError(f"{home} already holds a vault; pick an empty --dir")
         env = {**os.environ, HOME_ENV: str(home), SIM_TOUCH_ENV: "auto"}
-        subs = {"dir": str(home), "btc": "", "eth": ""}
+        subs = {"dir": str(home), "btc": "", "eth": "", "req": "", **_prepare(home)}
         results = []
         for i, step in enumerate(_steps(), 1):
             if not as_json:
@@ -84,8 +126,8 @@ def register(app: typer.Typer) -> None:
             result = _run(step, env, subs)
             results.append(result)
             out = result["output"]
-            if isinstance(out, dict) and "signatureId" in out:
-                subs["btc" if not subs["btc"] else "eth"] = out["signatureId"]
+            if step.capture and isinstance(out, dict):
+                subs[step.capture[0]] = str(out.get(step.capture[1], ""))
             if not as_json:
                 print("$ " + " ".join(result["command"]))
                 print(json.dumps(out, indent=2) if out is not None else "")

@@ -38,7 +38,7 @@ from agent.vault.primitives import wipe
 from agent.vault.vault import Collected, PublicVault, TokenFinder
 from agent.withdrawals.queue import Queue
 
-PENDING, DENIED, SIGNED, REJECTED = "pending", "denied", "signed", "rejected"
+PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
 
 
 def tx_bytes(tx: str | bytes) -> bytes:
@@ -142,6 +142,7 @@ class Withdrawals:
             raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to approve")
         vault = self._vault()
         payload = ApprovalPayload.from_cbor(bytes.fromhex(rec["payload"]))
+        self._check_binding(rec, payload)
         digest = approval_digest(payload)
         roster = roster_from_header(vault.header, suspended=self.queue.suspended())
         rule = _quorum_rule(rec, vault)
@@ -172,15 +173,39 @@ class Withdrawals:
             self.queue.update_counters(decision.counter_updates)
             rec["approvals"] = [a.to_json() for a in decision.accepted]
             rec["quorum"] = decision.to_json()
+            if decision.outcome.value in (EXPIRED, REJECTED, "stale", "consumed"):
+                rec["status"] = decision.outcome.value
             self.queue.put(rec)
             if not decision.approved:
                 collected.wipe()
+                if rec["status"] != PENDING:
+                    raise ApprovalError(f"request {rec['id']} is {rec['status']}: {decision.explain()}")
                 return rec
             self._ensure_shares(vault, collected, finder, prompts, digest, operators)
             return self._sign(rec, vault, collected)
         except BaseException:
             collected.wipe()
             raise
+
+    def _check_binding(self, rec: dict[str, Any], payload: ApprovalPayload) -> None:
+        """The queued bytes must still be exactly what the payload (and so every approval) names.
+
+        Approvers sign the payload; signing uses the queued bytes. Re-hash and re-decode them here so
+        a queue edited after the request was judged can never get a signature.
+        """
+        from agent.errors import ApprovalInvalid
+
+        raw = bytes.fromhex(rec["tx"])
+        impl = get_chain(rec["chain"])
+        decoded = from_tx_summary(impl.decode(raw, testnet=rec["testnet"]), signature_id=rec["signature_id"],
+                                  native_asset=impl.symbol)
+        if (hashlib.sha256(raw).digest() != payload.unsigned_tx_sha256
+                or tuple((o.address, o.amount, o.asset) for o in decoded.outputs)
+                != tuple((o.address, o.amount, o.asset) for o in payload.outputs)
+                or decoded.fee != payload.fee or payload.request_id.hex() != rec["id"]
+                or payload.signature_id != rec["signature_id"] or payload.derivation_index != rec["index"]):
+            raise ApprovalInvalid(f"request {rec['id']}: the queued transaction no longer matches what was judged "
+                                  "and is being approved; refusing (was the queue edited?)")
 
     def _ensure_shares(self, vault: PublicVault, collected: Collected, finder: TokenFinder, prompts: Prompts,
                        digest: bytes, operators: Sequence[str] | None) -> None:
@@ -209,13 +234,13 @@ class Withdrawals:
                 del text
             finally:
                 wipe(secret)
+            owned = _owned(vault.wallet(rec["signature_id"]))
             try:
-                owned = _owned(vault.wallet(rec["signature_id"]))
                 signed = impl.sign(raw, [bytes(key)], testnet=rec["testnet"], owned=owned)
             finally:
                 wipe(key)
-        approved = from_tx_summary(impl.decode(raw, testnet=rec["testnet"]), signature_id=rec["signature_id"],
-                                   native_asset=impl.symbol)
+        approved = from_tx_summary(impl.decode(raw, testnet=rec["testnet"], owned=owned),
+                                   signature_id=rec["signature_id"], native_asset=impl.symbol)
         after = from_tx_summary(signed.summary, signature_id=rec["signature_id"], native_asset=impl.symbol)
         if (approved.outputs, approved.fee) != (after.outputs, after.fee):
             raise ChainError("the signed transaction does not decode to the approved summary; nothing released")
@@ -292,9 +317,18 @@ class Withdrawals:
         return rec
 
 
+#: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a
+#: BIP-32 derivation that re-derives from the wallet's xpub), never because a request says so.
+CHANGE_GAP = 100
+
+
 def _owned(wallet: dict[str, Any]) -> Owned:
-    addresses = frozenset([wallet["address"]]) if wallet.get("address") else frozenset()
-    return Owned(addresses=addresses, xpub=wallet.get("xpub"))
+    addresses = {wallet["address"]} if wallet.get("address") else set()
+    xpub = wallet.get("xpub")
+    impl = get_chain(wallet["chain"])
+    if xpub and impl.family.value == "utxo":
+        addresses.update(impl.addresses_from_xpub(xpub, range(CHANGE_GAP), testnet=wallet["testnet"]))
+    return Owned(addresses=frozenset(addresses), xpub=xpub)
 
 
 def _operator_id(vault: PublicVault, name: str | None) -> bytes | None:

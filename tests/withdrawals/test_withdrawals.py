@@ -33,7 +33,7 @@ def env(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
         v.save()
     service = Withdrawals(home)
     finder = lambda slot: find_token(slot, home)  # noqa: E731
-    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=(eth.normalize_address(COLD, testnet=True),),
+    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([eth.normalize_address(COLD, testnet=True)]),
                                                assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=3 * 10**18)},
                                                unknown_destination=UnknownDestination.DENY), admin_approvals=2)
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["alice", "bob"])
@@ -114,3 +114,65 @@ def test_nothing_is_signed_when_the_audit_log_cannot_be_written(env, prompts: Au
     rec = service.queue.get(req["id"])
     assert rec["status"] == "pending" and rec["signed"] is None
     assert AuditLog(home / "state").verify().ok
+
+
+def test_btc_psbt_withdrawal_is_signed_and_valid_for_bitcoin_core(home: Path, prompts: AutoPrompts) -> None:
+    from agent.chains.utxo import AddressKind
+    from tests.chains.utxo_helpers import kernel_verify, make_coins
+
+    btc = get_chain("BTC")
+    paths, _ = make_vault(home, prompts)
+    with unlock(paths, prompts, operators=["alice", "bob"]) as v:
+        entry = v.add_wallet(wallet_type="MNEMONIC", chain="BTC", testnet=True, secret=bytearray(MNEMONIC.encode()),
+                             xpub=btc.xpub_from_mnemonic(MNEMONIC, testnet=True))
+        v.save()
+    service, finder = Withdrawals(home), (lambda slot: find_token(slot, home))
+    cold = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
+    change = btc.address_from_xpub(entry["xpub"], 1, testnet=True)
+    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([cold]),
+                                               assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)},
+                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    service.change_policy(policy, finder=finder, prompts=prompts, operators=["bob", "carol"])
+    coins = make_coins(btc, [(0, AddressKind.P2WPKH, 50_000)], testnet=True)  # type: ignore[arg-type]
+    psbt = btc.build_psbt([c.utxo for c in coins], [(cold, 30_000), (change, 19_000)], testnet=True)  # type: ignore[attr-defined]
+    req = service.create(chain="BTC", signature_id=entry["signatureId"], index=0, tx=psbt, initiator="app:exchange")
+    assert [o["isChange"] for o in req["summary"]["outputs"]] == [False, True]
+    assert req["summary"]["fee"] == "1000"
+    rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "carol"])
+    assert rec["status"] == "signed"
+    assert kernel_verify(bytes.fromhex(rec["signed"]["raw"]), [(coins[0].spk, 50_000)]) == [True]
+
+
+def test_an_edited_queue_gets_no_signature(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
+    from agent.errors import ApprovalInvalid
+
+    service, finder, sig_id, eth = env
+    req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
+    rec = service.queue.get(req["id"])
+    rec["tx"] = _tx(eth, ELSEWHERE, 10**16).removeprefix("0x")  # an attacker swaps the bytes after policy
+    service.queue.put(rec)
+    with pytest.raises(ApprovalInvalid, match="no longer matches"):
+        service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
+
+
+def test_expired_request_cannot_be_approved(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
+    service, finder, sig_id, eth = env
+    req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
+    later = Withdrawals(service.home, clock=lambda: req["created_at"] + 7201)
+    with pytest.raises(ApprovalError, match="expired"):
+        later.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
+    assert later.queue.get(req["id"])["status"] == "expired"
+
+
+def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPrompts, home: Path) -> None:  # type: ignore[no-untyped-def]
+    service, finder, sig_id, eth = env
+    snapshot = (home / "sim" / "alice.fido2.json").read_bytes()  # a clone made today...
+    first = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16, nonce=0))
+    service.approve(first["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
+    (home / "sim" / "alice.fido2.json").write_bytes(snapshot)  # ...used later: its signCount is behind
+    second = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16, nonce=1))
+    rec = service.approve(second["id"], finder=finder, prompts=prompts, operators=["alice"])
+    assert rec["approvals"] == []
+    assert service.queue.suspended() == {bytes.fromhex(service._vault().header["operators"][0]["operator_id"].hex())}
+    alerts = [r for r in service.audit.rows(kinds=["alert"])]
+    assert alerts and "sign" in alerts[0].payload_text.lower()

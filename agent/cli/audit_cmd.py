@@ -1,0 +1,133 @@
+"""``kms-agent audit|policy|report``: the tamper-evident log, the custody policy, and reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.cli.context import CliPrompts, Paths, emit
+from agent.errors import StateError, UsageError
+
+audit_app = typer.Typer(help="the hash-chained audit log", no_args_is_help=True)
+policy_app = typer.Typer(help="the custody policy (in the signed vault header)", no_args_is_help=True)
+report_app = typer.Typer(help="reports of withdrawals and anomalies", no_args_is_help=True)
+Json = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+@audit_app.command("verify")
+def verify(as_json: Json = False) -> None:
+    """re-check the hash chain, the head pin and every approval signature; non-zero if anything is off"""
+    from agent.approvals import approval_row_verifier, roster_from_header
+    from agent.audit import AuditLog
+    from agent.cli.session import load_public
+    from agent.withdrawals.queue import Queue
+
+    paths = Paths.resolve()
+    vault = load_public(paths)
+    roster = roster_from_header(vault.header, suspended=Queue(paths.state).suspended())
+    report = AuditLog(paths.state).verify(approval_row_verifier(roster))
+    data: dict[str, Any] = {"ok": report.ok, "rows": report.rows, "approvals_checked": report.approvals_checked,
+                            "first_bad_seq": report.first_bad_seq,
+                            "problems": [str(p) for p in report.problems], "warnings": list(report.warnings)}
+    if not report.ok:
+        emit(data, as_json)
+        raise StateError(f"audit log verification failed at row {report.first_bad_seq}: "
+                         + "; ".join(str(p) for p in report.problems))
+    emit(data, as_json, f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval "
+         "signatures re-verified.")
+
+
+@audit_app.command("show")
+def show(
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="row kind (repeat)")] = None,
+    request: Annotated[str | None, typer.Option("--request", help="request id")] = None,
+    since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
+    as_json: Json = False,
+) -> None:
+    """print audit rows with their full payloads"""
+    from agent.audit import AuditLog
+
+    rows = AuditLog(Paths.resolve().state).rows(kinds=kind, request_id=request, since=since)
+    out = [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "request_id": r.request_id, "actor": r.actor,
+            "payload": json.loads(r.payload_text)} for r in rows]
+    emit({"rows": out}, as_json, "\n".join(f"{r['seq']:>6} {r['ts']} {r['kind']:<13} {r['request_id'] or '-':<32} "
+                                           f"{r['actor'] or '-'}" for r in out))
+
+
+@policy_app.command("show")
+def policy_show(as_json: Json = False) -> None:
+    """print the policy in force (no token needed)"""
+    from agent.cli.session import load_public
+
+    policy = load_public(Paths.resolve()).policy()
+    emit(policy.to_dict(), True)  # the policy document is JSON either way
+
+
+@policy_app.command("set")
+def policy_set(
+    file: Annotated[Path, typer.Argument(help="JSON policy document (see docs/policy.md); '-' for stdin")],
+    operator: Annotated[list[str] | None, typer.Option("--operator", help="approver (repeat)")] = None,
+    pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
+    as_json: Json = False,
+) -> None:
+    """replace the policy: a policy change is itself a request that needs a quorum of touches"""
+    from agent.policy import Policy
+    from agent.tokens.discovery import find_token
+    from agent.withdrawals.service import Withdrawals
+
+    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    try:
+        new = Policy.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the policy is not valid JSON: {exc}") from None
+    paths = Paths.resolve()
+    result = Withdrawals(paths.home).change_policy(new, finder=lambda slot: find_token(slot, paths.home),
+                                                   prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator)
+    emit(result, as_json, f"Policy generation {result['generation']} in force "
+         f"(approved by {', '.join(result['approved_by'])}).")
+
+
+@report_app.command("withdrawals")
+def report_withdrawals(
+    since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """withdrawals per chain, wallet and day, with status and approvers"""
+    from agent.reports import withdrawals_report
+
+    _print_report(withdrawals_report(Paths.resolve(), since=since), fmt)
+
+
+@report_app.command("anomalies")
+def report_anomalies(
+    since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """denials, escalations, velocity near limits, failed unlocks and PIN errors, signCount alerts"""
+    from agent.reports import anomalies_report
+
+    _print_report(anomalies_report(Paths.resolve(), since=since), fmt)
+
+
+def _print_report(rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"rows": rows}, indent=2))
+    elif fmt == "csv":
+        import csv
+
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    elif fmt == "table":
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns} if rows else {}
+        print("  ".join(c.ljust(widths[c]) for c in columns))
+        for r in rows:
+            print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    else:
+        raise UsageError(f"unknown format {fmt!r}: use table, json or csv")
