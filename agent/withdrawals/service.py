@@ -119,14 +119,19 @@ class Withdrawals:
             raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}")
         return record
 
-    def _history(self) -> list[HistoryEntry]:
-        """Signed withdrawals, re-decoded from their bytes, for the velocity limits."""
+    def _history(self, *, window: int = 86_400) -> list[HistoryEntry]:
+        """Withdrawals signed in the last ``window`` seconds (the longest velocity limit is a day)."""
+        from agent.policy import RequestSummary, SummaryOutput
+
+        since = self._now() - window
         history = []
         for rec in self.queue.list(SIGNED):
-            impl = get_chain(rec["chain"])
-            tx_summary = impl.decode(bytes.fromhex(rec["tx"]), testnet=rec["testnet"])
-            history.append(HistoryEntry(rec["signed"]["signed_at"], from_tx_summary(
-                tx_summary, signature_id=rec["signature_id"], native_asset=impl.symbol)))
+            h = rec.get("history")
+            if not h or rec["signed"]["signed_at"] < since:
+                continue
+            outputs = tuple(SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in h["outputs"])
+            history.append(HistoryEntry(rec["signed"]["signed_at"], RequestSummary(
+                h["chain"], h["network"], h["signature_id"], outputs, int(h["fee"]), h["fee_asset"], h["opaque"])))
         return history
 
     # --- approve and sign -----------------------------------------------------------------------
@@ -250,6 +255,10 @@ class Withdrawals:
         self.audit.append("signature", {"txid": signed.txid, "raw": signed.raw_hex, "sender": signed.sender},
                           request_id=rec["id"])
         rec["status"], rec["signed"] = SIGNED, signed_json
+        # What velocity limits need later, as judged from the bytes that were signed.
+        rec["history"] = {"chain": after.chain, "network": after.network, "signature_id": after.signature_id,
+                          "outputs": [[o.address, str(o.amount), o.asset, o.is_change] for o in after.outputs],
+                          "fee": str(after.fee), "fee_asset": after.fee_asset, "opaque": after.opaque}
         self.queue.put(rec)
         return rec
 

@@ -35,7 +35,7 @@ def test_sim_pcsc_serves_until_sigterm(pcscd: Pcscd, tmp_path: Path) -> None:
         assert "PIV version" in info.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "stopped" in err
     assert _wait(lambda: reader_empty(pcscd.reader), 10)

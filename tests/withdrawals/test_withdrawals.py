@@ -176,3 +176,12 @@ def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPr
     assert service.queue.suspended() == {bytes.fromhex(service._vault().header["operators"][0]["operator_id"].hex())}
     alerts = [r for r in service.audit.rows(kinds=["alert"])]
     assert alerts and "sign" in alerts[0].payload_text.lower()
+
+
+def test_daily_velocity_counts_signed_withdrawals(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
+    service, finder, sig_id, eth = env
+    for nonce in range(3):
+        req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=nonce))
+        assert service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])["status"] == "signed"
+    with pytest.raises(PolicyDenied, match="velocity-day"):
+        service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=3))

@@ -1,0 +1,96 @@
+"""Withdrawals through the CLI, as operators and scripts drive them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, init_args
+
+COLD = "0x00000000000000000000000000000000000c01D0"
+
+
+@pytest.fixture
+def ready(cli: Cli, home: Path) -> dict:  # type: ignore[type-arg]
+    from agent.chains.evm import ETH
+    from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
+
+    cli.json(*init_args())
+    wallet = cli.json("wallet", "generate", "ETH", "--testnet")
+    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([COLD]),
+                                               assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=None)},
+                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    (home / "policy.json").write_text(json.dumps(policy.to_dict()))
+    changed = cli.json("policy", "set", str(home / "policy.json"), "--operator", "alice", "--operator", "bob")
+    assert changed["generation"] == 2 and changed["approved_by"] == ["alice", "bob"]
+
+    def tx(value: int, nonce: int = 0) -> str:
+        return str(ETH.build_transfer(to=COLD, value=value, nonce=nonce, chain_id=11155111, max_fee_per_gas=10**10))
+
+    return {"sig": wallet["signatureId"], "tx": tx}
+
+
+def test_request_approve_sign(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    req = cli.json("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](10**16), "--initiator", "app:x")
+    assert req["status"] == "pending"
+    assert req["summary"]["outputs"][0]["address"] == COLD
+    shown = cli("request", "show", req["id"])
+    assert "pay 10000000000000000 ETH to 0x00000000000000000000000000000000000c01D0" in shown.stdout
+    first = cli.json("approve", req["id"], "--operator", "carol")
+    assert first["status"] == "pending" and len(first["approvals"]) == 1
+    signed = cli.json("approve", req["id"], "--operator", "alice")
+    assert signed["status"] == "signed" and signed["signed"]["raw"].startswith("0x02")
+    audit = cli.json("audit", "verify")
+    assert audit["ok"] is True and audit["approvals_checked"] >= 4
+    rows = cli.json("audit", "show", "--request", req["id"])["rows"]
+    assert rows[0]["payload"]["tx"] == ready["tx"](10**16).removeprefix("0x")  # the full payload is logged
+    report = json.loads(cli("report", "withdrawals", "--format", "json").stdout)["rows"]
+    assert report[0]["status"] == "signed" and report[0]["approved_by"] == "carol,alice"
+
+
+def test_denied_request_exits_5_and_shows_in_anomalies(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    proc = cli("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](2 * 10**18))
+    assert proc.returncode == 5 and "denied by policy" in proc.stderr and "per-transaction limit" in proc.stderr
+    anomalies = json.loads(cli("report", "anomalies", "--format", "json").stdout)["rows"]
+    assert anomalies[0]["kind"] == "policy-deny"
+    csv_out = cli("report", "anomalies", "--format", "csv").stdout.splitlines()
+    assert csv_out[0].startswith("day,kind,request,detail")
+
+
+def test_reject_is_a_veto(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    req = cli.json("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](10**16))
+    assert cli.json("reject", req["id"], "--operator", "bob", "--reason", "unexpected")["status"] == "rejected"
+    proc = cli("approve", req["id"])
+    assert proc.returncode == 5 and "rejected" in proc.stderr
+
+
+@pytest.mark.parametrize("edit", ["update", "delete"])
+def test_editing_or_deleting_an_audit_row_is_detected(cli: Cli, ready: dict, home: Path, edit: str) -> None:  # type: ignore[type-arg]
+    cli.json("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](10**16))
+    db = sqlite3.connect(home / "state" / "audit.sqlite")
+    with db:
+        # The append-only triggers stop accidents, not an attacker with write access to the file.
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            db.execute(f"DROP TRIGGER {name}")
+        if edit == "update":
+            db.execute("UPDATE audit_log SET payload = replace(payload, 'app', 'ApP') WHERE seq = 2")
+            db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+        else:
+            db.execute("DELETE FROM audit_log WHERE seq = 3")
+    db.close()
+    proc = cli("audit", "verify")
+    assert proc.returncode == 9
+    assert "audit log verification failed at row" in proc.stderr
+
+
+def test_malformed_request_is_refused_cleanly(cli: Cli, ready: dict, home: Path) -> None:  # type: ignore[type-arg]
+    for bad in ("zz-not-hex", "0x02deadbeef"):
+        proc = cli("request", "create", "ETH", ready["sig"], "0", "--tx", bad)
+        assert proc.returncode in (2, 8), proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert cli.json("request", "list")["requests"] == []
+    proc = cli("request", "create", "DOGE", ready["sig"], "0", "--tx", ready["tx"](1))
+    assert proc.returncode == 2 and "ETH wallet" in proc.stderr
