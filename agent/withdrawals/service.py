@@ -335,7 +335,9 @@ def _owned(wallet: dict[str, Any]) -> Owned:
     addresses = {wallet["address"]} if wallet.get("address") else set()
     xpub = wallet.get("xpub")
     impl = get_chain(wallet["chain"])
-    if xpub and impl.family.value == "utxo":
+    from agent.chains.utxo import UtxoChain
+
+    if xpub and isinstance(impl, UtxoChain):
         addresses.update(impl.addresses_from_xpub(xpub, range(CHANGE_GAP), testnet=wallet["testnet"]))
     return Owned(addresses=frozenset(addresses), xpub=xpub)
 
