@@ -22,8 +22,10 @@ def _service() -> Any:
 
 
 def describe(rec: dict[str, Any]) -> str:
-    """The human summary an approver reads, decoded from the raw bytes (not from the requester's words)."""
-    s = rec["summary"]
+    """The human summary an approver reads, decoded again from the raw bytes (not from stored words)."""
+    from agent.chains import get_chain
+
+    s = get_chain(rec["chain"]).decode(bytes.fromhex(rec["tx"]), testnet=rec["testnet"]).to_json()
     net = "testnet" if rec["testnet"] else "MAINNET"
     lines = [f"request {rec['id']}  [{rec['status']}]", f"  {rec['chain']} {net}  wallet {rec['signature_id']} "
              f"index {rec['index']}  initiated by {rec['initiator'] or 'unknown'}"]
