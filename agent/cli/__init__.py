@@ -33,6 +33,7 @@ def _register() -> None:
         recovery_cmd,
         sim_cmd,
         status_cmd,
+        sweep_cmd,
         token_cmd,
         unlock_cmd,
         vault_cmd,
@@ -45,6 +46,7 @@ def _register() -> None:
     unlock_cmd.register(app)
     demo_cmd.register(app)
     doctor_cmd.register(app)
+    sweep_cmd.register(app)
     app.add_typer(token_cmd.app, name="token")
     app.add_typer(operator_cmd.app, name="operator")
     app.add_typer(vault_cmd.app, name="vault")

@@ -94,3 +94,27 @@ def test_malformed_request_is_refused_cleanly(cli: Cli, ready: dict, home: Path)
     assert cli.json("request", "list")["requests"] == []
     proc = cli("request", "create", "DOGE", ready["sig"], "0", "--tx", ready["tx"](1))
     assert proc.returncode == 2 and "ETH wallet" in proc.stderr
+
+
+def test_sweep_to_cold_wallet_is_one_command(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    out = cli.json("sweep", ready["sig"], "--to", COLD, "--balance", str(5 * 10**17), "--nonce", "7",
+                   "--max-fee-per-gas", str(10**10), "--request")
+    outputs = out["summary"]["outputs"]
+    assert outputs[0]["address"] == COLD and int(outputs[0]["amount"]) + int(out["summary"]["fee"]) == 5 * 10**17
+    assert out["summary"]["nonce"] == 7
+    signed = cli.json("approve", out["request"], "--operator", "alice", "--operator", "bob")
+    assert signed["status"] == "signed"
+
+
+def test_btc_sweep_builds_a_psbt(cli: Cli, home: Path) -> None:
+    cli.json(*init_args())
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet")
+    coins = [{"txid": "11" * 32, "vout": 0, "amount": 40_000, "index": 0},
+             {"txid": "22" * 32, "vout": 1, "amount": 60_000, "index": 3}]
+    (home / "utxos.json").write_text(json.dumps(coins))
+    cold = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
+    out = cli.json("sweep", wallet["signatureId"], "--to", cold, "--utxos", str(home / "utxos.json"), "--fee-rate", "2")
+    summary = out["summary"]
+    assert [o["address"] for o in summary["outputs"]] == [cold]
+    assert int(summary["outputs"][0]["amount"]) + int(summary["fee"]) == 100_000
+    assert len(summary["inputs"]) == 2
