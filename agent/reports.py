@@ -67,6 +67,14 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
             continue
         rows.append({"day": _day(row.ts), "kind": row.kind, "request": row.request_id or "",
                      "detail": payload.get("detail") or payload.get("reason") or json.dumps(payload, sort_keys=True)})
+    from agent.events import read
+
+    for event in read(paths.state, since=since):
+        kind = {"PinInvalid": "pin-error", "PinBlocked": "pin-blocked", "QuorumNotMet": "failed-unlock",
+                "TouchTimeout": "touch-timeout", "TouchDenied": "touch-refused"}.get(event["error"],
+                                                                                       event["error"])
+        rows.append({"day": _day(int(event["ts"])), "kind": kind, "request": "",
+                     "detail": f"{event['command']}: {event['message']}"})
     vault = PublicVault.load(paths.vault, paths.pin)
     history: list[HistoryEntry] = Withdrawals(paths.home)._history()
     for usage in near_limit(vault.policy(), history, int(time.time())):

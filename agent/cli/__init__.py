@@ -63,10 +63,23 @@ def _register() -> None:
 _register()
 
 
+def _record_event(argv: list[str] | None, exc: KmsAgentError) -> None:
+    from agent.cli.context import Paths
+    from agent.events import record
+
+    words: list[str] = []
+    for arg in argv if argv is not None else sys.argv[1:]:
+        if arg.startswith("-") or len(words) == 2:
+            break
+        words.append(arg)
+    record(Paths.resolve().state, " ".join(words), exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
     except KmsAgentError as exc:
+        _record_event(argv, exc)
         print(f"kms-agent: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             for line in exc.hint.splitlines():

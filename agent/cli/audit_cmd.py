@@ -94,27 +94,48 @@ def policy_set(
 @report_app.command("withdrawals")
 def report_withdrawals(
     since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, json, csv or html")] = "table",
 ) -> None:
     """withdrawals per chain, wallet and day, with status and approvers"""
+    from agent.report_html import count_by
     from agent.reports import withdrawals_report
 
-    _print_report(withdrawals_report(Paths.resolve(), since=since), fmt)
+    rows = withdrawals_report(Paths.resolve(), since=since)
+    _print_report(rows, fmt, "kms-agent: withdrawals", [
+        ("Requests per day and status", count_by(rows, "day", "status")),
+        ("Requests per chain and wallet", count_by(rows, "chain", "wallet")),
+        ("Approvals per operator", dict(sorted(_approver_counts(rows).items()))),
+    ])
 
 
 @report_app.command("anomalies")
 def report_anomalies(
     since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, json, csv or html")] = "table",
 ) -> None:
     """denials, escalations, velocity near limits, failed unlocks and PIN errors, signCount alerts"""
+    from agent.report_html import count_by
     from agent.reports import anomalies_report
 
-    _print_report(anomalies_report(Paths.resolve(), since=since), fmt)
+    rows = anomalies_report(Paths.resolve(), since=since)
+    _print_report(rows, fmt, "kms-agent: anomalies", [
+        ("Anomalies per kind", count_by(rows, "kind")), ("Anomalies per day", count_by(rows, "day")),
+    ])
 
 
-def _print_report(rows: list[dict[str, Any]], fmt: str) -> None:
-    if fmt == "json":
+def _approver_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(name for r in rows for name in str(r.get("approved_by", "")).split(",") if name))
+
+
+def _print_report(rows: list[dict[str, Any]], fmt: str, title: str,
+                  charts: list[tuple[str, Any]]) -> None:
+    if fmt == "html":
+        from agent.report_html import render
+
+        sys.stdout.write(render(title, rows, charts))
+    elif fmt == "json":
         print(json.dumps({"rows": rows}, indent=2))
     elif fmt == "csv":
         import csv
@@ -130,4 +151,4 @@ def _print_report(rows: list[dict[str, Any]], fmt: str) -> None:
         for r in rows:
             print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
     else:
-        raise UsageError(f"unknown format {fmt!r}: use table, json or csv")
+        raise UsageError(f"unknown format {fmt!r}: use table, json, csv or html")

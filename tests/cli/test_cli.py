@@ -14,8 +14,12 @@ MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon aban
 
 
 def _files(home: Path) -> dict[str, bytes]:
+    """wallet.dat, the agent's pin, the audit log and the queue: what bad input must leave untouched.
+
+    (Simulator state and the operational events log are meant to change: a token counts PIN tries,
+    and the events log records the failure for the anomalies report.)"""
     return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
-            if p.is_file() and "sim" not in p.relative_to(home).parts}
+            if p.is_file() and "sim" not in p.relative_to(home).parts and p.name != "events.jsonl"}
 
 
 @pytest.fixture
@@ -119,6 +123,9 @@ def test_wrong_pin_from_stdin_shows_retries(cli: Cli, initialised: dict, home: P
     assert proc.returncode == 4
     assert "wrong PIN for sim:alice: 7 tries left" in proc.stderr
     assert _files(home) == before
+    events = [json.loads(line) for line in (home / "state" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["error"] == "PinInvalid" and events[-1]["command"] == "unlock"
+    assert "654321" not in (home / "state" / "events.jsonl").read_text()
     ok = cli("unlock", "--operator", "alice", "--operator", "bob", "--pin-stdin", "--json", input=b"123456\n123456\n")
     assert ok.returncode == 0, ok.stderr
 

@@ -58,6 +58,11 @@ def test_denied_request_exits_5_and_shows_in_anomalies(cli: Cli, ready: dict) ->
     assert anomalies[0]["kind"] == "policy-deny"
     csv_out = cli("report", "anomalies", "--format", "csv").stdout.splitlines()
     assert csv_out[0].startswith("day,kind,request,detail")
+    assert cli("unlock", "--operator", "alice").returncode == 5  # a failed unlock is an anomaly too
+    kinds = [r["kind"] for r in json.loads(cli("report", "anomalies", "--format", "json").stdout)["rows"]]
+    assert "failed-unlock" in kinds
+    page = cli("report", "anomalies", "--format", "html").stdout
+    assert page.startswith("<!doctype html>") and "<svg" in page and "policy-deny" in page
 
 
 def test_reject_is_a_veto(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
