@@ -20,7 +20,8 @@ from agent.vault.store import PRIVATE_FILE, ensure_private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL,
-                                     record TEXT NOT NULL);
+                                     record TEXT NOT NULL, signed_at INTEGER, history TEXT);
+CREATE INDEX IF NOT EXISTS requests_signed ON requests (signed_at) WHERE signed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (slot_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS suspended (operator_id TEXT PRIMARY KEY, at INTEGER NOT NULL, reason TEXT NOT NULL);
 """
@@ -50,9 +51,19 @@ class Queue:
             db.close()
 
     def put(self, record: Mapping[str, Any]) -> None:
+        signed_at = (record.get("signed") or {}).get("signed_at")
+        history = json.dumps(record["history"], sort_keys=True) if record.get("history") else None
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO requests (id, created_at, status, record) VALUES (?, ?, ?, ?)",
-                       (record["id"], record["created_at"], record["status"], json.dumps(record, sort_keys=True)))
+            db.execute("INSERT OR REPLACE INTO requests (id, created_at, status, record, signed_at, history) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (record["id"], record["created_at"], record["status"],
+                                                     json.dumps(record, sort_keys=True), signed_at, history))
+
+    def history(self, since: int) -> list[tuple[int, dict[str, Any]]]:
+        """(signed_at, velocity record) of withdrawals signed since ``since``: what velocity limits read."""
+        with self._db() as db:
+            rows = db.execute("SELECT signed_at, history FROM requests WHERE signed_at >= ? AND history IS NOT NULL "
+                              "ORDER BY signed_at", (since,)).fetchall()
+        return [(int(at), json.loads(h)) for at, h in rows]
 
     def get(self, request_id: str) -> dict[str, Any]:
         with self._db() as db:

@@ -123,14 +123,10 @@ class Withdrawals:
         """Withdrawals signed in the last ``window`` seconds (the longest velocity limit is a day)."""
         from agent.policy import RequestSummary, SummaryOutput
 
-        since = self._now() - window
         history = []
-        for rec in self.queue.list(SIGNED):
-            h = rec.get("history")
-            if not h or rec["signed"]["signed_at"] < since:
-                continue
+        for signed_at, h in self.queue.history(self._now() - window):
             outputs = tuple(SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in h["outputs"])
-            history.append(HistoryEntry(rec["signed"]["signed_at"], RequestSummary(
+            history.append(HistoryEntry(signed_at, RequestSummary(
                 h["chain"], h["network"], h["signature_id"], outputs, int(h["fee"]), h["fee_asset"], h["opaque"])))
         return history
 
