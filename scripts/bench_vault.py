@@ -15,22 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.cli.context import Paths
 from agent.tokens.discovery import find_token, open_token
-from agent.tokens.sim import sim_pin
+from agent.tokens.sim.prompts import SimulatorPrompts
 from agent.vault.vault import PublicVault, create_vault
 
 RUNS = 7
 PHRASE = "abandon " * 11 + "about"
-
-
-class Prompts:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def touch(self, label: str) -> None:
-        pass
-
-    def pin(self, label: str, attempts: int | None) -> bytearray:
-        return bytearray(sim_pin(self.home, label.removeprefix("sim:")).encode())
 
 
 def median_ms(fn, runs: int = RUNS) -> float:  # type: ignore[no-untyped-def]
@@ -59,7 +48,7 @@ def main() -> None:
     os.environ["KMS_AGENT_SIM_TOUCH"] = "auto"
     home = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     paths = Paths(home)
-    prompts = Prompts(home)
+    prompts = SimulatorPrompts(home)
     tokens = [(name, open_token(f"sim:{name}", home)) for name in ("alice", "bob", "carol")]
     pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts)
     vault = pending.commit()

@@ -15,7 +15,7 @@ from agent.chains.evm import ETH
 from agent.cli.context import Paths
 from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
 from agent.tokens.discovery import find_token, open_token
-from agent.tokens.sim import simulated_pin
+from agent.tokens.sim.prompts import SimulatorPrompts
 from agent.vault.vault import create_vault
 from agent.withdrawals.service import Withdrawals
 
@@ -23,22 +23,11 @@ MNEMONIC = "abandon " * 11 + "about"
 COLD = "0x00000000000000000000000000000000000c01D0"
 
 
-class Prompts:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-
-    def touch(self, label: str) -> None:
-        pass
-
-    def pin(self, label: str, attempts: int | None) -> bytearray:
-        return bytearray(simulated_pin(self.home, label.removeprefix("sim:")).encode())
-
-
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     os.environ["KMS_AGENT_SIM_TOUCH"] = "auto"
     home = Path(tempfile.mkdtemp(prefix="kms-bench-wd-"))
-    paths, prompts = Paths(home), Prompts(home)
+    paths, prompts = Paths(home), SimulatorPrompts(home)
     tokens = [(n, open_token(f"sim:{n}", home)) for n in ("alice", "bob", "carol")]
     vault = create_vault(paths.vault, paths.pin, tokens, 2, prompts).commit()
     sig = vault.add_wallet(wallet_type="MNEMONIC", chain="ETH", testnet=True, secret=bytearray(MNEMONIC.encode()),

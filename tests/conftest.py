@@ -6,33 +6,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from agent.tokens.sim.prompts import SimulatorPrompts
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class AutoPrompts:
-    """Answers PIN prompts for simulated tokens and records touch notices, as an operator would."""
-
-    home: Path
-    pins: dict[str, str] = field(default_factory=dict)
-    touched: list[str] = field(default_factory=list)
-    asked: list[tuple[str, int | None]] = field(default_factory=list)
-
-    def touch(self, token_label: str) -> None:
-        self.touched.append(token_label)
-
-    def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
-        from agent.tokens.sim import simulated_pin
-
-        self.asked.append((token_label, attempts_remaining))
-        if token_label in self.pins:
-            return bytearray(self.pins[token_label].encode())
-        return bytearray(simulated_pin(self.home, token_label.removeprefix("sim:")).encode())
+#: Answers PIN prompts for simulated tokens and records touch notices, as an operator would.
+AutoPrompts = SimulatorPrompts
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tests.tokens.piv.conftest import Prompts
+
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
 READER_BASE = "Yubico YubiKey CCID (kms-agent vpcd)"
@@ -260,22 +262,6 @@ def served_card(pcscd: Pcscd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     home.mkdir(mode=0o700)
     with serve_sim_card(pcscd, home, "card") as served:
         yield served
-
-
-@dataclass
-class Prompts:
-    """Answers the PIN prompt with ``pin`` and records the touch notices."""
-
-    pin_value: str = "123456"
-    touched: list[str] = field(default_factory=list)
-    asked: list[int | None] = field(default_factory=list)
-
-    def touch(self, token_label: str) -> None:
-        self.touched.append(token_label)
-
-    def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
-        self.asked.append(attempts_remaining)
-        return bytearray(self.pin_value.encode())
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from agent.tokens.sim.attestation import load_attestation_key
 from agent.tokens.sim.client_pin import PERM, PinUvState
 from agent.tokens.sim.ctap_status import ERR, CtapStatus, TokenPulled
 from agent.tokens.sim.state import PIN_RETRIES, SimStateFile, SimTokenState
-from agent.tokens.sim.touch import TouchProvider, TouchResult, env_touch
+from agent.tokens.sim.touch import TouchProvider, TouchResult, as_touch_result, env_touch
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +70,6 @@ def _get(req: Mapping[int, Any], key: int, kind: type, *, required: bool = False
     return value
 
 
-def _touch_result(answer: object) -> TouchResult:
-    """A provider's answer as a TouchResult; plain callables may say True/False for touched/refused."""
-    if answer is True or answer is False:
-        return TouchResult.GRANTED if answer else TouchResult.DENIED
-    try:
-        return TouchResult(str(answer))
-    except ValueError:
-        logger.error("Touch provider answered %r; treating it as a refusal", answer)
-        return TouchResult.DENIED
 
 
 class SimAuthenticator:
@@ -193,7 +184,7 @@ class SimAuthenticator:
         if failure:
             logger.error("Touch provider of sim:%s failed: %r", self.name, failure[0])
             raise CtapStatus(ERR.OTHER)
-        result = _touch_result(answer[0])
+        result = as_touch_result(answer[0])
         if cancel.is_set():
             raise CtapStatus(ERR.KEEPALIVE_CANCEL)
         if result == TouchResult.REMOVED:

@@ -37,7 +37,7 @@ from yubikit.core import TRANSPORT, Tlv
 from yubikit.core.smartcard import SmartCardConnection
 
 from agent.tokens.sim import piv_state as st
-from agent.tokens.sim.touch import TouchProvider, TouchResult, env_touch
+from agent.tokens.sim.touch import TouchProvider, TouchResult, as_touch_result, env_touch
 from agent.tokens.sim.vpcd import ApduCard, CardRemoved, StatusWord
 
 logger = logging.getLogger(__name__)
@@ -95,15 +95,6 @@ TOUCH_NEVER, TOUCH_ALWAYS, TOUCH_CACHED = 1, 2, 3
 TOUCH_CACHE_SECONDS = 15.0
 
 
-def _touch_result(answer: object) -> TouchResult:
-    """A provider's answer as a TouchResult; ``True``/``False`` mean touched/refused."""
-    if answer is True or answer is False:
-        return TouchResult.GRANTED if answer else TouchResult.DENIED
-    try:
-        return TouchResult(str(answer))
-    except ValueError:
-        logger.error("Touch provider answered %r; treating it as a refusal", answer)
-        return TouchResult.DENIED
 
 
 def _tlvs(data: bytes) -> dict[int, bytes]:
@@ -314,7 +305,7 @@ class PivCard(ApduCard):
         return b""
 
     def _do_touch(self) -> None:
-        result = _touch_result(self.touch(self.state.name, threading.Event()))
+        result = as_touch_result(self.touch(self.state.name, threading.Event()))
         if result == TouchResult.GRANTED:
             self._last_touch = time.monotonic()
             return

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.errors import StateError, TokenNotFound, UsageError
+from agent.tokens.sim.storage import write_json
 
 SCHEMA = 1
 SUFFIX = ".piv.json"
@@ -240,19 +240,7 @@ class PivStateFile:
             raise StateError(f"simulated PIV card state {self.path} is corrupt: {exc}") from None
 
     def _write(self, data: PivData) -> None:
-        text = json.dumps(data.to_json(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json(self.path, data.to_json())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PivData]:

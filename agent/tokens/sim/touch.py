@@ -116,3 +116,14 @@ def ask_on_tty(token_name: str, stop: threading.Event, *, timeout: float) -> Tou
         return TouchResult.TIMEOUT
     finally:
         os.close(fd)
+
+
+def as_touch_result(answer: object) -> TouchResult:
+    """A provider's answer as a TouchResult; plain callables may say True/False for touched/refused."""
+    if answer is True or answer is False:
+        return TouchResult.GRANTED if answer else TouchResult.DENIED
+    try:
+        return TouchResult(str(answer))
+    except ValueError:
+        logger.error("Touch provider answered %r; treating it as a refusal", answer)
+        return TouchResult.DENIED
