@@ -75,7 +75,18 @@ def _record_event(argv: list[str] | None, exc: KmsAgentError) -> None:
     record(Paths.resolve().state, " ".join(words), exc)
 
 
+def _no_core_dumps() -> None:
+    """A crash while keys are in memory must not leave them in a core file."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _no_core_dumps()
     try:
         rc = app(args=argv, standalone_mode=False)
     except KmsAgentError as exc:

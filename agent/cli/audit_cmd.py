@@ -95,8 +95,10 @@ def policy_set(
 def report_withdrawals(
     since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv or html")] = "table",
+    as_json: Json = False,
 ) -> None:
     """withdrawals per chain, wallet and day, with status and approvers"""
+    fmt = "json" if as_json else fmt
     from agent.report_html import count_by
     from agent.reports import withdrawals_report
 
@@ -112,8 +114,10 @@ def report_withdrawals(
 def report_anomalies(
     since: Annotated[int | None, typer.Option(help="Unix seconds")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv or html")] = "table",
+    as_json: Json = False,
 ) -> None:
     """denials, escalations, velocity near limits, failed unlocks and PIN errors, signCount alerts"""
+    fmt = "json" if as_json else fmt
     from agent.report_html import count_by
     from agent.reports import anomalies_report
 

@@ -38,6 +38,9 @@ from agent.vault.primitives import wipe
 from agent.vault.vault import Collected, PublicVault, TokenFinder
 from agent.withdrawals.queue import Queue
 
+#: Simulated tokens keep their secrets in files: mainnet withdrawals need this set to "1".
+ALLOW_SIM_MAINNET_ENV = "KMS_AGENT_ALLOW_SIMULATED_MAINNET"
+
 PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
 
 
@@ -86,6 +89,10 @@ class Withdrawals:
             raise UsageError(f"wallet {signature_id} is a {wallet['chain']} wallet, not {impl.name}")
         if index < 0 or (wallet.get("address") and index != 0):
             raise UsageError("bad derivation index for this wallet")
+        if vault.simulated and not wallet["testnet"] and os.environ.get(ALLOW_SIM_MAINNET_ENV) != "1":
+            raise UsageError("this vault is enrolled with SIMULATED tokens: refusing a mainnet withdrawal",
+                             hint=f"use testnet wallets, enrol hardware tokens, or set {ALLOW_SIM_MAINNET_ENV}=1 "
+                             "if you really mean it")
         raw = tx_bytes(tx)
         summary = impl.decode(raw, testnet=wallet["testnet"], owned=_owned(wallet))
         req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)

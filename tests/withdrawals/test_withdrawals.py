@@ -10,7 +10,7 @@ from eth_account import Account
 
 from agent.audit import AuditLog
 from agent.chains import get_chain
-from agent.errors import ApprovalError, PolicyDenied, QuorumNotMet, StateError
+from agent.errors import ApprovalError, PolicyDenied, QuorumNotMet, StateError, UsageError
 from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
 from agent.tokens.discovery import find_token
 from agent.withdrawals.service import Withdrawals
@@ -185,3 +185,21 @@ def test_daily_velocity_counts_signed_withdrawals(env, prompts: AutoPrompts) -> 
         assert service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])["status"] == "signed"
     with pytest.raises(PolicyDenied, match="velocity-day"):
         service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=3))
+
+
+def test_simulated_vault_refuses_mainnet_unless_told(home: Path, prompts: AutoPrompts,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    eth = get_chain("ETH")
+    paths, _ = make_vault(home, prompts)
+    with unlock(paths, prompts, operators=["alice", "bob"]) as v:
+        sig = v.add_wallet(wallet_type="MNEMONIC", chain="ETH", testnet=False, secret=bytearray(MNEMONIC.encode()),
+                           xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=False))["signatureId"]
+        v.save()
+    service = Withdrawals(home)
+    tx = eth.build_transfer(to=COLD, value=1, nonce=0, chain_id=1, max_fee_per_gas=10**10)
+    with pytest.raises(UsageError, match="SIMULATED tokens: refusing a mainnet withdrawal"):
+        service.create(chain="ETH", signature_id=sig, index=0, tx=tx)
+    assert service.queue.list() == [] and service.audit.rows() == []
+    monkeypatch.setenv("KMS_AGENT_ALLOW_SIMULATED_MAINNET", "1")
+    with pytest.raises(PolicyDenied):  # now it reaches policy, whose fresh default lets nothing leave
+        service.create(chain="ETH", signature_id=sig, index=0, tx=tx)
