@@ -100,6 +100,9 @@ def main() -> None:
                 "--json") for _ in range(3)]
     print(f"CLI: `kms-agent wallet generate` (2 simulated touches + save), median of 3: "
           f"{statistics.median(r[0] for r in runs):.0f} ms")
+    elapsed, _ = cli(home, "wallet", "generate", "ETH", "--count", "1000", "--approver", "alice", "--approver", "bob",
+                     "--json")
+    print(f"CLI: `kms-agent wallet generate ETH --count 1000` (24-word mnemonics + xpubs): {elapsed / 1000:.1f} s")
 
 
 if __name__ == "__main__":
