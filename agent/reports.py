@@ -75,9 +75,33 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
                                                                                        event["error"])
         rows.append({"day": _day(int(event["ts"])), "kind": kind, "request": "",
                      "detail": f"{event['command']}: {event['message']}"})
+    rows += _new_destinations(paths, since)
     vault = PublicVault.load(paths.vault, paths.pin)
     history: list[HistoryEntry] = Withdrawals(paths.home)._history()
     for usage in near_limit(vault.policy(), history, int(time.time())):
         rows.append({"day": _day(int(time.time())), "kind": "velocity-near-limit", "request": "",
                      "detail": json.dumps(usage.to_json(), sort_keys=True)})
+    return rows
+
+
+def _destinations(rec: dict[str, Any]) -> set[str]:
+    s = rec["summary"]
+    if s.get("token"):
+        return {str(s["token"]["recipient"]).lower()}
+    return {str(o["address"]).lower() for o in s["outputs"] if not o["isChange"]}
+
+
+def _new_destinations(paths: Paths, since: int | None) -> list[dict[str, Any]]:
+    """Requests paying an address no earlier signed withdrawal paid: the classic first-payout-to-thief."""
+    from agent.withdrawals.queue import Queue
+
+    seen: set[str] = set()
+    rows = []
+    for rec in Queue(paths.state).list():
+        fresh = sorted(_destinations(rec) - seen)
+        if fresh and (since is None or rec["created_at"] >= since):
+            rows.append({"day": _day(rec["created_at"]), "kind": "new-destination", "request": rec["id"],
+                         "detail": f"{rec['chain']} {rec['status']}: first payment to {', '.join(fresh)}"})
+        if rec["status"] == "signed":
+            seen |= _destinations(rec)
     return rows

@@ -17,7 +17,8 @@ from agent.cli.context import Paths, emit
 from agent.errors import UsageError
 
 
-def _utxos(path: Path, chain: Any, wallet: dict[str, Any]) -> list[Any]:
+def read_utxos(path: Path, chain: Any, wallet: dict[str, Any]) -> list[Any]:
+    """Coins the caller says the wallet owns: JSON [{txid, vout, amount, address | index[, prev_tx]}]."""
     from agent.chains.utxo import Utxo
 
     try:
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         if chain.family is Family.UTXO:
             if utxos is None or fee_rate is None:
                 raise UsageError("a UTXO sweep needs --utxos FILE and --fee-rate")
-            tx = chain.build_sweep(_utxos(utxos, chain, wallet), to, sat_per_vbyte=fee_rate,  # type: ignore[attr-defined]
+            tx = chain.build_sweep(read_utxos(utxos, chain, wallet), to, sat_per_vbyte=fee_rate,  # type: ignore[attr-defined]
                                    testnet=testnet)
             index = 0
         else:

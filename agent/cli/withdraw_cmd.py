@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -63,15 +64,49 @@ def create(
     tx: Annotated[str | None, typer.Option("--tx", help="unsigned tx: hex (EVM) or base64 PSBT; default stdin")]
     = None,
     initiator: Annotated[str | None, typer.Option(help="who asks: an operator name or app:NAME")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="intent: destination address (instead of --tx)")] = None,
+    amount: Annotated[int | None, typer.Option(help="intent: amount in base units (satoshi, wei)")] = None,
+    asset: Annotated[str | None, typer.Option(help="intent: ERC-20 token contract (EVM); default the coin")] = None,
+    nonce: Annotated[int | None, typer.Option(help="intent, EVM: the address's next nonce")] = None,
+    max_fee_per_gas: Annotated[int | None, typer.Option(help="intent, EVM: wei per gas")] = None,
+    utxos: Annotated[Path | None, typer.Option(help="intent, UTXO: JSON coins (see `sweep --help`)")] = None,
+    fee_rate: Annotated[float | None, typer.Option(help="intent, UTXO: sat/vbyte")] = None,
+    change_index: Annotated[int, typer.Option(help="intent, UTXO: wallet index that receives change")] = 1,
     as_json: Json = False,
 ) -> None:
-    """queue a withdrawal: decode the exact bytes, judge them by policy, wait for approvals"""
+    """queue a withdrawal (PSBT, unsigned tx, or an intent): decode the exact bytes, judge by policy"""
+    if to is not None:
+        tx = _build_intent(chain, signature_id, to=to, amount=amount, asset=asset, nonce=nonce,
+                           max_fee_per_gas=max_fee_per_gas, utxos=utxos, fee_rate=fee_rate, change_index=change_index)
     if tx is None:
         if sys.stdin.isatty():
             raise UsageError("give the unsigned transaction with --tx or on stdin")
         tx = sys.stdin.read().strip()
     rec = _service().create(chain=chain, signature_id=signature_id, index=index, tx=tx, initiator=initiator)
     emit(_public(rec), as_json, describe(rec))
+
+
+def _build_intent(chain: str, signature_id: str, *, to: str, amount: int | None, asset: str | None,
+                  nonce: int | None, max_fee_per_gas: int | None, utxos: Path | None, fee_rate: float | None,
+                  change_index: int) -> str:
+    from agent.chains import get_chain
+    from agent.cli.session import load_public
+    from agent.cli.sweep_cmd import read_utxos
+    from agent.withdrawals.intent import Intent, build
+
+    if amount is None:
+        raise UsageError("an intent needs --amount")
+    wallet = load_public(Paths.resolve()).wallet(signature_id)
+    impl = get_chain(chain)
+    coins, change = [], None
+    if utxos is not None:
+        coins = read_utxos(utxos, impl, wallet)
+        if wallet.get("xpub"):
+            change = impl.address_from_xpub(wallet["xpub"], change_index, testnet=wallet["testnet"])
+        else:
+            change = wallet.get("address")
+    return build(Intent(chain, to, amount, token=asset, nonce=nonce, max_fee_per_gas=max_fee_per_gas, utxos=coins,
+                        fee_rate=fee_rate, change_address=change), testnet=wallet["testnet"])
 
 
 @app.command("list")

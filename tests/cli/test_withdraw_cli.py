@@ -49,6 +49,10 @@ def test_request_approve_sign(cli: Cli, ready: dict) -> None:  # type: ignore[ty
     assert rows[0]["payload"]["tx"] == ready["tx"](10**16).removeprefix("0x")  # the full payload is logged
     report = json.loads(cli("report", "withdrawals", "--format", "json").stdout)["rows"]
     assert report[0]["status"] == "signed" and report[0]["approved_by"] == "carol,alice"
+    again = cli.json("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](10**16, 1))
+    new = [r for r in cli.json("report", "anomalies")["rows"] if r["kind"] == "new-destination"]
+    assert [r["request"] for r in new] == [req["id"]]  # the second payment to COLD is not new
+    assert again["id"] != req["id"]
 
 
 def test_denied_request_exits_5_and_shows_in_anomalies(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
@@ -123,3 +127,29 @@ def test_btc_sweep_builds_a_psbt(cli: Cli, home: Path) -> None:
     assert [o["address"] for o in summary["outputs"]] == [cold]
     assert int(summary["outputs"][0]["amount"]) + int(summary["fee"]) == 100_000
     assert len(summary["inputs"]) == 2
+
+
+def test_intents_become_unsigned_transactions(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    req = cli.json("request", "create", "ETH", ready["sig"], "0", "--to", COLD, "--amount", str(10**16),
+                   "--nonce", "4", "--max-fee-per-gas", str(10**10))
+    assert req["status"] == "pending" and req["summary"]["nonce"] == 4
+    assert req["summary"]["outputs"] == [{"address": COLD, "amount": str(10**16), "isChange": False}]
+    # An ERC-20 intent: the contract is the tx's `to`, but policy judges the real recipient in the calldata.
+    token = "0x00000000000000000000000000000000000000aa"
+    proc = cli("request", "create", "ETH", ready["sig"], "0", "--to", "0x000000000000000000000000000000000000bad0",
+               "--amount", "5", "--asset", token, "--nonce", "5", "--max-fee-per-gas", str(10**10))
+    assert proc.returncode == 5 and "0x000000000000000000000000000000000000bad0" in proc.stderr.lower()
+
+
+def test_btc_intent_with_change(cli: Cli, home: Path) -> None:
+    cli.json(*init_args())
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet")
+    (home / "utxos.json").write_text(json.dumps([{"txid": "33" * 32, "vout": 0, "amount": 80_000, "index": 0}]))
+    proc = cli("request", "create", "BTC", wallet["signatureId"], "0", "--to", "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx",
+               "--amount", "30000", "--utxos", str(home / "utxos.json"), "--fee-rate", "3", "--json")
+    assert proc.returncode == 5  # a fresh vault's policy lets no asset leave until a quorum sets limits
+    request = json.loads(cli("request", "list", "--json").stdout)["requests"][0]
+    outputs = request["summary"]["outputs"]
+    assert [o["isChange"] for o in outputs] == [False, True]
+    assert outputs[1]["address"] == cli.json("wallet", "address", wallet["signatureId"], "1")["address"]
+    assert int(outputs[0]["amount"]) + int(outputs[1]["amount"]) + int(request["summary"]["fee"]) == 80_000
