@@ -16,19 +16,25 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f
 .bar{fill:#3b6ea8}.lbl{font-size:12px}"""
 
 
-def bar_chart(title: str, values: Mapping[str, int | float], *, width: int = 640, bar: int = 22) -> str:
+LABEL_WIDTH = 360  # px: room for "chain / wallet uuid" at 12 px
+VALUE_WIDTH = 80  # px: room for the number after the longest bar
+
+
+def bar_chart(title: str, values: Mapping[str, int | float], *, width: int = 860, bar: int = 22) -> str:
     """One horizontal bar per label, scaled to the largest value."""
     items = list(values.items())
     top = max((v for _, v in items), default=0) or 1
     height = bar * len(items) + 10
+    span = width - LABEL_WIDTH - VALUE_WIDTH
     parts = [f'<h2>{html.escape(title)}</h2><svg width="{width}" height="{height}" role="img" '
              f'aria-label="{html.escape(title)}">']
     for i, (label, value) in enumerate(items):
         y = i * bar + 5
-        w = int((width - 260) * value / top)
-        parts.append(f'<text class="lbl" x="0" y="{y + 15}">{html.escape(str(label))[:38]}</text>'
-                     f'<rect class="bar" x="250" y="{y}" width="{max(w, 1)}" height="{bar - 6}"/>'
-                     f'<text class="lbl" x="{255 + w}" y="{y + 15}">{value}</text>')
+        w = max(int(span * value / top), 1)
+        text = str(label) if len(str(label)) <= 52 else str(label)[:51] + "…"
+        parts.append(f'<text class="lbl" x="0" y="{y + 15}">{html.escape(text)}</text>'
+                     f'<rect class="bar" x="{LABEL_WIDTH}" y="{y}" width="{w}" height="{bar - 6}"/>'
+                     f'<text class="lbl" x="{LABEL_WIDTH + w + 6}" y="{y + 15}">{value}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

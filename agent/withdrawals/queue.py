@@ -21,10 +21,22 @@ from agent.vault.store import PRIVATE_FILE, ensure_private_dir
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL,
                                      record TEXT NOT NULL, signed_at INTEGER, history TEXT);
-CREATE INDEX IF NOT EXISTS requests_signed ON requests (signed_at) WHERE signed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (slot_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS suspended (operator_id TEXT PRIMARY KEY, at INTEGER NOT NULL, reason TEXT NOT NULL);
 """
+
+
+#: Columns added after the first release of the table: (name, SQL type).
+_ADDED_COLUMNS = (("signed_at", "INTEGER"), ("history", "TEXT"))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a queue written by an earlier version up to date, in place and idempotently."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, kind in _ADDED_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
+    db.execute("CREATE INDEX IF NOT EXISTS requests_signed ON requests (signed_at) WHERE signed_at IS NOT NULL")
 
 
 class Queue:
@@ -44,6 +56,7 @@ class Queue:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
+            _migrate(db)
             yield db
         except sqlite3.Error as exc:
             raise StateError(f"the withdrawal queue {self.path} failed: {exc}") from None
