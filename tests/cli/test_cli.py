@@ -243,3 +243,12 @@ def test_mixed_piv_and_fido2_operators(cli: Cli) -> None:
     assert [(t["operator"], t["token"]) for t in touched] == [("alice", "sim:alice"), ("bob", "sim:bob")]
     added = cli.json("token", "enrol", "sim:alice-piv", "--kind", "piv", "--operator", "alice")
     assert added["kind"] == "piv"
+
+
+def test_doctor_reports_the_vault(cli: Cli, initialised: dict) -> None:  # type: ignore[type-arg]
+    proc = cli("doctor", "--json")
+    report = json.loads(proc.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["vault"]["ok"] is True and "SIMULATED" in checks["vault"]["detail"]
+    assert {"hidraw access", "FIDO2 tokens", "pcscd"} <= set(checks)
+    assert proc.returncode == (0 if report["ok"] else 1)

@@ -103,3 +103,18 @@ def test_recovery_words_open_without_tokens(vault3) -> None:  # type: ignore[no-
         assert vault.header["quorum"] == 2
     with pytest.raises(QuorumNotMet):
         load(paths).recover(words[:1])
+
+
+def test_a_reset_token_is_the_wrong_token(vault3, home: Path, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
+    from agent.errors import WrongToken
+    from agent.tokens.sim import create_sim_token
+
+    paths, _ = vault3
+    before = snapshot(paths)
+    (home / "sim" / "alice.fido2.json").unlink()
+    create_sim_token(home, "alice")  # same name, new device secrets: its credentials are gone
+    with pytest.raises(WrongToken, match="sim:alice is plugged in but does not hold its enrolled credential"):
+        unlock(paths, prompts, operators=["alice", "bob"])
+    assert snapshot(paths) == before
+    with unlock(paths, prompts, operators=["bob", "carol"]):
+        pass
