@@ -61,11 +61,8 @@ def generate(
     as_json: Json = False,
 ) -> None:
     """generate wallets inside the vault; prints signatureId and xpub (or address), never the secret"""
-    import os
-
-    from mnemonic import Mnemonic
-
     from agent.chains import get_chain
+    from agent.chains.wallets import generate_mnemonic_wallet, generate_private_key_wallet
     from agent.cli.session import unlock
 
     if count < 1:
@@ -73,27 +70,23 @@ def generate(
     impl = get_chain(chain)
     paths = Paths.resolve()
     made: list[dict[str, Any]] = []
-    public: dict[str, Any]
     with unlock(paths, operators=approver) as vault:
-        words = Mnemonic("english")
         show_progress = count >= 100 and sys.stderr.isatty()
         for i in range(count):
+            xpub: str | None = None
+            address: str | None = None
             if private_key:
-                secret = bytearray(os.urandom(32))
-                public = {"address": impl.address_from_private_key(bytes(secret), testnet=testnet)}
-                stored = bytearray(secret.hex().encode())
-                _wipe(secret)
-                kind = "PRIVATE_KEY"
+                pk = generate_private_key_wallet(impl, testnet=testnet)
+                kind, secret, address = "PRIVATE_KEY", pk.private_key, pk.address
             else:
-                phrase = words.generate(256)
-                public = {"xpub": impl.xpub_from_mnemonic(phrase, testnet=testnet)}
-                stored = bytearray(phrase.encode())
-                kind = "MNEMONIC"
+                mw = generate_mnemonic_wallet(impl, testnet=testnet)
+                kind, secret, xpub = "MNEMONIC", mw.mnemonic, mw.xpub
             try:
-                entry = vault.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=stored, **public)
+                entry = vault.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret,
+                                         xpub=xpub, address=address)
             finally:
-                _wipe(stored)
-            made.append({"signatureId": entry["signatureId"], **public})
+                _wipe(secret)
+            made.append({"signatureId": entry["signatureId"], **({"xpub": xpub} if xpub else {"address": address})})
             if show_progress and (i + 1) % 100 == 0:
                 print(f"\rgenerated {i + 1}/{count}", end="", file=sys.stderr, flush=True)
         vault.save()

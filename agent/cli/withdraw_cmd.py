@@ -142,7 +142,7 @@ def register(root: typer.Typer) -> None:
         paths = Paths.resolve()
         service = _service()
         rec = service.queue.get(request_id)
-        warn_if_simulated(service._vault())
+        warn_if_simulated(service.vault())
         err(describe(rec))
         rec = service.approve(request_id, finder=lambda slot: find_token(slot, paths.home),
                               prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator)

@@ -69,7 +69,7 @@ class Withdrawals:
         self.audit = AuditLog(self.state)
         self.clock = clock
 
-    def _vault(self) -> PublicVault:
+    def vault(self) -> PublicVault:
         return PublicVault.load(self.home / "wallet.dat", self.state / "vault-pin.json")
 
     def _now(self) -> int:
@@ -82,7 +82,7 @@ class Withdrawals:
 
         :raises PolicyDenied: the policy denied it (its audit rows are written first).
         """
-        vault = self._vault()
+        vault = self.vault()
         wallet = vault.wallet(signature_id)
         impl = get_chain(chain)
         if impl.name != wallet["chain"]:
@@ -148,7 +148,7 @@ class Withdrawals:
         rec = self.queue.get(request_id)
         if rec["status"] != PENDING:
             raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to approve")
-        vault = self._vault()
+        vault = self.vault()
         payload = ApprovalPayload.from_cbor(bytes.fromhex(rec["payload"]))
         self._check_binding(rec, payload)
         digest = approval_digest(payload)
@@ -275,7 +275,7 @@ class Withdrawals:
         from agent.errors import QuorumNotMet
         from agent.policy import policy_change_payload, policy_change_rule
 
-        vault = self._vault()
+        vault = self.vault()
         current = vault.policy()
         now = self._now()
         rule = policy_change_rule(current)
@@ -318,7 +318,7 @@ class Withdrawals:
         rec = self.queue.get(request_id)
         if rec["status"] != PENDING:
             raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to reject")
-        vault = self._vault()
+        vault = self.vault()
         op_id = _operator_id(vault, operator)
         assert op_id is not None
         rejection = Rejection(bytes.fromhex(rec["id"]), op_id, self._now(), reason)

@@ -153,3 +153,22 @@ def test_btc_intent_with_change(cli: Cli, home: Path) -> None:
     assert [o["isChange"] for o in outputs] == [False, True]
     assert outputs[1]["address"] == cli.json("wallet", "address", wallet["signatureId"], "1")["address"]
     assert int(outputs[0]["amount"]) + int(outputs[1]["amount"]) + int(request["summary"]["fee"]) == 80_000
+
+
+def test_generated_btc_private_key_wallet_signs(cli: Cli, home: Path) -> None:
+    """A private-key wallet is stored in Tatum's text form (WIF for BTC) and signs a PSBT."""
+    from agent.chains import get_chain
+    from agent.chains.utxo import Utxo
+    from agent.policy import AssetLimits, Policy, Rule
+
+    cli.json(*init_args())
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet", "--private-key")
+    assert wallet["address"].startswith("tb1q")
+    policy = Policy(generation=2, default=Rule(approvals_required=2, assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)}),
+                    admin_approvals=2)
+    (home / "policy.json").write_text(json.dumps(policy.to_dict()))
+    cli.json("policy", "set", str(home / "policy.json"))
+    btc = get_chain("BTC")
+    psbt = btc.build_psbt([Utxo("44" * 32, 0, 20_000, wallet["address"])], [(wallet["address"], 19_000)], testnet=True)  # type: ignore[attr-defined]
+    req = cli.json("request", "create", "BTC", wallet["signatureId"], "0", "--tx", psbt)
+    assert cli.json("approve", req["id"])["status"] == "signed"

@@ -90,11 +90,11 @@ def test_a_veto_stops_the_request(env, prompts: AutoPrompts) -> None:  # type: i
 
 def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, _, _ = env
-    current = service._vault().policy()
+    current = service.vault().policy()
     looser = dataclasses.replace(current, generation=current.generation + 1, default=dataclasses.replace(current.default, unknown_destination=UnknownDestination.ALLOW))
     with pytest.raises(QuorumNotMet):
         service.change_policy(looser, finder=finder, prompts=prompts, operators=["alice"])
-    assert service._vault().policy().generation == current.generation
+    assert service.vault().policy().generation == current.generation
 
 
 def test_nothing_is_signed_when_the_audit_log_cannot_be_written(env, prompts: AutoPrompts, home: Path) -> None:  # type: ignore[no-untyped-def]
@@ -173,7 +173,7 @@ def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPr
     second = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16, nonce=1))
     rec = service.approve(second["id"], finder=finder, prompts=prompts, operators=["alice"])
     assert rec["approvals"] == []
-    assert service.queue.suspended() == {bytes.fromhex(service._vault().header["operators"][0]["operator_id"].hex())}
+    assert service.queue.suspended() == {bytes.fromhex(service.vault().header["operators"][0]["operator_id"].hex())}
     alerts = [r for r in service.audit.rows(kinds=["alert"])]
     assert alerts and "sign" in alerts[0].payload_text.lower()
 
