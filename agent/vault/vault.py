@@ -21,6 +21,7 @@ from agent.errors import (
     TokenNotFound,
     UsageError,
     VaultIntegrityError,
+    WrongToken,
 )
 from agent.tokens.base import Approval, Prompts, Token
 from agent.vault import format as fmt
@@ -182,10 +183,16 @@ class PublicVault:
 
     def _unwrap_operator(self, op_id: bytes, finder: TokenFinder, prompts: Prompts,
                          digest: bytes) -> tuple[bytearray, Touch] | None:
+        """The first of the operator's tokens that is present unwraps; a wrong one defers to a backup."""
+        wrong: WrongToken | None = None
         for slot in self.header["slots"]:
             if slot["operator_id"] != op_id:
                 continue
-            token = finder(slot)
+            try:
+                token = finder(slot)
+            except WrongToken as exc:
+                wrong = wrong or exc
+                continue
             if token is None:
                 continue
             with token:
@@ -195,6 +202,8 @@ class PublicVault:
             finally:
                 p.wipe(unwrapped.ikm)
             return share, Touch(self.operator_name(op_id), slot["label"], unwrapped.approval, op_id, slot["slot_id"])
+        if wrong is not None:
+            raise wrong
         return None
 
     def recover(self, shares: Sequence[str]) -> UnlockedVault:
@@ -249,7 +258,9 @@ class UnlockedVault:
         except KmsAgentError:
             keys.wipe()
             raise
-        return cls(public.path, public.pin_path, dict(public.header), body, keys, touches)
+        header = dict(public.header)
+        header["wallets"] = list(header["wallets"])  # add/remove must not reach the loaded file's view
+        return cls(public.path, public.pin_path, header, body, keys, touches)
 
     def __enter__(self) -> UnlockedVault:
         return self

@@ -118,3 +118,17 @@ def test_a_reset_token_is_the_wrong_token(vault3, home: Path, prompts: AutoPromp
     assert snapshot(paths) == before
     with unlock(paths, prompts, operators=["bob", "carol"]):
         pass
+
+
+def test_a_backup_token_stands_in_for_a_reset_primary(vault3, home: Path, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
+    from agent.tokens.sim import create_sim_token
+
+    paths, _ = vault3
+    with unlock(paths, prompts, operators=["alice", "bob"]) as vault:
+        with open_token("sim:alice-backup", home) as backup:
+            vault.enrol_token("alice", backup, prompts)
+        vault.save()
+    (home / "sim" / "alice.fido2.json").unlink()
+    create_sim_token(home, "alice")  # the primary was reset; the backup is plugged in too
+    with unlock(paths, prompts, operators=["alice", "bob"]) as vault:
+        assert [t.token_label for t in vault.touches] == ["sim:alice-backup", "sim:bob"]
