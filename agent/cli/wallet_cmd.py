@@ -117,7 +117,8 @@ def store(
             vault.save()
     finally:
         _wipe(secret)
-    result = {"signatureId": entry["signatureId"], **public}
+    # Tatum's shapes: storemanagedwallet prints {signatureId, xpub}; storemanagedprivatekey {signatureId}.
+    result = {"signatureId": entry["signatureId"], **({"xpub": public["xpub"]} if "xpub" in public else {})}
     emit(result, as_json, f"{entry['signatureId']}  {public.get('xpub') or public.get('address')}")
 
 
