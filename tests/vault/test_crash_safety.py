@@ -45,7 +45,7 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
         assert generation in (newest_completed, newest_completed + 1)
         generations_seen.add(generation - newest_completed)
         last_generation = generation
-    assert last_generation > TRIALS // 2  # the children really were saving when killed
+    assert last_generation > TRIALS // 10  # the children really were saving when killed
     # The next save sweeps temp files that killed writers left behind.
     with load(paths).recover(words[:2]) as opened:
         opened.save()
