@@ -42,6 +42,8 @@ from agent.withdrawals.queue import Queue
 ALLOW_SIM_MAINNET_ENV = "KMS_AGENT_ALLOW_SIMULATED_MAINNET"
 
 PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
+#: Quorum outcomes after which a request can never be signed.
+TERMINAL = (EXPIRED, REJECTED, "stale", "consumed")
 
 
 def tx_bytes(tx: str | bytes) -> bytes:
@@ -157,16 +159,25 @@ class Withdrawals:
         existing = [RecordedApproval.from_json(a) for a in rec["approvals"]]
         rejections = [Rejection.from_json(r) for r in rec["rejections"]]
         initiator = bytes.fromhex(rec["initiator_id"]) if rec["initiator_id"] else None
+        request = ApprovalRequest(payload, initiator=initiator)
+        # Nobody should touch a token for a request that is already dead (expired, vetoed, stale).
+        before = evaluate_quorum(request, existing, rejections, rule, roster, self._now(), self.queue.counters())
+        if before.outcome.value in TERMINAL:
+            rec["status"] = before.outcome.value
+            self.audit.append("decision", before.to_json(), request_id=rec["id"])
+            self.queue.put(rec)
+            raise ApprovalError(f"request {rec['id']} is {rec['status']}: {before.explain()}")
         already = {a.operator_id for a in existing}
-        skip = [*already, *([initiator] if initiator and not rule.initiator_may_approve else [])]
+        suspended = [op_id for op_id, op in roster.items() if op.suspended]
+        skip = [*already, *suspended, *([initiator] if initiator and not rule.initiator_may_approve else [])]
         want = max(rule.approvals_required - len(already), 0)
         collected = vault.collect(finder, prompts, digest=digest, want=want, operators=operators, skip=skip)
         try:
             now = self._now()
             fresh = [RecordedApproval.from_token(t.approval, request_id=payload.request_id, operator_id=t.operator_id,
                                                  slot_id=t.slot_id, approved_at=now) for t in collected.touches]
-            decision = evaluate_quorum(ApprovalRequest(payload, initiator=initiator), [*existing, *fresh], rejections,
-                                       rule, roster, now, self.queue.counters())
+            decision = evaluate_quorum(request, [*existing, *fresh], rejections, rule, roster, now,
+                                       self.queue.counters())
             fresh_sigs = {a.signature for a in fresh}
             for approval in decision.accepted:
                 slot = find_slot(roster, approval.slot_id)
@@ -181,7 +192,7 @@ class Withdrawals:
             self.queue.update_counters(decision.counter_updates)
             rec["approvals"] = [a.to_json() for a in decision.accepted]
             rec["quorum"] = decision.to_json()
-            if decision.outcome.value in (EXPIRED, REJECTED, "stale", "consumed"):
+            if decision.outcome.value in TERMINAL:
                 rec["status"] = decision.outcome.value
             self.queue.put(rec)
             if not decision.approved:

@@ -159,9 +159,11 @@ def test_expired_request_cannot_be_approved(env, prompts: AutoPrompts) -> None: 
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
     later = Withdrawals(service.home, clock=lambda: req["created_at"] + 7201)
+    touched = len(prompts.touched)
     with pytest.raises(ApprovalError, match="expired"):
         later.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
     assert later.queue.get(req["id"])["status"] == "expired"
+    assert len(prompts.touched) == touched  # nobody was asked to touch for a dead request
 
 
 def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPrompts, home: Path) -> None:  # type: ignore[no-untyped-def]
