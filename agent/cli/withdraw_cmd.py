@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli.context import CliPrompts, Paths, emit, err, warn_if_simulated
+from agent.cli.context import CliPrompts, Paths, emit, err
 from agent.errors import UsageError
 
 app = typer.Typer(help="withdrawal requests: create, list, show", no_args_is_help=True)
@@ -137,15 +137,16 @@ def register(root: typer.Typer) -> None:
         as_json: Json = False,
     ) -> None:
         """approve a withdrawal with PIN and touch; signs as soon as the quorum is met"""
+        from agent.cli.session import load_public
         from agent.tokens.discovery import find_token
 
         paths = Paths.resolve()
         service = _service()
         rec = service.queue.get(request_id)
-        warn_if_simulated(service.vault())
+        vault = load_public(paths)  # warns when the tokens are simulated
         err(describe(rec))
         rec = service.approve(request_id, finder=lambda slot: find_token(slot, paths.home),
-                              prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator)
+                              prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator, vault=vault)
         result = _public(rec)
         if rec["status"] == "signed":
             emit(result, as_json, f"Signed. txid {rec['signed']['txid']}\n{rec['signed']['raw']}")

@@ -94,10 +94,7 @@ class PublicVault:
         return bool(self.header["simulated"])
 
     def operator_name(self, operator_id: bytes) -> str:
-        for op in self.header["operators"]:
-            if op["operator_id"] == operator_id:
-                return str(op["name"])
-        raise VaultIntegrityError()
+        return _name(self.header, operator_id)
 
     def wallet(self, signature_id: str) -> dict[str, Any]:
         for row in self.header["wallets"]:
@@ -368,7 +365,11 @@ def wallet_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _name(header: Mapping[str, Any], operator_id: bytes) -> str:
-    return next(str(op["name"]) for op in header["operators"] if op["operator_id"] == operator_id)
+    """An operator's name; an id the header does not list means the header is not what it claims."""
+    for op in header["operators"]:
+        if op["operator_id"] == operator_id:
+            return str(op["name"])
+    raise VaultIntegrityError()
 
 
 def _enrol_slot(header: Mapping[str, Any], operator_id: bytes, operator: str, token: Token, share: bytearray,

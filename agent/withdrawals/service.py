@@ -141,7 +141,7 @@ class Withdrawals:
 
     # --- approve and sign -----------------------------------------------------------------------
     def approve(self, request_id: str, *, finder: TokenFinder, prompts: Prompts,
-                operators: Sequence[str] | None = None) -> dict[str, Any]:
+                operators: Sequence[str] | None = None, vault: PublicVault | None = None) -> dict[str, Any]:
         """Touch approvals over the request's digest; when the quorum is met, sign in the same process.
 
         Each touch signs the approval digest *and* unwraps that operator's share, so the operators
@@ -150,7 +150,7 @@ class Withdrawals:
         rec = self.queue.get(request_id)
         if rec["status"] != PENDING:
             raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to approve")
-        vault = self.vault()
+        vault = vault or self.vault()  # a caller that already loaded (and pinned-checked) it passes it in
         payload = ApprovalPayload.from_cbor(bytes.fromhex(rec["payload"]))
         self._check_binding(rec, payload)
         digest = approval_digest(payload)
@@ -183,7 +183,7 @@ class Withdrawals:
                 slot = find_slot(roster, approval.slot_id)
                 if approval.signature in fresh_sigs and slot is not None:
                     self.audit.append("approval", approval_audit_payload(payload, approval, slot),
-                                      request_id=rec["id"], actor=_name(vault, approval.operator_id))
+                                      request_id=rec["id"], actor=vault.operator_name(approval.operator_id))
             for reason in decision.alerts:
                 self.audit.append("alert", {"rule": reason.rule, "detail": reason.detail}, request_id=rec["id"])
             for op_id in decision.suspended:
@@ -306,7 +306,7 @@ class Withdrawals:
                 slot = find_slot(roster, approval.slot_id)
                 if slot is not None:
                     self.audit.append("approval", approval_audit_payload(payload, approval, slot), request_id=rid,
-                                      actor=_name(vault, approval.operator_id))
+                                      actor=vault.operator_name(approval.operator_id))
             self.audit.append("decision", decision.to_json(), request_id=rid)
             self.queue.update_counters(decision.counter_updates)
             if not decision.approved:
@@ -322,7 +322,7 @@ class Withdrawals:
             collected.wipe()
             raise
         return {"id": rid, "generation": new.generation,
-                "approved_by": [_name(vault, a.operator_id) for a in decision.accepted]}
+                "approved_by": [vault.operator_name(a.operator_id) for a in decision.accepted]}
 
     def reject(self, request_id: str, *, operator: str, reason: str = "") -> dict[str, Any]:
         """Record an operator's veto: the request can no longer be signed."""
@@ -365,10 +365,6 @@ def _operator_id(vault: PublicVault, name: str | None) -> bytes | None:
     if name.startswith("app:"):
         return None  # an application, not an operator: it can never approve anything anyway
     raise UsageError(f"no operator named {name!r} (applications initiate as app:NAME)")
-
-
-def _name(vault: PublicVault, operator_id: bytes) -> str:
-    return vault.operator_name(operator_id)
 
 
 def _quorum_rule(rec: dict[str, Any], vault: PublicVault) -> QuorumRule:

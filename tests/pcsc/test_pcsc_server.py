@@ -16,7 +16,7 @@ from agent.tokens.piv_token import list_pcsc_piv_cards
 from agent.tokens.sim import FixedTouch, TouchResult, create_sim_token
 from agent.tokens.sim.pcsc_server import FidoCard, serve
 from agent.tokens.sim.piv_state import create_piv_sim
-from tests.pcsc.conftest import TIMINGS, Pcscd, Prompts, _wait, reader_empty
+from tests.pcsc.conftest import TIMINGS, Pcscd, Prompts, _unavailable, _wait, reader_empty
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.xdist_group("pcsc")]
 
@@ -69,7 +69,7 @@ def fido_card(home: Path, env: Pcscd, touch: FixedTouch) -> Iterator[str]:
 def test_serve_puts_piv_and_fido2_cards_in_the_vpcd_slots(pcscd: Pcscd, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     if pcscd.reader2 is None:
-        pytest.skip("this pcscd's vpcd reader has a single slot")
+        _unavailable("this pcscd's vpcd reader has a single slot")
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "auto")
     home = tmp_path / "kms"
     serial = create_piv_sim(home, "piv").read().serial
@@ -103,7 +103,7 @@ def test_serve_refuses_bad_requests(tmp_path: Path) -> None:
 
 def test_fido2_keepalive_and_cancel_over_nfcctap(pcscd: Pcscd, tmp_path: Path) -> None:
     if pcscd.reader2 is None:
-        pytest.skip("this pcscd's vpcd reader has a single slot")
+        _unavailable("this pcscd's vpcd reader has a single slot")
     touch = FixedTouch(TouchResult.GRANTED, delay=0.4)
     with fido_card(tmp_path / "kms", pcscd, touch) as reader:
         device = _fido_devices(reader)[0]
@@ -130,7 +130,7 @@ def test_an_unplugged_fido2_sim_stays_out_of_the_reader(pcscd: Pcscd, tmp_path: 
     from agent.tokens.sim import set_plugged, vpcd
 
     if pcscd.reader2 is None:
-        pytest.skip("this pcscd's vpcd reader has a single slot")
+        _unavailable("this pcscd's vpcd reader has a single slot")
     home = tmp_path / "kms"
     create_sim_token(home, "fido")
     set_plugged(home, "fido", False)

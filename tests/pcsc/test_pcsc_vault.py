@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.approvals import approval_digest  # noqa: F401  (imported to show the digest comes from there)
 from agent.cli.context import Paths
 from agent.errors import QuorumNotMet
 from agent.tokens.discovery import find_token, open_token
@@ -16,7 +15,7 @@ from agent.tokens.piv_token import verify_approval
 from agent.tokens.sim import create_sim_token
 from agent.tokens.sim.piv_state import create_piv_sim
 from agent.vault.vault import PublicVault, create_vault
-from tests.pcsc.conftest import Pcscd, Prompts, _wait, reader_serial
+from tests.pcsc.conftest import Pcscd, Prompts, _unavailable, _wait, reader_serial
 from tests.pcsc.test_pcsc_server import _fido_devices, serving
 
 pytestmark = [pytest.mark.pcsc, pytest.mark.xdist_group("pcsc")]
@@ -24,7 +23,7 @@ pytestmark = [pytest.mark.pcsc, pytest.mark.xdist_group("pcsc")]
 
 def test_mixed_piv_and_fido2_quorum_over_pcscd(pcscd: Pcscd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if pcscd.reader2 is None:
-        pytest.skip("this pcscd's vpcd reader has a single slot")
+        _unavailable("this pcscd's vpcd reader has a single slot")
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "auto")
     cards = tmp_path / "cards"  # the simulators' own state: not where the agent looks for sim: tokens
     home = tmp_path / "kms"
