@@ -122,8 +122,12 @@ class VaultError(KmsAgentError):
 class VaultIntegrityError(VaultError):
     """Raised for every cryptographic check that fails; says nothing about which one, on purpose."""
 
-    def __init__(self, message: str = "wallet.dat failed its integrity check (tampered, corrupted or not ours)",
-                 *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "wallet.dat failed its integrity check (tampered, corrupted or not ours)",
+        *,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
 
 

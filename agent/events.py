@@ -27,8 +27,13 @@ def record(state_dir: Path, command: str, exc: KmsAgentError) -> None:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(state_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        line = json.dumps({"ts": int(time.time()), "command": command, "error": type(exc).__name__,
-                           "message": exc.message}, sort_keys=True) + "\n"
+        line = (
+            json.dumps(
+                {"ts": int(time.time()), "command": command, "error": type(exc).__name__, "message": exc.message},
+                sort_keys=True,
+            )
+            + "\n"
+        )
         try:
             os.write(fd, line.encode())
         finally:

@@ -58,8 +58,9 @@ def main() -> None:
     xpub = btc.xpub_from_mnemonic(PHRASE, testnet=False)
     t = time.perf_counter()
     for i in range(n):
-        vault.add_wallet(wallet_type="MNEMONIC", chain="BTC", testnet=False, secret=bytearray(PHRASE.encode()),
-                         xpub=xpub)
+        vault.add_wallet(
+            wallet_type="MNEMONIC", chain="BTC", testnet=False, secret=bytearray(PHRASE.encode()), xpub=xpub
+        )
         if i and i % 5000 == 0:
             print(f"  filling: {i}/{n}", file=sys.stderr)
     vault.save()
@@ -69,8 +70,13 @@ def main() -> None:
     print(f"vault: {n} wallets, {size_mib:.1f} MiB, filled in {fill_s:.1f} s")
 
     def add_one() -> None:
-        vault.add_wallet(wallet_type="PRIVATE_KEY", chain="ETH", testnet=False, secret=bytearray(b"11" * 32),
-                         address="0x" + "11" * 20)
+        vault.add_wallet(
+            wallet_type="PRIVATE_KEY",
+            chain="ETH",
+            testnet=False,
+            secret=bytearray(b"11" * 32),
+            address="0x" + "11" * 20,
+        )
         vault.save()
 
     print(f"add one wallet + save (data key in memory), median of {RUNS}: {median_ms(add_one):.1f} ms")
@@ -81,8 +87,10 @@ def main() -> None:
         w = public.wallet(sig_id)
         btc.address_from_xpub(w["xpub"], 7, testnet=False)
 
-    print(f"library: open vault + verify signature + derive one address, median of {RUNS}: "
-          f"{median_ms(open_and_derive):.1f} ms")
+    print(
+        f"library: open vault + verify signature + derive one address, median of {RUNS}: "
+        f"{median_ms(open_and_derive):.1f} ms"
+    )
 
     def unlock() -> None:
         public = PublicVault.load(paths.vault, paths.pin)
@@ -92,16 +100,23 @@ def main() -> None:
     print(f"library: unlock with 2 simulated touches (open body), median of {RUNS}: {median_ms(unlock):.1f} ms")
 
     runs = [cli(home, "wallet", "address", sig_id, "7", "--json") for _ in range(RUNS)]
-    print(f"CLI: `kms-agent wallet address` on the {n}-wallet vault, median of {RUNS}: "
-          f"{statistics.median(r[0] for r in runs):.0f} ms, peak RSS {max(r[1] for r in runs)} MiB")
+    print(
+        f"CLI: `kms-agent wallet address` on the {n}-wallet vault, median of {RUNS}: "
+        f"{statistics.median(r[0] for r in runs):.0f} ms, peak RSS {max(r[1] for r in runs)} MiB"
+    )
     runs = [cli(home, "--help") for _ in range(RUNS)]
     print(f"CLI: `kms-agent --help` start-up, median of {RUNS}: {statistics.median(r[0] for r in runs):.0f} ms")
-    runs = [cli(home, "wallet", "generate", "ETH", "--private-key", "--approver", "alice", "--approver", "bob",
-                "--json") for _ in range(3)]
-    print(f"CLI: `kms-agent wallet generate` (2 simulated touches + save), median of 3: "
-          f"{statistics.median(r[0] for r in runs):.0f} ms")
-    elapsed, _ = cli(home, "wallet", "generate", "ETH", "--count", "1000", "--approver", "alice", "--approver", "bob",
-                     "--json")
+    runs = [
+        cli(home, "wallet", "generate", "ETH", "--private-key", "--approver", "alice", "--approver", "bob", "--json")
+        for _ in range(3)
+    ]
+    print(
+        f"CLI: `kms-agent wallet generate` (2 simulated touches + save), median of 3: "
+        f"{statistics.median(r[0] for r in runs):.0f} ms"
+    )
+    elapsed, _ = cli(
+        home, "wallet", "generate", "ETH", "--count", "1000", "--approver", "alice", "--approver", "bob", "--json"
+    )
     print(f"CLI: `kms-agent wallet generate ETH --count 1000` (24-word mnemonics + xpubs): {elapsed / 1000:.1f} s")
 
 

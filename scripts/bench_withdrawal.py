@@ -30,16 +30,31 @@ def main() -> None:
     paths, prompts = Paths(home), SimulatorPrompts(home)
     tokens = [(n, open_token(f"sim:{n}", home)) for n in ("alice", "bob", "carol")]
     vault = create_vault(paths.vault, paths.pin, tokens, 2, prompts).commit()
-    sig = vault.add_wallet(wallet_type="MNEMONIC", chain="ETH", testnet=True, secret=bytearray(MNEMONIC.encode()),
-                           xpub=ETH.xpub_from_mnemonic(MNEMONIC, testnet=True))["signatureId"]
+    sig = vault.add_wallet(
+        wallet_type="MNEMONIC",
+        chain="ETH",
+        testnet=True,
+        secret=bytearray(MNEMONIC.encode()),
+        xpub=ETH.xpub_from_mnemonic(MNEMONIC, testnet=True),
+    )["signatureId"]
     vault.save()
     vault.close()
     service = Withdrawals(home)
     finder = lambda slot: find_token(slot, home)  # noqa: E731
-    service.change_policy(Policy(generation=2, default=Rule(
-        approvals_required=2, allowlist=frozenset([COLD]), unknown_destination=UnknownDestination.DENY,
-        assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=None)}), admin_approvals=2),
-        finder=finder, prompts=prompts)
+    service.change_policy(
+        Policy(
+            generation=2,
+            default=Rule(
+                approvals_required=2,
+                allowlist=frozenset([COLD]),
+                unknown_destination=UnknownDestination.DENY,
+                assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=None)},
+            ),
+            admin_approvals=2,
+        ),
+        finder=finder,
+        prompts=prompts,
+    )
     times, phases = [], {"create": [], "approve+sign": []}
     start = time.perf_counter()
     for nonce in range(count):

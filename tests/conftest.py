@@ -39,15 +39,22 @@ class Cli:
     home: Path
     env: dict[str, str]
 
-    def __call__(self, *args: str, input: bytes | None = None, touch: str | None = "auto",
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, input: bytes | None = None, touch: str | None = "auto", timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, "KMS_AGENT_HOME": str(self.home)}
         if touch is None:
             env.pop("KMS_AGENT_SIM_TOUCH", None)
         else:
             env["KMS_AGENT_SIM_TOUCH"] = touch
-        proc = subprocess.run([sys.executable, "-m", "agent", *args], input=input if input is not None else b"",
-                              capture_output=True, env=env, timeout=timeout, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            input=input if input is not None else b"",
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+            cwd=REPO,
+        )
         return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
     def json(self, *args: str, input: bytes | None = None, touch: str | None = "auto") -> dict:  # type: ignore[type-arg]

@@ -59,13 +59,17 @@ def roster_from_header(header: Mapping[str, Any], *, suspended: Collection[bytes
     """
     slots: dict[bytes, list[Slot]] = {}
     for raw in header["slots"]:
-        slot = Slot(bytes(raw["slot_id"]), bytes(raw["operator_id"]), str(raw["kind"]), str(raw["label"]),
-                    dict(raw["public"]))
+        slot = Slot(
+            bytes(raw["slot_id"]), bytes(raw["operator_id"]), str(raw["kind"]), str(raw["label"]), dict(raw["public"])
+        )
         slots.setdefault(slot.operator_id, []).append(slot)
     return {
-        bytes(op["operator_id"]): Operator(bytes(op["operator_id"]), str(op["name"]),
-                                           tuple(slots.get(bytes(op["operator_id"]), ())),
-                                           bytes(op["operator_id"]) in set(suspended))
+        bytes(op["operator_id"]): Operator(
+            bytes(op["operator_id"]),
+            str(op["name"]),
+            tuple(slots.get(bytes(op["operator_id"]), ())),
+            bytes(op["operator_id"]) in set(suspended),
+        )
         for op in header["operators"]
     }
 
@@ -109,12 +113,22 @@ class RecordedApproval:
                 raise ProgrammingError(f"approval record: {name} must be {ID_LEN} bytes")
 
     @classmethod
-    def from_token(cls, approval: Approval, *, request_id: bytes, operator_id: bytes, slot_id: bytes,
-                   approved_at: int) -> RecordedApproval:
+    def from_token(
+        cls, approval: Approval, *, request_id: bytes, operator_id: bytes, slot_id: bytes, approved_at: int
+    ) -> RecordedApproval:
         """Wrap what ``Token.unwrap(..., digest=approval_digest(payload))`` returned."""
-        return cls(request_id, operator_id, slot_id, approval.kind, bytes(approval.auth_data),
-                   bytes(approval.signature), approval.sign_count, approval.user_present, approval.user_verified,
-                   approved_at)
+        return cls(
+            request_id,
+            operator_id,
+            slot_id,
+            approval.kind,
+            bytes(approval.auth_data),
+            bytes(approval.signature),
+            approval.sign_count,
+            approval.user_present,
+            approval.user_verified,
+            approved_at,
+        )
 
     def with_baseline(self, baseline: int) -> RecordedApproval:
         return replace(self, counter_baseline=baseline)
@@ -140,8 +154,19 @@ class RecordedApproval:
 
         :raises ApprovalInvalid: unknown or missing keys, wrong types, bad hex.
         """
-        keys = {"request_id", "operator_id", "slot_id", "kind", "auth_data", "signature", "sign_count",
-                "user_present", "user_verified", "approved_at", "counter_baseline"}
+        keys = {
+            "request_id",
+            "operator_id",
+            "slot_id",
+            "kind",
+            "auth_data",
+            "signature",
+            "sign_count",
+            "user_present",
+            "user_verified",
+            "approved_at",
+            "counter_baseline",
+        }
         if not isinstance(raw, dict) or set(raw) != keys:
             raise ApprovalInvalid("approval record must have exactly the keys " + ", ".join(sorted(keys)))
         baseline = raw["counter_baseline"]
@@ -155,9 +180,19 @@ class RecordedApproval:
                 raise ApprovalInvalid(f"approval record {name} must be a boolean")
         if not isinstance(raw["kind"], str):
             raise ApprovalInvalid("approval record kind must be text")
-        return cls(_hex(raw, "request_id", ID_LEN), _hex(raw, "operator_id", ID_LEN), _hex(raw, "slot_id", ID_LEN),
-                   raw["kind"], _hex(raw, "auth_data"), _hex(raw, "signature"), raw["sign_count"],
-                   raw["user_present"], raw["user_verified"], raw["approved_at"], baseline)
+        return cls(
+            _hex(raw, "request_id", ID_LEN),
+            _hex(raw, "operator_id", ID_LEN),
+            _hex(raw, "slot_id", ID_LEN),
+            raw["kind"],
+            _hex(raw, "auth_data"),
+            _hex(raw, "signature"),
+            raw["sign_count"],
+            raw["user_present"],
+            raw["user_verified"],
+            raw["approved_at"],
+            baseline,
+        )
 
 
 @dataclass(frozen=True)
@@ -176,8 +211,12 @@ class Rejection:
                 raise ProgrammingError(f"rejection record: {name} must be {ID_LEN} bytes")
 
     def to_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id.hex(), "operator_id": self.operator_id.hex(),
-                "rejected_at": self.rejected_at, "reason": self.reason}
+        return {
+            "request_id": self.request_id.hex(),
+            "operator_id": self.operator_id.hex(),
+            "rejected_at": self.rejected_at,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_json(cls, raw: Any) -> Rejection:
@@ -185,8 +224,7 @@ class Rejection:
             raise ApprovalInvalid("rejection record must have exactly request_id, operator_id, rejected_at, reason")
         if not _uint(raw["rejected_at"]) or not isinstance(raw["reason"], str):
             raise ApprovalInvalid("rejection record has a field of the wrong type")
-        return cls(_hex(raw, "request_id", ID_LEN), _hex(raw, "operator_id", ID_LEN), raw["rejected_at"],
-                   raw["reason"])
+        return cls(_hex(raw, "request_id", ID_LEN), _hex(raw, "operator_id", ID_LEN), raw["rejected_at"], raw["reason"])
 
 
 def _uint(value: Any) -> bool:

@@ -33,8 +33,24 @@ SHA256_LEN = 32
 _UINT64 = (1 << 64) - 1
 _UINT32 = (1 << 32) - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-_KEYS = frozenset({"v", "vault_id", "request_id", "chain", "network", "signature_id", "derivation_index",
-                   "unsigned_tx_sha256", "outputs", "fee", "nonce", "expires_at", "policy_generation", "action"})
+_KEYS = frozenset(
+    {
+        "v",
+        "vault_id",
+        "request_id",
+        "chain",
+        "network",
+        "signature_id",
+        "derivation_index",
+        "unsigned_tx_sha256",
+        "outputs",
+        "fee",
+        "nonce",
+        "expires_at",
+        "policy_generation",
+        "action",
+    }
+)
 _OUTPUT_KEYS = frozenset({"address", "amount", "asset"})
 
 
@@ -143,18 +159,25 @@ class ApprovalPayload:
         for i, out in enumerate(outputs):
             if not isinstance(out, dict) or set(out) != _OUTPUT_KEYS:
                 raise ApprovalInvalid(f"approval payload outputs[{i}] must be a map of address, amount, asset")
-            parsed.append(PayloadOutput(out["address"], _decimal(out["amount"], f"outputs[{i}].amount"),
-                                        out["asset"]))
+            parsed.append(PayloadOutput(out["address"], _decimal(out["amount"], f"outputs[{i}].amount"), out["asset"]))
         try:
             action = Action(raw["action"])
         except ValueError:
             raise ApprovalInvalid(f"approval payload action {raw['action']!r} is unknown") from None
         return cls(
-            vault_id=raw["vault_id"], request_id=raw["request_id"], chain=raw["chain"], network=raw["network"],
-            signature_id=raw["signature_id"], derivation_index=raw["derivation_index"],
-            unsigned_tx_sha256=raw["unsigned_tx_sha256"], outputs=tuple(parsed),
-            fee=_decimal(raw["fee"], "fee"), nonce=raw["nonce"], expires_at=raw["expires_at"],
-            policy_generation=raw["policy_generation"], action=action,
+            vault_id=raw["vault_id"],
+            request_id=raw["request_id"],
+            chain=raw["chain"],
+            network=raw["network"],
+            signature_id=raw["signature_id"],
+            derivation_index=raw["derivation_index"],
+            unsigned_tx_sha256=raw["unsigned_tx_sha256"],
+            outputs=tuple(parsed),
+            fee=_decimal(raw["fee"], "fee"),
+            nonce=raw["nonce"],
+            expires_at=raw["expires_at"],
+            policy_generation=raw["policy_generation"],
+            action=action,
         )
 
 

@@ -83,9 +83,13 @@ class QuorumReason:
     alert: bool = False
 
     def to_json(self) -> dict[str, object]:
-        return {"rule": self.rule, "detail": self.detail,
-                "operator_id": self.operator_id.hex() if self.operator_id else None,
-                "slot_id": self.slot_id.hex() if self.slot_id else None, "alert": self.alert}
+        return {
+            "rule": self.rule,
+            "detail": self.detail,
+            "operator_id": self.operator_id.hex() if self.operator_id else None,
+            "slot_id": self.slot_id.hex() if self.slot_id else None,
+            "alert": self.alert,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class QuorumDecision:
         if self.approved:
             return
         cls: type[ApprovalError] = {
-            QuorumOutcome.PENDING: QuorumNotMet, QuorumOutcome.REJECTED: ApprovalRejected,
+            QuorumOutcome.PENDING: QuorumNotMet,
+            QuorumOutcome.REJECTED: ApprovalRejected,
             QuorumOutcome.EXPIRED: ApprovalExpired,
         }.get(self.outcome, ApprovalInvalid)
         raise cls(f"request {self.outcome.value}: {self.explain()}")
@@ -146,15 +151,30 @@ class _Scan:
     updates: dict[bytes, int] = field(default_factory=dict)
     suspended: list[bytes] = field(default_factory=list)
 
-    def note(self, rule: str, detail: str, op: Operator | None = None, slot: Slot | None = None,
-             *, operator_id: bytes | None = None, alert: bool = False) -> None:
-        self.reasons.append(QuorumReason(rule, detail, op.operator_id if op else operator_id,
-                                         slot.slot_id if slot else None, alert))
+    def note(
+        self,
+        rule: str,
+        detail: str,
+        op: Operator | None = None,
+        slot: Slot | None = None,
+        *,
+        operator_id: bytes | None = None,
+        alert: bool = False,
+    ) -> None:
+        self.reasons.append(
+            QuorumReason(rule, detail, op.operator_id if op else operator_id, slot.slot_id if slot else None, alert)
+        )
 
 
-def evaluate_quorum(request: ApprovalRequest, approvals: Sequence[RecordedApproval], rejections: Sequence[Rejection],
-                    policy_rule: QuorumRule, operators: Roster, now: int,
-                    counters: Mapping[bytes, int]) -> QuorumDecision:
+def evaluate_quorum(
+    request: ApprovalRequest,
+    approvals: Sequence[RecordedApproval],
+    rejections: Sequence[Rejection],
+    policy_rule: QuorumRule,
+    operators: Roster,
+    now: int,
+    counters: Mapping[bytes, int],
+) -> QuorumDecision:
     """Decide whether ``approvals`` meet ``policy_rule`` for ``request``; every finding is explained.
 
     :param approvals: every approval recorded for this request (earlier ones carry their
@@ -174,8 +194,11 @@ def evaluate_quorum(request: ApprovalRequest, approvals: Sequence[RecordedApprov
         scan.note("request-consumed", f"request {payload.request_id.hex()} was already signed once")
     if policy_rule.policy_generation is not None and policy_rule.policy_generation != payload.policy_generation:
         terminal = terminal or QuorumOutcome.STALE
-        scan.note("policy-generation", f"the request was judged under policy generation {payload.policy_generation}, "
-                                       f"generation {policy_rule.policy_generation} is now in force")
+        scan.note(
+            "policy-generation",
+            f"the request was judged under policy generation {payload.policy_generation}, "
+            f"generation {policy_rule.policy_generation} is now in force",
+        )
     if now >= payload.expires_at:
         terminal = terminal or QuorumOutcome.EXPIRED
         scan.note("request-expired", f"the request expired at {payload.expires_at} (now {now})")
@@ -193,20 +216,30 @@ def evaluate_quorum(request: ApprovalRequest, approvals: Sequence[RecordedApprov
     for approval in accepted:
         op = operators[approval.operator_id]
         if not policy_rule.initiator_may_approve and op.operator_id == request.initiator:
-            scan.note("initiator", f"{op.display} initiated this request and may not approve it", op,
-                      op.slot(approval.slot_id))
+            scan.note(
+                "initiator",
+                f"{op.display} initiated this request and may not approve it",
+                op,
+                op.slot(approval.slot_id),
+            )
             continue
         if op.operator_id in scan.suspended:
             scan.note("suspended", f"{op.display} was suspended in this evaluation; their approval does not count", op)
             continue
         if op.operator_id in approved_by:
-            scan.note("distinct-operators", f"{op.display} already approved with another token or touch; counted once",
-                      op)
+            scan.note(
+                "distinct-operators", f"{op.display} already approved with another token or touch; counted once", op
+            )
             continue
         approved_by.append(op.operator_id)
 
-    eligible = sum(1 for op in operators.values() if not op.suspended and op.operator_id not in scan.suspended
-                   and (policy_rule.initiator_may_approve or op.operator_id != request.initiator))
+    eligible = sum(
+        1
+        for op in operators.values()
+        if not op.suspended
+        and op.operator_id not in scan.suspended
+        and (policy_rule.initiator_may_approve or op.operator_id != request.initiator)
+    )
     if terminal is not None:
         outcome = terminal
     elif len(approved_by) >= m:
@@ -218,10 +251,12 @@ def evaluate_quorum(request: ApprovalRequest, approvals: Sequence[RecordedApprov
         missing = m - len(approved_by)
         scan.note("quorum", f"{len(approved_by)} of {m} distinct operators approved; {missing} more needed")
         if eligible < m:
-            scan.note("quorum", f"only {eligible} operators may still approve: this request cannot reach {m}",
-                      alert=True)
-    return QuorumDecision(outcome, m, tuple(approved_by), accepted, dict(scan.updates), tuple(scan.suspended),
-                          tuple(scan.reasons))
+            scan.note(
+                "quorum", f"only {eligible} operators may still approve: this request cannot reach {m}", alert=True
+            )
+    return QuorumDecision(
+        outcome, m, tuple(approved_by), accepted, dict(scan.updates), tuple(scan.suspended), tuple(scan.reasons)
+    )
 
 
 def _vetoes(request: ApprovalRequest, rejections: Iterable[Rejection], operators: Roster, scan: _Scan) -> bool:
@@ -232,8 +267,12 @@ def _vetoes(request: ApprovalRequest, rejections: Iterable[Rejection], operators
             continue
         op = operators.get(rejection.operator_id)
         if op is None:
-            scan.note("veto", f"a rejection by unknown operator {rejection.operator_id.hex()} was ignored",
-                      operator_id=rejection.operator_id, alert=True)
+            scan.note(
+                "veto",
+                f"a rejection by unknown operator {rejection.operator_id.hex()} was ignored",
+                operator_id=rejection.operator_id,
+                alert=True,
+            )
             continue
         vetoed = True
         why = f": {rejection.reason}" if rejection.reason else ""
@@ -241,8 +280,15 @@ def _vetoes(request: ApprovalRequest, rejections: Iterable[Rejection], operators
     return vetoed
 
 
-def _valid_approvals(request: ApprovalRequest, approvals: Iterable[RecordedApproval], rule: QuorumRule,
-                     operators: Roster, now: int, digest: bytes, scan: _Scan) -> list[RecordedApproval]:
+def _valid_approvals(
+    request: ApprovalRequest,
+    approvals: Iterable[RecordedApproval],
+    rule: QuorumRule,
+    operators: Roster,
+    now: int,
+    digest: bytes,
+    scan: _Scan,
+) -> list[RecordedApproval]:
     """Approvals whose slot, operator, timing and signature checks pass (counters come next)."""
     payload = request.payload
     valid: list[RecordedApproval] = []
@@ -252,8 +298,12 @@ def _valid_approvals(request: ApprovalRequest, approvals: Iterable[RecordedAppro
         slot = op.slot(approval.slot_id) if op else None
         if op is None or slot is None:
             owner = next((o for o in operators.values() if o.slot(approval.slot_id)), None)
-            what = (f"slot {approval.slot_id.hex()} belongs to {owner.display}, not to operator "
-                    f"{approval.operator_id.hex()}" if owner else f"slot {approval.slot_id.hex()} is not enrolled")
+            what = (
+                f"slot {approval.slot_id.hex()} belongs to {owner.display}, not to operator "
+                f"{approval.operator_id.hex()}"
+                if owner
+                else f"slot {approval.slot_id.hex()} is not enrolled"
+            )
             scan.note("unknown-slot", f"approval refused: {what}", operator_id=approval.operator_id, alert=True)
             continue
         if (approval.slot_id, approval.signature) in seen:
@@ -263,24 +313,43 @@ def _valid_approvals(request: ApprovalRequest, approvals: Iterable[RecordedAppro
             scan.note("suspended", f"{op.display} is suspended (cloned-token alert); approval refused", op, slot)
             continue
         if approval.request_id != payload.request_id:
-            scan.note("request-mismatch", f"approval by {op.display} was recorded for request "
-                                          f"{approval.request_id.hex()}; refused", op, slot, alert=True)
+            scan.note(
+                "request-mismatch",
+                f"approval by {op.display} was recorded for request {approval.request_id.hex()}; refused",
+                op,
+                slot,
+                alert=True,
+            )
             continue
         if approval.approved_at > now or approval.approved_at >= payload.expires_at:
-            scan.note("approval-expired", f"approval by {op.display} is dated {approval.approved_at}, outside the "
-                                          f"request's lifetime (expires {payload.expires_at}, now {now}); refused",
-                      op, slot)
+            scan.note(
+                "approval-expired",
+                f"approval by {op.display} is dated {approval.approved_at}, outside the "
+                f"request's lifetime (expires {payload.expires_at}, now {now}); refused",
+                op,
+                slot,
+            )
             continue
         if now >= approval.approved_at + rule.approval_ttl:
-            scan.note("approval-expired", f"approval by {op.display} from {approval.approved_at} is older than the "
-                                          f"rule's {rule.approval_ttl} s; refused", op, slot)
+            scan.note(
+                "approval-expired",
+                f"approval by {op.display} from {approval.approved_at} is older than the "
+                f"rule's {rule.approval_ttl} s; refused",
+                op,
+                slot,
+            )
             continue
         try:
             verify_approval(approval, slot, digest)
         except ApprovalInvalid as exc:
-            scan.note("signature", f"approval by {op.display} via {slot.label!r} refused: {exc.message} (a replay from "
-                                   "another request or a tampered transaction gives exactly this)", op, slot,
-                      alert=True)
+            scan.note(
+                "signature",
+                f"approval by {op.display} via {slot.label!r} refused: {exc.message} (a replay from "
+                "another request or a tampered transaction gives exactly this)",
+                op,
+                slot,
+                alert=True,
+            )
             continue
         valid.append(approval)
     return valid
@@ -309,9 +378,14 @@ def _counter_check(valid: Sequence[RecordedApproval], operators: Roster, scan: _
             continue
         if op.operator_id not in scan.suspended:
             scan.suspended.append(op.operator_id)
-        scan.note("sign-count", f"{slot.label!r} of {op.display} reported signCount {new}, not above the {stored} "
-                                f"already seen: a cloned token? approval refused and {op.name} suspended", op, slot,
-                  alert=True)
+        scan.note(
+            "sign-count",
+            f"{slot.label!r} of {op.display} reported signCount {new}, not above the {stored} "
+            f"already seen: a cloned token? approval refused and {op.name} suspended",
+            op,
+            slot,
+            alert=True,
+        )
     return tuple(accepted)
 
 

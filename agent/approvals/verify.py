@@ -77,8 +77,10 @@ def _verify_fido2(approval: RecordedApproval, slot: Slot, digest: bytes) -> None
     recorded = (approval.sign_count, approval.user_present, approval.user_verified)
     signed = (evidence.sign_count, evidence.user_present, evidence.user_verified)
     if recorded != signed:
-        raise ApprovalInvalid(f"the approval record of {slot.label!r} says (count, UP, UV) = {recorded}, "
-                              f"its signed authenticator data says {signed}")
+        raise ApprovalInvalid(
+            f"the approval record of {slot.label!r} says (count, UP, UV) = {recorded}, "
+            f"its signed authenticator data says {signed}"
+        )
 
 
 def _verify_piv(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
@@ -107,8 +109,12 @@ def approval_audit_payload(payload: ApprovalPayload, approval: RecordedApproval,
         "payload_cbor": payload.canonical_bytes().hex(),
         "digest": approval_digest(payload).hex(),
         "approval": approval.to_json(),
-        "slot": {"kind": slot.kind, "label": slot.label, "operator_id": slot.operator_id.hex(),
-                 "public_cbor": bytes(cbor2.dumps(dict(slot.public), canonical=True)).hex()},
+        "slot": {
+            "kind": slot.kind,
+            "label": slot.label,
+            "operator_id": slot.operator_id.hex(),
+            "public_cbor": bytes(cbor2.dumps(dict(slot.public), canonical=True)).hex(),
+        },
     }
 
 
@@ -120,8 +126,9 @@ class _Row(Protocol):
     def payload(self) -> Mapping[str, Any]: ...
 
 
-def verify_approval_record(record: Mapping[str, Any], roster: Roster | None = None,
-                           *, request_id: str | None = None) -> RecordedApproval:
+def verify_approval_record(
+    record: Mapping[str, Any], roster: Roster | None = None, *, request_id: str | None = None
+) -> RecordedApproval:
     """Re-verify an approval row's payload (see :func:`approval_audit_payload`).
 
     The slot comes from ``roster`` (the current vault header) when it still lists it, and must then
@@ -135,8 +142,13 @@ def verify_approval_record(record: Mapping[str, Any], roster: Roster | None = No
         approval = RecordedApproval.from_json(record["approval"])
         raw_slot = record["slot"]
         recorded_public = cbor2.loads(bytes.fromhex(raw_slot["public_cbor"]))
-        recorded = Slot(approval.slot_id, bytes.fromhex(raw_slot["operator_id"]), raw_slot["kind"], raw_slot["label"],
-                        recorded_public)
+        recorded = Slot(
+            approval.slot_id,
+            bytes.fromhex(raw_slot["operator_id"]),
+            raw_slot["kind"],
+            raw_slot["label"],
+            recorded_public,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ApprovalInvalid(f"approval row is malformed ({type(exc).__name__}: {exc})") from None
     if digest != approval_digest(payload):
@@ -147,8 +159,11 @@ def verify_approval_record(record: Mapping[str, Any], roster: Roster | None = No
     if roster is not None:
         current = find_slot(roster, approval.slot_id)
         if current is not None:
-            if (current.operator_id, current.kind, dict(current.public)) != (recorded.operator_id, recorded.kind,
-                                                                           recorded.public):
+            if (current.operator_id, current.kind, dict(current.public)) != (
+                recorded.operator_id,
+                recorded.kind,
+                recorded.public,
+            ):
                 raise ApprovalInvalid("approval row: the recorded slot differs from the slot in the vault header")
             slot = current
     if slot.operator_id != approval.operator_id:

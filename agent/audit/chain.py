@@ -26,10 +26,29 @@ DOMAIN = b"kms-agent/v1/audit\0"
 GENESIS = bytes(32)
 MAX_SAFE_INT = (1 << 53) - 1
 #: Keys that must never appear in an audit payload, at any depth: the log is for evidence, not secrets.
-FORBIDDEN_KEYS = frozenset({
-    "mnemonic", "seed", "private_key", "privkey", "xprv", "secret", "pin", "puk", "password", "passphrase",
-    "ikm", "dek", "kek", "share", "shares", "hmac_secret", "recovery_secret", "management_key", "pin_token",
-})
+FORBIDDEN_KEYS = frozenset(
+    {
+        "mnemonic",
+        "seed",
+        "private_key",
+        "privkey",
+        "xprv",
+        "secret",
+        "pin",
+        "puk",
+        "password",
+        "passphrase",
+        "ikm",
+        "dek",
+        "kek",
+        "share",
+        "shares",
+        "hmac_secret",
+        "recovery_secret",
+        "management_key",
+        "pin_token",
+    }
+)
 
 
 def check_json_value(value: Any, path: str = "payload") -> None:
@@ -66,8 +85,15 @@ def canonical_json(value: Any) -> str:
 
 def row_bytes(seq: int, ts: int, kind: str, request_id: str | None, actor: str | None, payload: Any) -> bytes:
     """Canonical bytes of one row; ``payload`` is the parsed JSON value, not its text."""
-    row = {"v": VERSION, "seq": seq, "ts": ts, "kind": kind, "request_id": request_id, "actor": actor,
-           "payload": payload}
+    row = {
+        "v": VERSION,
+        "seq": seq,
+        "ts": ts,
+        "kind": kind,
+        "request_id": request_id,
+        "actor": actor,
+        "payload": payload,
+    }
     return canonical_json(row).encode("ascii")
 
 

@@ -95,8 +95,16 @@ class AuditRow:
     payload: Any = field(compare=False, default=None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "request_id": self.request_id, "actor": self.actor,
-                "payload": self.payload, "prev_hash": self.prev_hash.hex(), "hash": self.hash.hex()}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "request_id": self.request_id,
+            "actor": self.actor,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash.hex(),
+            "hash": self.hash.hex(),
+        }
 
 
 @dataclass(frozen=True)
@@ -132,10 +140,16 @@ class AuditReport:
     approvals_checked: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "rows": self.rows, "head": self.head.to_json() if self.head else None,
-                "pinned": self.pinned.to_json() if self.pinned else None, "first_bad_seq": self.first_bad_seq,
-                "problems": [p.to_json() for p in self.problems], "warnings": list(self.warnings),
-                "approvals_checked": self.approvals_checked}
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head": self.head.to_json() if self.head else None,
+            "pinned": self.pinned.to_json() if self.pinned else None,
+            "first_bad_seq": self.first_bad_seq,
+            "problems": [p.to_json() for p in self.problems],
+            "warnings": list(self.warnings),
+            "approvals_checked": self.approvals_checked,
+        }
 
 
 ApprovalVerifier = Callable[[AuditRow], None]
@@ -171,8 +185,13 @@ class AuditLog:
     :param clock: returns Unix seconds for rows appended without an explicit ``ts``.
     """
 
-    def __init__(self, directory: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        clock: Callable[[], int] = lambda: int(time.time()),
+    ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         self.head_path = self.directory / HEAD_NAME
@@ -222,8 +241,9 @@ class AuditLog:
             self._check_private(self.path)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         else:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.busy_timeout,
-                                   isolation_level=None)
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.busy_timeout, isolation_level=None
+            )
             try:
                 conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
             except sqlite3.OperationalError:
@@ -232,8 +252,9 @@ class AuditLog:
                     raise
                 # A WAL database in a directory we cannot write (a read-only copy, an immutable
                 # backup): with no -wal file there is nothing uncheckpointed, so read the file as is.
-                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                                       isolation_level=None)
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None
+                )
         try:
             if write:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -251,8 +272,10 @@ class AuditLog:
     def _check_private(path: Path) -> None:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise StateError(f"audit log: {path} is accessible by other users (mode {stat.S_IMODE(mode):04o})",
-                             hint=f"chmod 600 {path}")
+            raise StateError(
+                f"audit log: {path} is accessible by other users (mode {stat.S_IMODE(mode):04o})",
+                hint=f"chmod 600 {path}",
+            )
 
     def _read_head(self) -> HeadPin | None:
         """The pinned head, None when no head file exists.
@@ -291,8 +314,15 @@ class AuditLog:
         return AuditRow(seq, ts, kind, request_id, actor, payload, _unhex(prev_hash), _unhex(digest), parsed)
 
     # --- append ---------------------------------------------------------------------------------
-    def append(self, kind: AuditKind | str, payload: Mapping[str, Any], *, request_id: bytes | str | None = None,
-               actor: str | None = None, ts: int | None = None) -> AuditRow:
+    def append(
+        self,
+        kind: AuditKind | str,
+        payload: Mapping[str, Any],
+        *,
+        request_id: bytes | str | None = None,
+        actor: str | None = None,
+        ts: int | None = None,
+    ) -> AuditRow:
         """Append one row and re-pin the head. Fails closed.
 
         :param payload: a JSON-able map with the *full* evidence (hex for bytes, decimal strings for
@@ -321,8 +351,10 @@ class AuditLog:
             try:
                 conn = self._connect(write=True)
             except sqlite3.Error as exc:
-                raise StateError(f"audit log unusable: {_describe_sqlite(exc)}",
-                                 hint="nothing was signed; fix the state directory and retry") from None
+                raise StateError(
+                    f"audit log unusable: {_describe_sqlite(exc)}",
+                    hint="nothing was signed; fix the state directory and retry",
+                ) from None
             except OSError as exc:
                 raise StateError(f"audit log unusable: cannot create {self.path}: {exc.strerror or exc}") from None
             try:
@@ -332,13 +364,23 @@ class AuditLog:
             try:
                 self._write_head(HeadPin(row.seq, row.hash))
             except OSError as exc:
-                raise StateError(f"audit row {row.seq} was committed but its head pin could not be written "
-                                 f"({exc.strerror or exc}); the next append re-pins it",
-                                 hint="nothing may be signed until the state directory is writable") from None
+                raise StateError(
+                    f"audit row {row.seq} was committed but its head pin could not be written "
+                    f"({exc.strerror or exc}); the next append re-pins it",
+                    hint="nothing may be signed until the state directory is writable",
+                ) from None
         return row
 
-    def _append_locked(self, conn: sqlite3.Connection, kind: AuditKind, rid: str | None, actor: str | None, ts: int,
-                       payload_text: str, payload_value: Any) -> AuditRow:
+    def _append_locked(
+        self,
+        conn: sqlite3.Connection,
+        kind: AuditKind,
+        rid: str | None,
+        actor: str | None,
+        ts: int,
+        payload_text: str,
+        payload_value: Any,
+    ) -> AuditRow:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -347,16 +389,20 @@ class AuditLog:
                 seq = 1 if last is None else int(last[0]) + 1
                 prev = GENESIS if last is None else _unhex(last[7])
                 digest = row_hash(prev, row_bytes(seq, ts, kind.value, rid, actor, payload_value))
-                conn.execute(f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (seq, ts, kind.value, rid, actor, payload_text, prev.hex(), digest.hex()))
+                conn.execute(
+                    f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, ts, kind.value, rid, actor, payload_text, prev.hex(), digest.hex()),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StateError(f"audit log append failed: {_describe_sqlite(exc)}",
-                             hint="nothing was written and nothing may be signed") from None
+            raise StateError(
+                f"audit log append failed: {_describe_sqlite(exc)}",
+                hint="nothing was written and nothing may be signed",
+            ) from None
         return AuditRow(seq, ts, kind.value, rid, actor, payload_text, prev, digest, payload_value)
 
     def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None) -> None:
@@ -364,20 +410,25 @@ class AuditLog:
         pinned = self._read_head()
         if last is None:
             if pinned is not None:
-                raise AuditIntegrityError(f"the audit log is empty but its head pins row {pinned.seq}: "
-                                          "it was deleted or replaced")
+                raise AuditIntegrityError(
+                    f"the audit log is empty but its head pins row {pinned.seq}: it was deleted or replaced"
+                )
             return
-        if last.hash != row_hash(last.prev_hash, row_bytes(last.seq, last.ts, last.kind, last.request_id, last.actor,
-                                                           last.payload)):
+        if last.hash != row_hash(
+            last.prev_hash, row_bytes(last.seq, last.ts, last.kind, last.request_id, last.actor, last.payload)
+        ):
             raise AuditIntegrityError(f"audit row {last.seq} does not match its hash: the log was edited")
         if pinned is None:
             if last.seq == 1:
                 return  # the very first pin write failed after its commit: the same one-row lag as below
-            raise AuditIntegrityError(f"the audit log has {last.seq} rows but its head pin file is missing",
-                                      hint="run `kms-agent audit verify`")
+            raise AuditIntegrityError(
+                f"the audit log has {last.seq} rows but its head pin file is missing",
+                hint="run `kms-agent audit verify`",
+            )
         if pinned.seq > last.seq:
-            raise AuditIntegrityError(f"the audit log ends at row {last.seq} but its head pins row {pinned.seq}: "
-                                      "rows were deleted")
+            raise AuditIntegrityError(
+                f"the audit log ends at row {last.seq} but its head pins row {pinned.seq}: rows were deleted"
+            )
         if pinned.seq < last.seq - 1:
             raise AuditIntegrityError(f"the audit head pins row {pinned.seq} but the log has {last.seq} rows")
         pinned_row = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (pinned.seq,)).fetchone()
@@ -409,8 +460,14 @@ class AuditLog:
         by_seq: dict[int, bytes] = {}
         for row in records:
             if row.seq != expected:
-                problems.append(AuditProblem(expected, f"rows {expected}..{row.seq - 1} are missing"
-                                             if row.seq > expected + 1 else f"row {expected} is missing"))
+                problems.append(
+                    AuditProblem(
+                        expected,
+                        f"rows {expected}..{row.seq - 1} are missing"
+                        if row.seq > expected + 1
+                        else f"row {expected} is missing",
+                    )
+                )
             expected = row.seq + 1
             problems.extend(self._check_row(row, prev))
             if approval_verifier is not None and row.kind == AuditKind.APPROVAL.value and row.payload is not None:
@@ -427,24 +484,35 @@ class AuditLog:
         else:
             problems.extend(self._check_pin(head, pinned, by_seq, warnings))
         bad = [p.seq for p in problems if p.seq is not None]
-        return AuditReport(not problems, len(records), head, pinned, min(bad) if bad else None,
-                           tuple(sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))), tuple(warnings),
-                           checked)
+        return AuditReport(
+            not problems,
+            len(records),
+            head,
+            pinned,
+            min(bad) if bad else None,
+            tuple(sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))),
+            tuple(warnings),
+            checked,
+        )
 
     @staticmethod
     def _check_row(row: AuditRow, prev: bytes) -> list[AuditProblem]:
         found = []
         if row.prev_hash != prev:
-            found.append(AuditProblem(row.seq, "prev_hash is not the hash of the row before it (rows deleted, "
-                                               "inserted or reordered)"))
+            found.append(
+                AuditProblem(
+                    row.seq, "prev_hash is not the hash of the row before it (rows deleted, inserted or reordered)"
+                )
+            )
         if row.payload is None or canonical_or_none(row.payload) != row.payload_text:
             found.append(AuditProblem(row.seq, "payload is not canonical JSON"))
         elif row.kind not in AuditKind.__members__.values():
             found.append(AuditProblem(row.seq, f"unknown kind {row.kind!r}"))
         else:
             try:
-                recomputed = row_hash(row.prev_hash, row_bytes(row.seq, row.ts, row.kind, row.request_id, row.actor,
-                                                               row.payload))
+                recomputed = row_hash(
+                    row.prev_hash, row_bytes(row.seq, row.ts, row.kind, row.request_id, row.actor, row.payload)
+                )
             except (ProgrammingError, TypeError):
                 recomputed = b""
             if recomputed != row.hash:
@@ -452,8 +520,9 @@ class AuditLog:
         return found
 
     @staticmethod
-    def _check_pin(head: HeadPin | None, pinned: HeadPin | None, by_seq: Mapping[int, bytes],
-                   warnings: list[str]) -> list[AuditProblem]:
+    def _check_pin(
+        head: HeadPin | None, pinned: HeadPin | None, by_seq: Mapping[int, bytes], warnings: list[str]
+    ) -> list[AuditProblem]:
         if pinned is None:
             if head is not None and head.seq == 1:
                 warnings.append("row 1 is not pinned yet (its head pin write failed?); the next append pins it")
@@ -463,17 +532,30 @@ class AuditLog:
         if head is None:
             return [AuditProblem(1, f"the log is empty or missing but its head pins row {pinned.seq}")]
         if pinned.seq > head.seq:
-            return [AuditProblem(head.seq + 1, f"the log ends at row {head.seq} but its head pins row {pinned.seq}: "
-                                               "the newest rows were deleted")]
+            return [
+                AuditProblem(
+                    head.seq + 1,
+                    f"the log ends at row {head.seq} but its head pins row {pinned.seq}: the newest rows were deleted",
+                )
+            ]
         if by_seq.get(pinned.seq) != pinned.hash:
-            return [AuditProblem(pinned.seq, f"row {pinned.seq} is not the row the head pin names "
-                                             "(edited row or forged head)")]
+            return [
+                AuditProblem(
+                    pinned.seq, f"row {pinned.seq} is not the row the head pin names (edited row or forged head)"
+                )
+            ]
         if pinned.seq == head.seq - 1:
-            warnings.append(f"row {head.seq} is not pinned yet (a crash between commit and pin?); "
-                            "the next append pins it")
+            warnings.append(
+                f"row {head.seq} is not pinned yet (a crash between commit and pin?); the next append pins it"
+            )
         elif pinned.seq < head.seq:
-            return [AuditProblem(pinned.seq + 1, f"rows {pinned.seq + 1}..{head.seq} come after the pinned head "
-                                                 f"(row {pinned.seq}): the head file was rolled back")]
+            return [
+                AuditProblem(
+                    pinned.seq + 1,
+                    f"rows {pinned.seq + 1}..{head.seq} come after the pinned head "
+                    f"(row {pinned.seq}): the head file was rolled back",
+                )
+            ]
         return []
 
     # --- queries --------------------------------------------------------------------------------
@@ -488,8 +570,14 @@ class AuditLog:
             raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
         return [self._row(r) for r in records]
 
-    def rows(self, *, kinds: Iterable[AuditKind | str] | None = None, since: int | None = None,
-             until: int | None = None, request_id: bytes | str | None = None) -> list[AuditRow]:
+    def rows(
+        self,
+        *,
+        kinds: Iterable[AuditKind | str] | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        request_id: bytes | str | None = None,
+    ) -> list[AuditRow]:
         """Rows in seq order, filtered by kind, time range ``since <= ts < until`` and request id (reports)."""
         if not self.path.exists():
             return []

@@ -52,8 +52,10 @@ def require_native_secp256k1() -> None:
     from embit.util import secp256k1
 
     if not secp256k1.ecdsa_sign.__module__.endswith("ctypes_secp256k1"):
-        raise ChainError("embit is not using its native libsecp256k1 (pure-Python fallback); refusing to sign",
-                         hint="reinstall embit so that its bundled libsecp256k1 loads")
+        raise ChainError(
+            "embit is not using its native libsecp256k1 (pure-Python fallback); refusing to sign",
+            hint="reinstall embit so that its bundled libsecp256k1 loads",
+        )
 
 
 def seed_from_mnemonic(mnemonic: str, passphrase: str = "") -> bytes:
@@ -132,8 +134,10 @@ def decode_xpub(text: str, allowed: dict[bytes, Any]) -> tuple[HDKey, Any]:
 
     version, node = _parse_xpub(text.strip())
     if version not in allowed:
-        raise UsageError("extended key version does not match this chain and network "
-                         f"(got {base58.encode_check(version + bytes(74))[:4]}…)")
+        raise UsageError(
+            "extended key version does not match this chain and network "
+            f"(got {base58.encode_check(version + bytes(74))[:4]}…)"
+        )
     return node, allowed[version]
 
 

@@ -53,8 +53,13 @@ class TxInput:
     script_type: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"txid": self.txid, "vout": self.vout, "amount": str(self.amount), "address": self.address,
-                "scriptType": self.script_type}
+        return {
+            "txid": self.txid,
+            "vout": self.vout,
+            "amount": str(self.amount),
+            "address": self.address,
+            "scriptType": self.script_type,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,12 @@ class TokenCall:
     sender: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "token": self.token, "recipient": self.recipient,
-                               "amount": str(self.amount)}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "token": self.token,
+            "recipient": self.recipient,
+            "amount": str(self.amount),
+        }
         if self.sender is not None:
             out["sender"] = self.sender
         return out
@@ -174,8 +183,13 @@ class SignedTx:
         return self.raw.hex() if self.summary.chain_id is None else "0x" + self.raw.hex()
 
     def to_json(self) -> dict[str, Any]:
-        return {"chain": self.chain, "txid": self.txid, "raw": self.raw_hex, "sender": self.sender,
-                "summary": self.summary.to_json()}
+        return {
+            "chain": self.chain,
+            "txid": self.txid,
+            "raw": self.raw_hex,
+            "sender": self.sender,
+            "summary": self.summary.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -259,8 +273,7 @@ class Chain(abc.ABC):
         """
 
     @abc.abstractmethod
-    def sign(self, tx: bytes | str, keys: Sequence[bytes], *, testnet: bool,
-             owned: Owned | None = None) -> SignedTx:
+    def sign(self, tx: bytes | str, keys: Sequence[bytes], *, testnet: bool, owned: Owned | None = None) -> SignedTx:
         """Decode, check, sign with ``keys`` and serialise for broadcast.
 
         Every input (UTXO) or the transaction (EVM) must be signable by one of ``keys``; a

@@ -165,9 +165,32 @@ def _prefix(net: UtxoNet) -> str:
     return "bitcoincash" if net.name == "mainnet" else "bchtest"
 
 
-BCH = BchChain("BCH", default_kind=AddressKind.P2PKH, segwit=False, max_fee_rate=10_000, min_fee_rate=1, nets={
-    "mainnet": _net("mainnet", wif=0x80, p2pkh=0x00, p2sh=0x05, bech32=None, xpub="0488b21e", xprv="0488ade4",
-                    tatum_path="m/44'/145'/0'/0"),
-    "testnet": _net("testnet", wif=0xEF, p2pkh=0x6F, p2sh=0xC4, bech32=None, xpub="043587cf", xprv="04358394",
-                    tatum_path="m/44'/145'/0'/0"),
-})
+BCH = BchChain(
+    "BCH",
+    default_kind=AddressKind.P2PKH,
+    segwit=False,
+    max_fee_rate=10_000,
+    min_fee_rate=1,
+    nets={
+        "mainnet": _net(
+            "mainnet",
+            wif=0x80,
+            p2pkh=0x00,
+            p2sh=0x05,
+            bech32=None,
+            xpub="0488b21e",
+            xprv="0488ade4",
+            tatum_path="m/44'/145'/0'/0",
+        ),
+        "testnet": _net(
+            "testnet",
+            wif=0xEF,
+            p2pkh=0x6F,
+            p2sh=0xC4,
+            bech32=None,
+            xpub="043587cf",
+            xprv="04358394",
+            tatum_path="m/44'/145'/0'/0",
+        ),
+    },
+)

@@ -165,8 +165,7 @@ class EvmChain(Chain):
         return FeeEstimate(fee=gas * max_fee_per_gas, size=gas, rate=max_fee_per_gas)
 
     # --- decoding ---------------------------------------------------------------------------------
-    def decode(self, tx: bytes | str | Mapping[str, Any], *, testnet: bool,
-               owned: Owned | None = None) -> TxSummary:
+    def decode(self, tx: bytes | str | Mapping[str, Any], *, testnet: bool, owned: Owned | None = None) -> TxSummary:
         return self._decode(unsigned_bytes(tx), testnet, owned)[0]
 
     def _decode(self, raw: bytes, testnet: bool, owned: Owned | None) -> tuple[TxSummary, list[Any]]:
@@ -189,8 +188,10 @@ class EvmChain(Chain):
                 raise ChainError("transaction is already signed")
             if len(items) != 9:
                 raise ChainError(f"not an unsigned EIP-1559 transaction ({len(items)} fields, expected 9)")
-            chain_id, nonce, prio, max_fee, gas = (_uint(items[i], n) for i, n in enumerate(
-                ("chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas")))
+            chain_id, nonce, prio, max_fee, gas = (
+                _uint(items[i], n)
+                for i, n in enumerate(("chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas"))
+            )
             to, value, data, access = items[5], _uint(items[6], "value"), items[7], items[8]
             if prio > max_fee:
                 raise ChainError("maxPriorityFeePerGas exceeds maxFeePerGas: invalid transaction")
@@ -213,8 +214,10 @@ class EvmChain(Chain):
             raise ChainError("bad 'to' or 'data' field")
         if chain_id not in self.chain_ids(testnet):
             net = "testnet" if testnet else "mainnet"
-            raise ChainError(f"unknown chain id {chain_id} for {self.name} {net} "
-                             f"(expected one of {', '.join(map(str, self.chain_ids(testnet)))})")
+            raise ChainError(
+                f"unknown chain id {chain_id} for {self.name} {net} "
+                f"(expected one of {', '.join(map(str, self.chain_ids(testnet)))})"
+            )
         if typed and not self.eip1559:
             raise ChainError(f"{self.name} does not take EIP-1559 transactions here; use a legacy one")
         if gas > MAX_GAS:
@@ -222,8 +225,9 @@ class EvmChain(Chain):
         if gas < 21_000:
             raise ChainError(f"gas limit {gas} is below the 21000 intrinsic minimum")
         if fee_rate > self.max_gas_price:
-            raise ChainError(f"absurd fee: {fee_rate / GWEI:.1f} gwei per gas exceeds the "
-                             f"{self.max_gas_price / GWEI:.0f} gwei limit")
+            raise ChainError(
+                f"absurd fee: {fee_rate / GWEI:.1f} gwei per gas exceeds the {self.max_gas_price / GWEI:.0f} gwei limit"
+            )
         kind, token = TxKind.TRANSFER, None
         asset = self.symbol
         to_addr = self.format_address(to) if to else None
@@ -235,8 +239,11 @@ class EvmChain(Chain):
                 kind = TxKind.CONTRACT_CALL
                 warnings.append("unknown calldata: the contract call cannot be inspected")
             else:
-                kind = {"transfer": TxKind.TOKEN_TRANSFER, "approve": TxKind.TOKEN_APPROVE,
-                        "transferFrom": TxKind.TOKEN_TRANSFER_FROM}[token.method]
+                kind = {
+                    "transfer": TxKind.TOKEN_TRANSFER,
+                    "approve": TxKind.TOKEN_APPROVE,
+                    "transferFrom": TxKind.TOKEN_TRANSFER_FROM,
+                }[token.method]
                 asset = token.token
                 if value:
                     warnings.append("token call also sends native value")
@@ -249,10 +256,21 @@ class EvmChain(Chain):
                     raise ChainError(f"owned address {a!r} is not a {self.name} address") from None
         outputs = (TxOutput(address=to_addr, amount=value, is_change=bool(to) and to in mine),)
         summary = TxSummary(
-            chain=self.name, network="testnet" if testnet else "mainnet", kind=kind, inputs=(), outputs=outputs,
-            fee=gas * fee_rate, asset=asset, nonce=nonce, chain_id=chain_id, token=token, size=gas,
-            tx_type="eip1559" if typed else "legacy", data="0x" + data.hex() if kind in (
-                TxKind.CONTRACT_CALL, TxKind.CONTRACT_CREATION) else None, warnings=tuple(warnings))
+            chain=self.name,
+            network="testnet" if testnet else "mainnet",
+            kind=kind,
+            inputs=(),
+            outputs=outputs,
+            fee=gas * fee_rate,
+            asset=asset,
+            nonce=nonce,
+            chain_id=chain_id,
+            token=token,
+            size=gas,
+            tx_type="eip1559" if typed else "legacy",
+            data="0x" + data.hex() if kind in (TxKind.CONTRACT_CALL, TxKind.CONTRACT_CREATION) else None,
+            warnings=tuple(warnings),
+        )
         return summary, items
 
     def _decode_erc20(self, token: bytes, data: bytes) -> TokenCall | None:
@@ -261,7 +279,7 @@ class EvmChain(Chain):
         nargs = {SEL_TRANSFER: 2, SEL_APPROVE: 2, SEL_TRANSFER_FROM: 3}.get(sel)
         if nargs is None or len(args) != 32 * nargs:
             return None
-        words = [args[i * 32:(i + 1) * 32] for i in range(nargs)]
+        words = [args[i * 32 : (i + 1) * 32] for i in range(nargs)]
         addrs = words[:-1]
         if any(w[:12] != bytes(12) for w in addrs):
             return None
@@ -271,12 +289,14 @@ class EvmChain(Chain):
             return TokenCall("transfer", tok, self.format_address(addrs[0][12:]), amount)
         if sel == SEL_APPROVE:
             return TokenCall("approve", tok, self.format_address(addrs[0][12:]), amount)
-        return TokenCall("transferFrom", tok, self.format_address(addrs[1][12:]), amount,
-                         sender=self.format_address(addrs[0][12:]))
+        return TokenCall(
+            "transferFrom", tok, self.format_address(addrs[1][12:]), amount, sender=self.format_address(addrs[0][12:])
+        )
 
     # --- signing ----------------------------------------------------------------------------------
-    def sign(self, tx: bytes | str | Mapping[str, Any], keys: Sequence[bytes], *,
-             testnet: bool, owned: Owned | None = None) -> SignedTx:
+    def sign(
+        self, tx: bytes | str | Mapping[str, Any], keys: Sequence[bytes], *, testnet: bool, owned: Owned | None = None
+    ) -> SignedTx:
         import rlp
         from eth_account import Account
 
@@ -290,15 +310,25 @@ class EvmChain(Chain):
         summary, items = self._decode(raw, testnet, owned)
         sender = self.address_from_private_key(key, testnet=testnet)
         typed = summary.tx_type == "eip1559"
-        d: dict[str, Any] = {"chainId": summary.chain_id, "nonce": summary.nonce, "gas": summary.size,
-                             "value": summary.outputs[0].amount, "data": "0x" + bytes(items[7 if typed else 5]).hex()}
+        d: dict[str, Any] = {
+            "chainId": summary.chain_id,
+            "nonce": summary.nonce,
+            "gas": summary.size,
+            "value": summary.outputs[0].amount,
+            "data": "0x" + bytes(items[7 if typed else 5]).hex(),
+        }
         if summary.outputs[0].address is not None:
             d["to"] = "0x" + checksum(bytes(items[5 if typed else 3]))
         if typed:
-            d.update(type=2, maxPriorityFeePerGas=_uint(items[2], ""), maxFeePerGas=_uint(items[3], ""),
-                     accessList=[{"address": "0x" + checksum(bytes(a)), "storageKeys": ["0x" + bytes(k).hex()
-                                                                                         for k in keys_]}
-                                 for a, keys_ in items[8]])
+            d.update(
+                type=2,
+                maxPriorityFeePerGas=_uint(items[2], ""),
+                maxFeePerGas=_uint(items[3], ""),
+                accessList=[
+                    {"address": "0x" + checksum(bytes(a)), "storageKeys": ["0x" + bytes(k).hex() for k in keys_]}
+                    for a, keys_ in items[8]
+                ],
+            )
         else:
             d["gasPrice"] = _uint(items[1], "")
         try:
@@ -314,34 +344,67 @@ class EvmChain(Chain):
             v = _uint(back[6], "v")
             if back[:6] != items[:6] or v not in (2 * (summary.chain_id or 0) + 35, 2 * (summary.chain_id or 0) + 36):
                 raise ChainError("internal error: signed transaction differs from the decoded one")
-        return SignedTx(chain=self.name, raw=out, txid="0x" + bytes(signed.hash).hex(), summary=summary,
-                        sender=sender)
+        return SignedTx(chain=self.name, raw=out, txid="0x" + bytes(signed.hash).hex(), summary=summary, sender=sender)
 
     # --- building ---------------------------------------------------------------------------------
-    def build_transfer(self, *, to: str, value: int, nonce: int, chain_id: int, gas: int = 21_000,
-                       max_fee_per_gas: int | None = None, max_priority_fee_per_gas: int | None = None,
-                       gas_price: int | None = None, data: bytes = b"") -> str:
+    def build_transfer(
+        self,
+        *,
+        to: str,
+        value: int,
+        nonce: int,
+        chain_id: int,
+        gas: int = 21_000,
+        max_fee_per_gas: int | None = None,
+        max_priority_fee_per_gas: int | None = None,
+        gas_price: int | None = None,
+        data: bytes = b"",
+    ) -> str:
         """Unsigned transaction (hex) from caller-supplied chain state. EIP-1559 if max fees are given."""
-        fields: dict[str, Any] = {"to": "0x" + self.address_bytes(to).hex() if to else "", "value": value,
-                                  "nonce": nonce, "chainId": chain_id, "gas": gas, "data": data}
+        fields: dict[str, Any] = {
+            "to": "0x" + self.address_bytes(to).hex() if to else "",
+            "value": value,
+            "nonce": nonce,
+            "chainId": chain_id,
+            "gas": gas,
+            "data": data,
+        }
         if gas_price is not None:
             fields["gasPrice"] = gas_price
         else:
             if max_fee_per_gas is None:
                 raise UsageError("give gas_price (legacy) or max_fee_per_gas (EIP-1559)")
             fields["maxFeePerGas"] = max_fee_per_gas
-            fields["maxPriorityFeePerGas"] = (max_fee_per_gas if max_priority_fee_per_gas is None
-                                              else max_priority_fee_per_gas)
+            fields["maxPriorityFeePerGas"] = (
+                max_fee_per_gas if max_priority_fee_per_gas is None else max_priority_fee_per_gas
+            )
         return "0x" + unsigned_bytes(fields).hex()
 
-    def build_erc20_transfer(self, *, token: str, to: str, amount: int, nonce: int, chain_id: int,
-                             gas: int = 100_000, **fees: int) -> str:
+    def build_erc20_transfer(
+        self, *, token: str, to: str, amount: int, nonce: int, chain_id: int, gas: int = 100_000, **fees: int
+    ) -> str:
         """Unsigned ERC-20 ``transfer(to, amount)`` call on ``token``."""
-        return self.build_transfer(to=token, value=0, nonce=nonce, chain_id=chain_id, gas=gas,
-                                   data=erc20_transfer_data(self.address_bytes(to), amount), **fees)
+        return self.build_transfer(
+            to=token,
+            value=0,
+            nonce=nonce,
+            chain_id=chain_id,
+            gas=gas,
+            data=erc20_transfer_data(self.address_bytes(to), amount),
+            **fees,
+        )
 
-    def build_sweep(self, *, balance: int, to: str, nonce: int, chain_id: int, gas: int = 21_000,
-                    max_fee_per_gas: int | None = None, gas_price: int | None = None) -> str:
+    def build_sweep(
+        self,
+        *,
+        balance: int,
+        to: str,
+        nonce: int,
+        chain_id: int,
+        gas: int = 21_000,
+        max_fee_per_gas: int | None = None,
+        gas_price: int | None = None,
+    ) -> str:
         """Unsigned transfer of a whole native balance to ``to`` (a cold wallet), less the worst-case fee.
 
         With EIP-1559 the priority fee equals the max fee so the cost is known exactly (no refund of the
@@ -355,17 +418,26 @@ class EvmChain(Chain):
         value = balance - gas * rate
         if value <= 0:
             raise UsageError(f"balance {balance} does not cover the fee {gas * rate}")
-        return self.build_transfer(to=to, value=value, nonce=nonce, chain_id=chain_id, gas=gas,
-                                   max_fee_per_gas=max_fee_per_gas, max_priority_fee_per_gas=max_fee_per_gas,
-                                   gas_price=gas_price)
+        return self.build_transfer(
+            to=to,
+            value=value,
+            nonce=nonce,
+            chain_id=chain_id,
+            gas=gas,
+            max_fee_per_gas=max_fee_per_gas,
+            max_priority_fee_per_gas=max_fee_per_gas,
+            gas_price=gas_price,
+        )
 
-    def build_token_sweep(self, *, token: str, token_balance: int, to: str, nonce: int, chain_id: int,
-                          gas: int = 100_000, **fees: int) -> str:
+    def build_token_sweep(
+        self, *, token: str, token_balance: int, to: str, nonce: int, chain_id: int, gas: int = 100_000, **fees: int
+    ) -> str:
         """Unsigned ERC-20 transfer of a wallet's whole token balance to ``to`` (the fee is paid in coin)."""
         if token_balance <= 0:
             raise UsageError("nothing to sweep: token balance is zero")
-        return self.build_erc20_transfer(token=token, to=to, amount=token_balance, nonce=nonce, chain_id=chain_id,
-                                         gas=gas, **fees)
+        return self.build_erc20_transfer(
+            token=token, to=to, amount=token_balance, nonce=nonce, chain_id=chain_id, gas=gas, **fees
+        )
 
 
 def _require_coincurve_backend() -> None:
@@ -379,8 +451,10 @@ def _require_coincurve_backend() -> None:
     from eth_keys.backends import get_backend
 
     if type(get_backend()).__name__ != "CoinCurveECCBackend":
-        raise ChainError("eth-keys is not using its coincurve (libsecp256k1) backend; refusing to sign",
-                         hint="install coincurve and unset ECC_BACKEND_CLASS")
+        raise ChainError(
+            "eth-keys is not using its coincurve (libsecp256k1) backend; refusing to sign",
+            hint="install coincurve and unset ECC_BACKEND_CLASS",
+        )
 
 
 def erc20_transfer_data(to20: bytes, amount: int) -> bytes:
@@ -409,9 +483,14 @@ def _uint(b: Any, name: str) -> int:
 
 def _check_access_list(access: list[Any]) -> None:
     for entry in access:
-        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], bytes)
-                or len(entry[0]) != 20 or not isinstance(entry[1], list)
-                or any(not isinstance(k, bytes) or len(k) != 32 for k in entry[1])):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], bytes)
+            or len(entry[0]) != 20
+            or not isinstance(entry[1], list)
+            or any(not isinstance(k, bytes) or len(k) != 32 for k in entry[1])
+        ):
             raise ChainError("malformed access list")
 
 
@@ -476,8 +555,22 @@ def unsigned_bytes(tx: bytes | str | Mapping[str, Any]) -> bytes:
             raise ChainError("transaction is not hex") from None
     if not isinstance(tx, Mapping):
         raise ChainError("transaction must be bytes, hex or a JSON object")
-    allowed = {"chainId", "nonce", "to", "value", "data", "input", "gas", "gasLimit", "gasPrice", "maxFeePerGas",
-               "maxPriorityFeePerGas", "type", "accessList", "from"}
+    allowed = {
+        "chainId",
+        "nonce",
+        "to",
+        "value",
+        "data",
+        "input",
+        "gas",
+        "gasLimit",
+        "gasPrice",
+        "maxFeePerGas",
+        "maxPriorityFeePerGas",
+        "type",
+        "accessList",
+        "from",
+    }
     extra = set(tx) - allowed
     if extra:
         raise UsageError(f"unknown transaction fields: {', '.join(sorted(extra))}")
@@ -500,19 +593,27 @@ def unsigned_bytes(tx: bytes | str | Mapping[str, Any]) -> bytes:
     if "gasPrice" in tx:
         if "maxFeePerGas" in tx or "maxPriorityFeePerGas" in tx:
             raise UsageError("give either gasPrice or the EIP-1559 max fees, not both")
-        return bytes(rlp.encode([nonce, _int_field(tx["gasPrice"], "gasPrice"), gas_i, to, value, data,
-                                 chain_id, 0, 0]))
+        return bytes(
+            rlp.encode([nonce, _int_field(tx["gasPrice"], "gasPrice"), gas_i, to, value, data, chain_id, 0, 0])
+        )
     if typ_i not in (None, 2):
         raise UsageError(f"transaction type {typ_i} is not supported (0 legacy or 2 EIP-1559)")
     if "maxFeePerGas" not in tx:
         raise UsageError("give gasPrice (legacy) or maxFeePerGas (EIP-1559)")
     access = []
     for entry in tx.get("accessList") or []:
-        access.append([_bytes_field(entry["address"], "accessList"),
-                       [_bytes_field(k, "accessList") for k in entry.get("storageKeys", [])]])
+        access.append(
+            [
+                _bytes_field(entry["address"], "accessList"),
+                [_bytes_field(k, "accessList") for k in entry.get("storageKeys", [])],
+            ]
+        )
     prio = _int_field(tx.get("maxPriorityFeePerGas", tx["maxFeePerGas"]), "maxPriorityFeePerGas")
-    return b"\x02" + bytes(rlp.encode([chain_id, nonce, prio, _int_field(tx["maxFeePerGas"], "maxFeePerGas"), gas_i,
-                                       to, value, data, access]))
+    return b"\x02" + bytes(
+        rlp.encode(
+            [chain_id, nonce, prio, _int_field(tx["maxFeePerGas"], "maxFeePerGas"), gas_i, to, value, data, access]
+        )
+    )
 
 
 # Chain ids: mainnet first, then the testnets Tatum has served (current first).

@@ -84,8 +84,15 @@ class UtxoNet:
 
     def embit(self) -> dict[str, Any]:
         """A network dict in embit's format (only the keys embit reads for scripts and addresses)."""
-        return {"name": self.name, "wif": bytes([self.wif]), "p2pkh": bytes([self.p2pkh]),
-                "p2sh": bytes([self.p2sh]), "bech32": self.bech32 or "", "xpub": _hd.XPUB, "xprv": _hd.XPRV}
+        return {
+            "name": self.name,
+            "wif": bytes([self.wif]),
+            "p2pkh": bytes([self.p2pkh]),
+            "p2sh": bytes([self.p2sh]),
+            "bech32": self.bech32 or "",
+            "xpub": _hd.XPUB,
+            "xprv": _hd.XPRV,
+        }
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ def _read_compact(buf: bytes, pos: int) -> tuple[int, int]:
     size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
     if pos + 1 + size > len(buf):
         raise ChainError("not a valid PSBT: truncated")
-    return int.from_bytes(buf[pos + 1:pos + 1 + size], "little"), pos + 1 + size
+    return int.from_bytes(buf[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
 
 
 def _precheck_psbt(raw: bytes) -> None:
@@ -134,10 +141,10 @@ def _precheck_psbt(raw: bytes) -> None:
             if b"\x00" not in seen and b"\xfb" not in seen:
                 raise ChainError("not a valid PSBT: no unsigned transaction (v0) and no version field (v2)")
             return
-        key = raw[pos:pos + klen]
+        key = raw[pos : pos + klen]
         pos += klen
         vlen, pos = _read_compact(raw, pos)
-        value = raw[pos:pos + vlen]
+        value = raw[pos : pos + vlen]
         pos += vlen
         if pos > len(raw):
             raise ChainError("not a valid PSBT: truncated")
@@ -195,8 +202,16 @@ class UtxoChain(Chain):
     #: Grind RFC 6979 nonces for a low R (71-byte signatures), as Bitcoin Core does since 0.17.
     grind_low_r = True
 
-    def __init__(self, name: str, *, nets: dict[str, UtxoNet], default_kind: AddressKind, segwit: bool,
-                 max_fee_rate: int, min_fee_rate: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        nets: dict[str, UtxoNet],
+        default_kind: AddressKind,
+        segwit: bool,
+        max_fee_rate: int,
+        min_fee_rate: int = 0,
+    ) -> None:
         self.name = name
         self.symbol = name
         self.nets = nets
@@ -237,14 +252,16 @@ class UtxoChain(Chain):
             return net.bip84_path, net.zpub
         return net.tatum_path, net.xpub
 
-    def xpub_from_mnemonic(self, mnemonic: str, *, testnet: bool, regtest: bool = False,
-                           scheme: Scheme | str = Scheme.TATUM) -> str:
+    def xpub_from_mnemonic(
+        self, mnemonic: str, *, testnet: bool, regtest: bool = False, scheme: Scheme | str = Scheme.TATUM
+    ) -> str:
         net = self.net(testnet, regtest)
         path, version = self._path(net, scheme)
         return _hd.xpub_at(mnemonic, path, version)
 
-    def private_key_from_mnemonic(self, mnemonic: str, index: int, *, testnet: bool, regtest: bool = False,
-                                  scheme: Scheme | str = Scheme.TATUM) -> bytearray:
+    def private_key_from_mnemonic(
+        self, mnemonic: str, index: int, *, testnet: bool, regtest: bool = False, scheme: Scheme | str = Scheme.TATUM
+    ) -> bytearray:
         if not 0 <= index < _hd.HARDENED:
             raise UsageError(f"address index must be 0..{_hd.HARDENED - 1}, got {index}")
         net = self.net(testnet, regtest)
@@ -258,28 +275,36 @@ class UtxoChain(Chain):
             allowed[net.zpub] = Scheme.BIP84
         return allowed
 
-    def address_from_xpub(self, xpub: str, index: int, *, testnet: bool, regtest: bool = False,
-                          kind: AddressKind | str | None = None) -> str:
+    def address_from_xpub(
+        self, xpub: str, index: int, *, testnet: bool, regtest: bool = False, kind: AddressKind | str | None = None
+    ) -> str:
         net = self.net(testnet, regtest)
         node, scheme = _hd.decode_xpub(xpub, self._xpub_versions(net))
         if scheme is Scheme.BIP84:
             return self.address_from_pubkey(_hd.child_pubkey(node, 0, index), net, AddressKind.P2WPKH)
         return self.address_from_pubkey(_hd.child_pubkey(node, index), net, self._check_kind(kind))
 
-    def addresses_from_xpub(self, xpub: str, indices: Iterable[int], *, testnet: bool, regtest: bool = False,
-                            kind: AddressKind | str | None = None) -> list[str]:
+    def addresses_from_xpub(
+        self,
+        xpub: str,
+        indices: Iterable[int],
+        *,
+        testnet: bool,
+        regtest: bool = False,
+        kind: AddressKind | str | None = None,
+    ) -> list[str]:
         """Many addresses of one wallet, parsing the xpub once (batch helper)."""
         net = self.net(testnet, regtest)
         node, scheme = _hd.decode_xpub(xpub, self._xpub_versions(net))
         if scheme is Scheme.BIP84:
             branch = node.derive([0])
-            return [self.address_from_pubkey(_hd.child_pubkey(branch, i), net, AddressKind.P2WPKH)
-                    for i in indices]
+            return [self.address_from_pubkey(_hd.child_pubkey(branch, i), net, AddressKind.P2WPKH) for i in indices]
         k = self._check_kind(kind)
         return [self.address_from_pubkey(_hd.child_pubkey(node, i), net, k) for i in indices]
 
-    def address_from_private_key(self, key: bytes, *, testnet: bool, regtest: bool = False,
-                                 kind: AddressKind | str | None = None) -> str:
+    def address_from_private_key(
+        self, key: bytes, *, testnet: bool, regtest: bool = False, kind: AddressKind | str | None = None
+    ) -> str:
         net = self.net(testnet, regtest)
         return self.address_from_pubkey(_hd.pubkey_from_private(key), net, self._check_kind(kind))
 
@@ -398,8 +423,9 @@ class UtxoChain(Chain):
         weight = base * 4 + (witness + 2 if segwit else 0)
         return math.ceil(weight / 4)
 
-    def estimate_fee(self, *, inputs: int | Sequence[AddressKind | str], outputs: int | Sequence[bytes],
-                     sat_per_vbyte: int | float) -> FeeEstimate:
+    def estimate_fee(
+        self, *, inputs: int | Sequence[AddressKind | str], outputs: int | Sequence[bytes], sat_per_vbyte: int | float
+    ) -> FeeEstimate:
         """Fee for a transaction shape at a caller-supplied rate (no network access).
 
         ``inputs`` is a count (of this chain's default kind) or a list of kinds; ``outputs`` is a count
@@ -407,8 +433,7 @@ class UtxoChain(Chain):
         """
         if sat_per_vbyte < 0:
             raise UsageError("fee rate must not be negative")
-        kinds = ([self.default_kind] * inputs if isinstance(inputs, int)
-                 else [self._check_kind(k) for k in inputs])
+        kinds = [self.default_kind] * inputs if isinstance(inputs, int) else [self._check_kind(k) for k in inputs]
         default_spk = {AddressKind.P2WPKH: 22, AddressKind.P2SH_P2WPKH: 23, AddressKind.P2PKH: 25}[self.default_kind]
         scripts = [bytes(default_spk)] * outputs if isinstance(outputs, int) else list(outputs)
         size = self.vsize(kinds, scripts)
@@ -463,8 +488,9 @@ class UtxoChain(Chain):
             try:
                 inp.verify()
             except Exception:
-                raise ChainError(f"input {i}: non_witness_utxo is not the transaction it spends (txid mismatch)") \
-                    from None
+                raise ChainError(
+                    f"input {i}: non_witness_utxo is not the transaction it spends (txid mismatch)"
+                ) from None
             if inp.vout >= len(full.vout):
                 raise ChainError(f"input {i}: previous transaction has no output {inp.vout}")
             prev = full.vout[inp.vout]
@@ -472,14 +498,17 @@ class UtxoChain(Chain):
                 raise ChainError(f"input {i}: witness_utxo contradicts the previous transaction")
             return int(prev.value), bytes(prev.script_pubkey.data)
         if wit is None:
-            raise ChainError(f"input {i} carries no UTXO data (witness_utxo or non_witness_utxo); "
-                             "its amount is unknown, refusing")
+            raise ChainError(
+                f"input {i} carries no UTXO data (witness_utxo or non_witness_utxo); its amount is unknown, refusing"
+            )
         return int(wit.value), bytes(wit.script_pubkey.data)
 
     def _check_input_data(self, i: int, inp: InputScope, kind: AddressKind | None) -> None:
         if kind is AddressKind.P2PKH and inp.non_witness_utxo is None:
-            raise ChainError(f"input {i} is P2PKH but the PSBT lacks its previous transaction (non_witness_utxo); "
-                             "legacy signatures do not commit to the amount, refusing")
+            raise ChainError(
+                f"input {i} is P2PKH but the PSBT lacks its previous transaction (non_witness_utxo); "
+                "legacy signatures do not commit to the amount, refusing"
+            )
 
     def _owned_scripts(self, owned: Owned | None, net: UtxoNet) -> set[bytes]:
         if owned is None:
@@ -489,8 +518,9 @@ class UtxoChain(Chain):
             try:
                 out.add(self.script_from_address(a, net))
             except UsageError:
-                raise ChainError(f"owned address {a!r} is not a {self.name} {net.name} address "
-                                 "(wrong network?)") from None
+                raise ChainError(
+                    f"owned address {a!r} is not a {self.name} {net.name} address (wrong network?)"
+                ) from None
         return out
 
     def _is_derived_change(self, out: Any, spk: bytes, owned: Owned | None, net: UtxoNet) -> bool:
@@ -519,8 +549,7 @@ class UtxoChain(Chain):
             if bytes(xpub.version) in wrong:
                 raise ChainError(f"PSBT global xpub belongs to another network than {self.name} {net.name}")
 
-    def decode(self, tx: bytes | str, *, testnet: bool, owned: Owned | None = None,
-               regtest: bool = False) -> TxSummary:
+    def decode(self, tx: bytes | str, *, testnet: bool, owned: Owned | None = None, regtest: bool = False) -> TxSummary:
         net = self.net(testnet, regtest)
         return self._decode(self.parse_psbt(tx), net, owned)[0]
 
@@ -534,14 +563,23 @@ class UtxoChain(Chain):
             amount, spk = self._spent_output(i, inp)
             kind = self._input_kind(inp, spk)
             if kind is None or kind not in self._kinds():
-                raise ChainError(f"input {i} spends a script we cannot sign ({self._script_name(spk)}); "
-                                 "only single-key " + ", ".join(k.value for k in self._kinds()))
+                raise ChainError(
+                    f"input {i} spends a script we cannot sign ({self._script_name(spk)}); "
+                    "only single-key " + ", ".join(k.value for k in self._kinds())
+                )
             self._check_input_data(i, inp, kind)
             if inp.sighash_type not in (None, SIGHASH_ALL, self.sighash_flag()):
                 raise ChainError(f"input {i} asks for sighash type {inp.sighash_type:#x}; only ALL is signed")
             kinds.append(kind)
-            inputs.append(TxInput(txid=bytes(inp.txid).hex(), vout=int(inp.vout), amount=amount,
-                                  address=self.address_from_script(spk, net), script_type=kind.value))
+            inputs.append(
+                TxInput(
+                    txid=bytes(inp.txid).hex(),
+                    vout=int(inp.vout),
+                    amount=amount,
+                    address=self.address_from_script(spk, net),
+                    script_type=kind.value,
+                )
+            )
         outputs: list[TxOutput] = []
         for o, out in enumerate(psbt.outputs):
             spk = bytes(out.script_pubkey.data)
@@ -562,16 +600,26 @@ class UtxoChain(Chain):
         fee = total_in - total_out
         size = self.vsize(kinds, [bytes.fromhex(o.script or "") for o in outputs])
         if fee > self.max_fee_rate * size:
-            raise ChainError(f"absurd fee: {fee} sat for ~{size} vB ({fee / size:.0f} sat/vB > "
-                             f"{self.max_fee_rate} sat/vB limit)")
+            raise ChainError(
+                f"absurd fee: {fee} sat for ~{size} vB ({fee / size:.0f} sat/vB > {self.max_fee_rate} sat/vB limit)"
+            )
         if fee < self.min_fee_rate * size:
             warnings.append(f"fee rate {fee / size:.2f} sat/vB is below the relay minimum ({self.min_fee_rate})")
         if all(o.is_change for o in outputs):
             warnings.append("every output is change: this only moves coins within the wallet")
         summary = TxSummary(
-            chain=self.name, network=net.name, kind=TxKind.TRANSFER, inputs=tuple(inputs), outputs=tuple(outputs),
-            fee=fee, asset=self.symbol, txid=self._txid_before_signing(psbt, kinds), size=size,
-            tx_type="psbt-v2" if psbt.version == 2 else "psbt-v0", warnings=tuple(warnings))
+            chain=self.name,
+            network=net.name,
+            kind=TxKind.TRANSFER,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            fee=fee,
+            asset=self.symbol,
+            txid=self._txid_before_signing(psbt, kinds),
+            size=size,
+            tx_type="psbt-v2" if psbt.version == 2 else "psbt-v0",
+            warnings=tuple(warnings),
+        )
         return summary, kinds
 
     @staticmethod
@@ -613,16 +661,24 @@ class UtxoChain(Chain):
         code = p2pkh(PublicKey.parse(pub))
         return bytes(tx.sighash_segwit(i, code, amount, sighash=SIGHASH_ALL))
 
-    def sign(self, tx: bytes | str, keys: Sequence[bytes], *, testnet: bool, owned: Owned | None = None,
-             regtest: bool = False) -> SignedTx:
+    def sign(
+        self,
+        tx: bytes | str,
+        keys: Sequence[bytes],
+        *,
+        testnet: bool,
+        owned: Owned | None = None,
+        regtest: bool = False,
+    ) -> SignedTx:
         _hd.require_native_secp256k1()
         net = self.net(testnet, regtest)
         psbt = self.parse_psbt(tx)
         summary, kinds = self._decode(psbt, net, owned)
         return self._sign_decoded(psbt, summary, kinds, keys, net)
 
-    def _sign_decoded(self, psbt: PSBT, summary: TxSummary, kinds: list[AddressKind], keys: Sequence[bytes],
-                      net: UtxoNet) -> SignedTx:
+    def _sign_decoded(
+        self, psbt: PSBT, summary: TxSummary, kinds: list[AddressKind], keys: Sequence[bytes], net: UtxoNet
+    ) -> SignedTx:
         from embit.ec import PrivateKey
         from embit.script import Script, Witness
         from embit.transaction import Transaction, TransactionInput
@@ -639,8 +695,11 @@ class UtxoChain(Chain):
         vin = []
         for i, (inp, kind, tin) in enumerate(zip(psbt.inputs, kinds, summary.inputs, strict=True)):
             _, spk = self._spent_output(i, inp)
-            keyhash = inp.redeem_script.data[2:22] if kind is AddressKind.P2SH_P2WPKH else (
-                spk[2:22] if kind is AddressKind.P2WPKH else spk[3:23])
+            keyhash = (
+                inp.redeem_script.data[2:22]
+                if kind is AddressKind.P2SH_P2WPKH
+                else (spk[2:22] if kind is AddressKind.P2WPKH else spk[3:23])
+            )
             if keyhash not in by_hash:
                 raise ChainError(f"input {i} ({tin.address}) is not spendable by any of the given keys; nothing signed")
             secret, pub = by_hash[keyhash]
@@ -656,8 +715,11 @@ class UtxoChain(Chain):
             else:
                 script_sig = bytes([len(der)]) + der + bytes([len(pub)]) + pub
             src = unsigned.vin[i]
-            vin.append(TransactionInput(src.txid, src.vout, script_sig=Script(script_sig), sequence=src.sequence,
-                                        witness=witness))
+            vin.append(
+                TransactionInput(
+                    src.txid, src.vout, script_sig=Script(script_sig), sequence=src.sequence, witness=witness
+                )
+            )
         signed = Transaction(version=unsigned.version, vin=vin, vout=unsigned.vout, locktime=unsigned.locktime)
         raw = bytes(signed.serialize())
         txid = bytes(signed.txid()).hex()
@@ -666,9 +728,18 @@ class UtxoChain(Chain):
         return SignedTx(chain=self.name, raw=raw, txid=txid, summary=summary)
 
     # --- building ---------------------------------------------------------------------------------
-    def build_psbt(self, utxos: Sequence[Utxo], outputs: Sequence[tuple[str, int]], *, testnet: bool,
-                   regtest: bool = False, version: int = 0, locktime: int = 0, rbf: bool = True,
-                   redeem_scripts: dict[int, bytes] | None = None) -> str:
+    def build_psbt(
+        self,
+        utxos: Sequence[Utxo],
+        outputs: Sequence[tuple[str, int]],
+        *,
+        testnet: bool,
+        regtest: bool = False,
+        version: int = 0,
+        locktime: int = 0,
+        rbf: bool = True,
+        redeem_scripts: dict[int, bytes] | None = None,
+    ) -> str:
         """Build an unsigned PSBT (base64) from caller-supplied coins and (address, amount) outputs.
 
         P2SH-P2WPKH coins need their redeem script (``redeem_scripts[index_in_utxos]``).
@@ -708,8 +779,17 @@ class UtxoChain(Chain):
                 inp.redeem_script = Script(redeem_scripts[i])
         return str(psbt.to_base64())
 
-    def build_sweep(self, utxos: Sequence[Utxo], to_address: str, *, sat_per_vbyte: int | float, testnet: bool,
-                    regtest: bool = False, version: int = 0, redeem_scripts: dict[int, bytes] | None = None) -> str:
+    def build_sweep(
+        self,
+        utxos: Sequence[Utxo],
+        to_address: str,
+        *,
+        sat_per_vbyte: int | float,
+        testnet: bool,
+        regtest: bool = False,
+        version: int = 0,
+        redeem_scripts: dict[int, bytes] | None = None,
+    ) -> str:
         """Unsigned PSBT moving every given coin to ``to_address`` (a cold wallet), fee deducted.
 
         :raises UsageError: the coins do not cover the fee, or the remainder would be dust.
@@ -718,8 +798,11 @@ class UtxoChain(Chain):
         kinds = []
         for i, u in enumerate(utxos):
             spk = self.script_from_address(u.address, net)
-            kind = AddressKind.P2SH_P2WPKH if spk[0] == 0xA9 else (
-                AddressKind.P2WPKH if spk[0] == 0 else AddressKind.P2PKH)
+            kind = (
+                AddressKind.P2SH_P2WPKH
+                if spk[0] == 0xA9
+                else (AddressKind.P2WPKH if spk[0] == 0 else AddressKind.P2PKH)
+            )
             if kind is AddressKind.P2SH_P2WPKH and not (redeem_scripts and i in redeem_scripts):
                 raise UsageError(f"coin {i} is P2SH: give its redeem script")
             kinds.append(kind)
@@ -728,45 +811,161 @@ class UtxoChain(Chain):
         total = sum(u.amount for u in utxos)
         if total - fee < DUST:
             raise UsageError(f"the coins ({total}) do not cover the fee ({fee}) plus the dust limit")
-        return self.build_psbt(utxos, [(to_address, total - fee)], testnet=testnet, regtest=regtest, version=version,
-                               redeem_scripts=redeem_scripts)
+        return self.build_psbt(
+            utxos,
+            [(to_address, total - fee)],
+            testnet=testnet,
+            regtest=regtest,
+            version=version,
+            redeem_scripts=redeem_scripts,
+        )
 
 
-def _net(name: str, *, wif: int, p2pkh: int, p2sh: int, bech32: str | None, xpub: str, xprv: str,
-         tatum_path: str, zpub: str | None = None, bip84_path: str | None = None) -> UtxoNet:
-    return UtxoNet(name=name, wif=wif, p2pkh=p2pkh, p2sh=p2sh, bech32=bech32, xpub=bytes.fromhex(xpub),
-                   xprv=bytes.fromhex(xprv), tatum_path=tatum_path,
-                   zpub=bytes.fromhex(zpub) if zpub else None, bip84_path=bip84_path)
+def _net(
+    name: str,
+    *,
+    wif: int,
+    p2pkh: int,
+    p2sh: int,
+    bech32: str | None,
+    xpub: str,
+    xprv: str,
+    tatum_path: str,
+    zpub: str | None = None,
+    bip84_path: str | None = None,
+) -> UtxoNet:
+    return UtxoNet(
+        name=name,
+        wif=wif,
+        p2pkh=p2pkh,
+        p2sh=p2sh,
+        bech32=bech32,
+        xpub=bytes.fromhex(xpub),
+        xprv=bytes.fromhex(xprv),
+        tatum_path=tatum_path,
+        zpub=bytes.fromhex(zpub) if zpub else None,
+        bip84_path=bip84_path,
+    )
 
 
 TESTNET_PATH = "m/44'/1'/0'/0"
 #: BIP-32 / SLIP-132 versions (xpub/xprv, ypub/yprv, zpub/zprv, Ltub/Ltpv) by network.
-_MAINNET_VERSIONS = frozenset(bytes.fromhex(v) for v in (
-    "0488b21e", "0488ade4", "049d7cb2", "049d7878", "04b24746", "04b2430c", "019da462", "019d9cfe"))
-_TESTNET_VERSIONS = frozenset(bytes.fromhex(v) for v in (
-    "043587cf", "04358394", "044a5262", "044a4e28", "045f1cf6", "045f18bc", "0436f6e1", "0436ef7d"))
+_MAINNET_VERSIONS = frozenset(
+    bytes.fromhex(v)
+    for v in ("0488b21e", "0488ade4", "049d7cb2", "049d7878", "04b24746", "04b2430c", "019da462", "019d9cfe")
+)
+_TESTNET_VERSIONS = frozenset(
+    bytes.fromhex(v)
+    for v in ("043587cf", "04358394", "044a5262", "044a4e28", "045f1cf6", "045f18bc", "0436f6e1", "0436ef7d")
+)
 
-BTC = UtxoChain("BTC", default_kind=AddressKind.P2WPKH, segwit=True, max_fee_rate=10_000, min_fee_rate=1, nets={
-    "mainnet": _net("mainnet", wif=0x80, p2pkh=0x00, p2sh=0x05, bech32="bc", xpub="0488b21e", xprv="0488ade4",
-                    tatum_path="m/44'/0'/0'/0", zpub="04b24746", bip84_path="m/84'/0'/0'"),
-    "testnet": _net("testnet", wif=0xEF, p2pkh=0x6F, p2sh=0xC4, bech32="tb", xpub="043587cf", xprv="04358394",
-                    tatum_path=TESTNET_PATH, zpub="045f1cf6", bip84_path="m/84'/1'/0'"),
-    "regtest": _net("regtest", wif=0xEF, p2pkh=0x6F, p2sh=0xC4, bech32="bcrt", xpub="043587cf", xprv="04358394",
-                    tatum_path=TESTNET_PATH, zpub="045f1cf6", bip84_path="m/84'/1'/0'"),
-})
+BTC = UtxoChain(
+    "BTC",
+    default_kind=AddressKind.P2WPKH,
+    segwit=True,
+    max_fee_rate=10_000,
+    min_fee_rate=1,
+    nets={
+        "mainnet": _net(
+            "mainnet",
+            wif=0x80,
+            p2pkh=0x00,
+            p2sh=0x05,
+            bech32="bc",
+            xpub="0488b21e",
+            xprv="0488ade4",
+            tatum_path="m/44'/0'/0'/0",
+            zpub="04b24746",
+            bip84_path="m/84'/0'/0'",
+        ),
+        "testnet": _net(
+            "testnet",
+            wif=0xEF,
+            p2pkh=0x6F,
+            p2sh=0xC4,
+            bech32="tb",
+            xpub="043587cf",
+            xprv="04358394",
+            tatum_path=TESTNET_PATH,
+            zpub="045f1cf6",
+            bip84_path="m/84'/1'/0'",
+        ),
+        "regtest": _net(
+            "regtest",
+            wif=0xEF,
+            p2pkh=0x6F,
+            p2sh=0xC4,
+            bech32="bcrt",
+            xpub="043587cf",
+            xprv="04358394",
+            tatum_path=TESTNET_PATH,
+            zpub="045f1cf6",
+            bip84_path="m/84'/1'/0'",
+        ),
+    },
+)
 
-LTC = UtxoChain("LTC", default_kind=AddressKind.P2PKH, segwit=True, max_fee_rate=10_000, min_fee_rate=1, nets={
-    "mainnet": _net("mainnet", wif=0xB0, p2pkh=0x30, p2sh=0x32, bech32="ltc", xpub="019da462", xprv="019d9cfe",
-                    tatum_path="m/44'/2'/0'/0", zpub="04b24746", bip84_path="m/84'/2'/0'"),
-    "testnet": _net("testnet", wif=0xEF, p2pkh=0x6F, p2sh=0x3A, bech32="tltc", xpub="0436f6e1", xprv="0436ef7d",
-                    tatum_path=TESTNET_PATH, zpub="045f1cf6", bip84_path="m/84'/1'/0'"),
-})
+LTC = UtxoChain(
+    "LTC",
+    default_kind=AddressKind.P2PKH,
+    segwit=True,
+    max_fee_rate=10_000,
+    min_fee_rate=1,
+    nets={
+        "mainnet": _net(
+            "mainnet",
+            wif=0xB0,
+            p2pkh=0x30,
+            p2sh=0x32,
+            bech32="ltc",
+            xpub="019da462",
+            xprv="019d9cfe",
+            tatum_path="m/44'/2'/0'/0",
+            zpub="04b24746",
+            bip84_path="m/84'/2'/0'",
+        ),
+        "testnet": _net(
+            "testnet",
+            wif=0xEF,
+            p2pkh=0x6F,
+            p2sh=0x3A,
+            bech32="tltc",
+            xpub="0436f6e1",
+            xprv="0436ef7d",
+            tatum_path=TESTNET_PATH,
+            zpub="045f1cf6",
+            bip84_path="m/84'/1'/0'",
+        ),
+    },
+)
 
 # Dogecoin's minimum relay fee is 0.01 DOGE/kB (1,000 sat/B); "absurd" is set 100x higher.
-DOGE = UtxoChain("DOGE", default_kind=AddressKind.P2PKH, segwit=False, max_fee_rate=100_000, min_fee_rate=1_000,
-                 nets={
-    "mainnet": _net("mainnet", wif=0x9E, p2pkh=0x1E, p2sh=0x16, bech32=None, xpub="0488b21e", xprv="0488ade4",
-                    tatum_path="m/44'/3'/0'/0"),
-    "testnet": _net("testnet", wif=0xF1, p2pkh=0x71, p2sh=0xC4, bech32=None, xpub="043587cf", xprv="04358394",
-                    tatum_path=TESTNET_PATH),
-})
+DOGE = UtxoChain(
+    "DOGE",
+    default_kind=AddressKind.P2PKH,
+    segwit=False,
+    max_fee_rate=100_000,
+    min_fee_rate=1_000,
+    nets={
+        "mainnet": _net(
+            "mainnet",
+            wif=0x9E,
+            p2pkh=0x1E,
+            p2sh=0x16,
+            bech32=None,
+            xpub="0488b21e",
+            xprv="0488ade4",
+            tatum_path="m/44'/3'/0'/0",
+        ),
+        "testnet": _net(
+            "testnet",
+            wif=0xF1,
+            p2pkh=0x71,
+            p2sh=0xC4,
+            bech32=None,
+            xpub="043587cf",
+            xprv="04358394",
+            tatum_path=TESTNET_PATH,
+        ),
+    },
+)

@@ -88,8 +88,12 @@ def generate_private_key_wallet(chain: str | Chain, *, testnet: bool) -> Private
         except UsageError:  # 0 or >= n: probability ~2^-128
             key[:] = bytes(32)
     try:
-        return PrivateKeyWallet(impl.name, testnet, private_key_text(impl, key, testnet=testnet),
-                                impl.address_from_private_key(bytes(key), testnet=testnet))
+        return PrivateKeyWallet(
+            impl.name,
+            testnet,
+            private_key_text(impl, key, testnet=testnet),
+            impl.address_from_private_key(bytes(key), testnet=testnet),
+        )
     finally:
         key[:] = bytes(32)
 

@@ -30,15 +30,25 @@ def verify(as_json: Json = False) -> None:
     vault = load_public(paths)
     roster = roster_from_header(vault.header, suspended=Queue(paths.state).suspended())
     report = AuditLog(paths.state).verify(approval_row_verifier(roster))
-    data: dict[str, Any] = {"ok": report.ok, "rows": report.rows, "approvals_checked": report.approvals_checked,
-                            "first_bad_seq": report.first_bad_seq,
-                            "problems": [str(p) for p in report.problems], "warnings": list(report.warnings)}
+    data: dict[str, Any] = {
+        "ok": report.ok,
+        "rows": report.rows,
+        "approvals_checked": report.approvals_checked,
+        "first_bad_seq": report.first_bad_seq,
+        "problems": [str(p) for p in report.problems],
+        "warnings": list(report.warnings),
+    }
     if not report.ok:
         emit(data, as_json)
-        raise StateError(f"audit log verification failed at row {report.first_bad_seq}: "
-                         + "; ".join(str(p) for p in report.problems))
-    emit(data, as_json, f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval "
-         "signatures re-verified.")
+        raise StateError(
+            f"audit log verification failed at row {report.first_bad_seq}: "
+            + "; ".join(str(p) for p in report.problems)
+        )
+    emit(
+        data,
+        as_json,
+        f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval signatures re-verified.",
+    )
 
 
 @audit_app.command("show")
@@ -52,10 +62,24 @@ def show(
     from agent.audit import AuditLog
 
     rows = AuditLog(Paths.resolve().state).rows(kinds=kind, request_id=request, since=since)
-    out = [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "request_id": r.request_id, "actor": r.actor,
-            "payload": json.loads(r.payload_text)} for r in rows]
-    emit({"rows": out}, as_json, "\n".join(f"{r['seq']:>6} {r['ts']} {r['kind']:<13} {r['request_id'] or '-':<32} "
-                                           f"{r['actor'] or '-'}" for r in out))
+    out = [
+        {
+            "seq": r.seq,
+            "ts": r.ts,
+            "kind": r.kind,
+            "request_id": r.request_id,
+            "actor": r.actor,
+            "payload": json.loads(r.payload_text),
+        }
+        for r in rows
+    ]
+    emit(
+        {"rows": out},
+        as_json,
+        "\n".join(
+            f"{r['seq']:>6} {r['ts']} {r['kind']:<13} {r['request_id'] or '-':<32} {r['actor'] or '-'}" for r in out
+        ),
+    )
 
 
 @policy_app.command("show")
@@ -85,10 +109,17 @@ def policy_set(
     except json.JSONDecodeError as exc:
         raise UsageError(f"the policy is not valid JSON: {exc}") from None
     paths = Paths.resolve()
-    result = Withdrawals(paths.home).change_policy(new, finder=lambda slot: find_token(slot, paths.home),
-                                                   prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator)
-    emit(result, as_json, f"Policy generation {result['generation']} in force "
-         f"(approved by {', '.join(result['approved_by'])}).")
+    result = Withdrawals(paths.home).change_policy(
+        new,
+        finder=lambda slot: find_token(slot, paths.home),
+        prompts=CliPrompts(paths, pin_stdin=pin_stdin),
+        operators=operator,
+    )
+    emit(
+        result,
+        as_json,
+        f"Policy generation {result['generation']} in force (approved by {', '.join(result['approved_by'])}).",
+    )
 
 
 @report_app.command("withdrawals")
@@ -103,11 +134,16 @@ def report_withdrawals(
     from agent.reports import withdrawals_report
 
     rows = withdrawals_report(Paths.resolve(), since=since)
-    _print_report(rows, fmt, "kms-agent: withdrawals", [
-        ("Requests per day and status", count_by(rows, "day", "status")),
-        ("Requests per chain and wallet", count_by(rows, "chain", "wallet")),
-        ("Approvals per operator", dict(sorted(_approver_counts(rows).items()))),
-    ])
+    _print_report(
+        rows,
+        fmt,
+        "kms-agent: withdrawals",
+        [
+            ("Requests per day and status", count_by(rows, "day", "status")),
+            ("Requests per chain and wallet", count_by(rows, "chain", "wallet")),
+            ("Approvals per operator", dict(sorted(_approver_counts(rows).items()))),
+        ],
+    )
 
 
 @report_app.command("anomalies")
@@ -122,9 +158,15 @@ def report_anomalies(
     from agent.reports import anomalies_report
 
     rows = anomalies_report(Paths.resolve(), since=since)
-    _print_report(rows, fmt, "kms-agent: anomalies", [
-        ("Anomalies per kind", count_by(rows, "kind")), ("Anomalies per day", count_by(rows, "day")),
-    ])
+    _print_report(
+        rows,
+        fmt,
+        "kms-agent: anomalies",
+        [
+            ("Anomalies per kind", count_by(rows, "kind")),
+            ("Anomalies per day", count_by(rows, "day")),
+        ],
+    )
 
 
 def _approver_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -133,8 +175,7 @@ def _approver_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(Counter(name for r in rows for name in str(r.get("approved_by", "")).split(",") if name))
 
 
-def _print_report(rows: list[dict[str, Any]], fmt: str, title: str,
-                  charts: list[tuple[str, Any]]) -> None:
+def _print_report(rows: list[dict[str, Any]], fmt: str, title: str, charts: list[tuple[str, Any]]) -> None:
     if fmt == "html":
         from agent.report_html import render
 

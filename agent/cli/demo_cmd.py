@@ -36,33 +36,58 @@ class Step:
 
 def _steps() -> list[Step]:
     return [
-        Step("Create a vault: three operators, any two of them open it",
-             ["init", "--operator", "alice=sim:alice", "--operator", "bob=sim:bob", "--operator", "carol=sim:carol",
-              "--quorum", "2", "--recovery-out", "{dir}/recovery-shares.txt"]),
+        Step(
+            "Create a vault: three operators, any two of them open it",
+            [
+                "init",
+                "--operator",
+                "alice=sim:alice",
+                "--operator",
+                "bob=sim:bob",
+                "--operator",
+                "carol=sim:carol",
+                "--quorum",
+                "2",
+                "--recovery-out",
+                "{dir}/recovery-shares.txt",
+            ],
+        ),
         Step("List operators and their tokens (no token needed)", ["operator", "list"]),
-        Step("Generate a BTC wallet (alice and bob approve with a touch)",
-             ["wallet", "generate", "BTC", "--testnet", "--approver", "alice", "--approver", "bob"],
-             capture=("btc", "signatureId")),
-        Step("Generate an ETH wallet (bob and carol approve)",
-             ["wallet", "generate", "ETH", "--testnet", "--approver", "bob", "--approver", "carol"],
-             capture=("eth", "signatureId")),
+        Step(
+            "Generate a BTC wallet (alice and bob approve with a touch)",
+            ["wallet", "generate", "BTC", "--testnet", "--approver", "alice", "--approver", "bob"],
+            capture=("btc", "signatureId"),
+        ),
+        Step(
+            "Generate an ETH wallet (bob and carol approve)",
+            ["wallet", "generate", "ETH", "--testnet", "--approver", "bob", "--approver", "carol"],
+            capture=("eth", "signatureId"),
+        ),
         Step("List wallets from the signed public index (no token needed)", ["wallet", "list"]),
         Step("Derive BTC deposit address 0 (no token needed)", ["wallet", "address", "{btc}", "0"]),
         Step("Derive BTC deposit address 1", ["wallet", "address", "{btc}", "1"]),
         Step("Derive ETH deposit address 0", ["wallet", "address", "{eth}", "0"]),
         Step("Unlock with alice and carol: quorum met", ["unlock", "--operator", "alice", "--operator", "carol"]),
         Step("Unlock with alice alone: refused (4-eye principle)", ["unlock", "--operator", "alice"], expect_exit=5),
-        Step("Policy change: allowlist the cold wallet, at most 1 ETH per withdrawal (a quorum approves it)",
-             ["policy", "set", "{dir}/policy.json", "--operator", "alice", "--operator", "bob"]),
-        Step("An application asks to send 0.1 ETH to the cold wallet",
-             ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_ok}", "--initiator", "app:exchange"],
-             capture=("req", "id")),
-        Step("Alice approves: PIN + touch over the digest of the exact transaction", ["approve", "{req}",
-                                                                                      "--operator", "alice"]),
+        Step(
+            "Policy change: allowlist the cold wallet, at most 1 ETH per withdrawal (a quorum approves it)",
+            ["policy", "set", "{dir}/policy.json", "--operator", "alice", "--operator", "bob"],
+        ),
+        Step(
+            "An application asks to send 0.1 ETH to the cold wallet",
+            ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_ok}", "--initiator", "app:exchange"],
+            capture=("req", "id"),
+        ),
+        Step(
+            "Alice approves: PIN + touch over the digest of the exact transaction",
+            ["approve", "{req}", "--operator", "alice"],
+        ),
         Step("Bob approves: quorum met, the agent signs", ["approve", "{req}", "--operator", "bob"]),
-        Step("A 5 ETH request breaks the per-transaction limit: denied by policy",
-             ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_big}", "--initiator", "app:exchange"],
-             expect_exit=5),
+        Step(
+            "A 5 ETH request breaks the per-transaction limit: denied by policy",
+            ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_big}", "--initiator", "app:exchange"],
+            expect_exit=5,
+        ),
         Step("Verify the vault: structure, signature, pinned key, rollback", ["vault", "verify"]),
         Step("Verify the audit log: hash chain, head pin, every approval signature", ["audit", "verify"]),
         Step("Withdrawals report", ["report", "withdrawals", "--format", "json"], json=False),
@@ -77,15 +102,27 @@ def _prepare(home: Path) -> dict[str, str]:
     from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
 
     cold = eth.normalize_address(COLD_ETH, testnet=True)
-    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([cold]),
-                                               assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None,
-                                                                          per_day=5 * 10**18)},
-                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    policy = Policy(
+        generation=2,
+        default=Rule(
+            approvals_required=2,
+            allowlist=frozenset([cold]),
+            assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=5 * 10**18)},
+            unknown_destination=UnknownDestination.DENY,
+        ),
+        admin_approvals=2,
+    )
     (home / "policy.json").write_text(json.dumps(policy.to_dict(), indent=2))
 
     def tx(value: int, nonce: int) -> str:
-        unsigned: str = eth.build_transfer(to=cold, value=value, nonce=nonce, chain_id=SEPOLIA,
-                                           max_fee_per_gas=30 * 10**9, max_priority_fee_per_gas=10**9)
+        unsigned: str = eth.build_transfer(
+            to=cold,
+            value=value,
+            nonce=nonce,
+            chain_id=SEPOLIA,
+            max_fee_per_gas=30 * 10**9,
+            max_priority_fee_per_gas=10**9,
+        )
         return unsigned
 
     return {"tx_ok": tx(10**17, 0), "tx_big": tx(5 * 10**18, 1)}
@@ -93,23 +130,36 @@ def _prepare(home: Path) -> dict[str, str]:
 
 def _run(step: Step, env: dict[str, str], subs: dict[str, str]) -> dict[str, Any]:
     args = [a.format(**subs) for a in step.args] + (["--json"] if step.json else [])
-    proc = subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     try:
         output = json.loads(proc.stdout) if proc.stdout.strip() else None
     except json.JSONDecodeError:
         output = proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("kms-agent: ")]
-    return {"step": step.title, "command": ["kms-agent", *args], "exit_code": proc.returncode,
-            "expected_exit_code": step.expect_exit, "ok": proc.returncode == step.expect_exit,
-            "output": output, "errors": errors}
+    return {
+        "step": step.title,
+        "command": ["kms-agent", *args],
+        "exit_code": proc.returncode,
+        "expected_exit_code": step.expect_exit,
+        "ok": proc.returncode == step.expect_exit,
+        "output": output,
+        "errors": errors,
+    }
 
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        directory: Annotated[Path | None, typer.Option("--dir", help="data directory (default: a new temp dir)")]
-        = None,
+        directory: Annotated[
+            Path | None, typer.Option("--dir", help="data directory (default: a new temp dir)")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """run the end-to-end demo on simulated tokens (touch and PIN answered automatically)"""
@@ -137,7 +187,10 @@ def register(app: typer.Typer) -> None:
             if not result["ok"]:
                 break
         ok = all(r["ok"] for r in results) and len(results) == len(_steps())
-        emit({"dir": str(home), "ok": ok, "steps": results}, as_json,
-             f"\nDemo {'completed' if ok else 'FAILED'}; data in {home}")
+        emit(
+            {"dir": str(home), "ok": ok, "steps": results},
+            as_json,
+            f"\nDemo {'completed' if ok else 'FAILED'}; data in {home}",
+        )
         if not ok:
             raise typer.Exit(1)

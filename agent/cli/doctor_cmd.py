@@ -17,8 +17,13 @@ def _check_hidraw() -> dict[str, Any]:
     unreadable = [n for n in nodes if not os.access(n, os.R_OK | os.W_OK)]
     ok = not unreadable
     hint = None if ok else "install udev/70-kms-agent-fido.rules (see udev/README.md) and re-plug the token"
-    return {"check": "hidraw access", "ok": ok, "detail": f"{len(nodes)} hidraw nodes, {len(unreadable)} unreadable",
-            "unreadable": unreadable, "hint": hint}
+    return {
+        "check": "hidraw access",
+        "ok": ok,
+        "detail": f"{len(nodes)} hidraw nodes, {len(unreadable)} unreadable",
+        "unreadable": unreadable,
+        "hint": hint,
+    }
 
 
 def _check_fido2() -> dict[str, Any]:
@@ -34,8 +39,13 @@ def _check_pcscd() -> dict[str, Any]:
         from smartcard.System import readers
 
         names = [str(r) for r in readers()]
-        return {"check": "pcscd", "ok": True, "detail": f"running, {len(names)} readers", "readers": names,
-                "hint": None}
+        return {
+            "check": "pcscd",
+            "ok": True,
+            "detail": f"running, {len(names)} readers",
+            "readers": names,
+            "hint": None,
+        }
     except Exception as exc:
         hint = "start it: `systemctl start pcscd`" if binary else "install it: `apt-get install pcscd`"
         return {"check": "pcscd", "ok": False, "detail": f"not reachable ({type(exc).__name__})", "hint": hint}
@@ -51,8 +61,13 @@ def _check_vault(paths: Paths) -> dict[str, Any]:
         vault = PublicVault.load(paths.vault, paths.pin)
     except KmsAgentError as exc:
         return {"check": "vault", "ok": False, "detail": exc.message, "hint": exc.hint}
-    return {"check": "vault", "ok": True, "detail": f"generation {vault.header['generation']}, "
-            f"{'SIMULATED tokens' if vault.simulated else 'hardware tokens'}", "hint": None}
+    return {
+        "check": "vault",
+        "ok": True,
+        "detail": f"generation {vault.header['generation']}, "
+        f"{'SIMULATED tokens' if vault.simulated else 'hardware tokens'}",
+        "hint": None,
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -32,13 +32,18 @@ def _ask_back_recovery(words: list[str], threshold: int) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("init")
     def init(
-        operator: Annotated[list[str], typer.Option("--operator", help="NAME=TOKEN, once per operator "
-                                                    "(TOKEN: sim:NAME, fido2[:ID] or piv[:SERIAL])")],
+        operator: Annotated[
+            list[str],
+            typer.Option(
+                "--operator", help="NAME=TOKEN, once per operator (TOKEN: sim:NAME, fido2[:ID] or piv[:SERIAL])"
+            ),
+        ],
         quorum: Annotated[int, typer.Option("--quorum", help="distinct operators needed to open the vault")],
         recovery_threshold: Annotated[int, typer.Option(help="recovery shares needed to recover")] = 2,
         recovery_shares: Annotated[int, typer.Option(help="recovery shares to create")] = 3,
-        recovery_out: Annotated[Path | None, typer.Option(help="write the recovery shares to this file (0600) "
-                                                          "instead of the terminal")] = None,
+        recovery_out: Annotated[
+            Path | None, typer.Option(help="write the recovery shares to this file (0600) instead of the terminal")
+        ] = None,
         kind: Annotated[str, typer.Option(help="token kind for sim: tokens: fido2 or piv")] = "fido2",
         rp_id: Annotated[str, typer.Option(help="FIDO2 relying-party id for this deployment")] = "kms-agent.local",
         pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
@@ -55,8 +60,16 @@ def register(app: typer.Typer) -> None:
             err("WARNING: enrolling SIMULATED tokens: insecure, for demos and tests only.")
         tokens = [(name, open_token(spec, paths.home, kind=kind)) for name, spec in specs]
         prompts = CliPrompts(paths, pin_stdin=pin_stdin)
-        pending = create_vault(paths.vault, paths.pin, tokens, quorum, prompts,
-                               recovery_threshold=recovery_threshold, recovery_shares=recovery_shares, rp_id=rp_id)
+        pending = create_vault(
+            paths.vault,
+            paths.pin,
+            tokens,
+            quorum,
+            prompts,
+            recovery_threshold=recovery_threshold,
+            recovery_shares=recovery_shares,
+            rp_id=rp_id,
+        )
         try:
             words = pending.recovery_shares
             text = "\n\n".join(f"recovery share {i + 1} of {len(words)}:\n{w}" for i, w in enumerate(words))
@@ -64,8 +77,10 @@ def register(app: typer.Typer) -> None:
                 atomic_write(recovery_out, (text + "\n").encode())
                 pending.check_recovery(words[:recovery_threshold])
             elif sys.stdin.isatty() and not as_json:
-                err("\nRECOVERY SHARES: shown once. Give one to each recovery officer; "
-                    f"any {recovery_threshold} of them open the vault without tokens.\n")
+                err(
+                    "\nRECOVERY SHARES: shown once. Give one to each recovery officer; "
+                    f"any {recovery_threshold} of them open the vault without tokens.\n"
+                )
                 err(text)
                 pending.check_recovery(_ask_back_recovery(words, recovery_threshold))
             else:
@@ -83,8 +98,12 @@ def register(app: typer.Typer) -> None:
                 "generation": header["generation"],
                 "quorum": header["quorum"],
                 "operators": [{"name": n, "token": s} for n, s in specs],
-                "recovery": {"threshold": recovery_threshold, "shares": recovery_shares,
-                             "file": str(recovery_out) if recovery_out else None, "test_recovered": True},
+                "recovery": {
+                    "threshold": recovery_threshold,
+                    "shares": recovery_shares,
+                    "file": str(recovery_out) if recovery_out else None,
+                    "test_recovered": True,
+                },
                 "simulated": header["simulated"],
             }
             if recovery_out is None and (as_json or not sys.stdin.isatty()):
@@ -92,6 +111,10 @@ def register(app: typer.Typer) -> None:
                 if not as_json:
                     err("\nRECOVERY SHARES: shown once; store them apart:\n")
                     print(text)
-        emit(result, as_json, f"\nCreated {paths.vault} ({quorum}-of-{len(specs)} operators).\n"
-             f"Vault fingerprint: {result['fingerprint']}\n"
-             "Write the fingerprint down: `kms-agent vault trust` needs it to trust a restored copy.")
+        emit(
+            result,
+            as_json,
+            f"\nCreated {paths.vault} ({quorum}-of-{len(specs)} operators).\n"
+            f"Vault fingerprint: {result['fingerprint']}\n"
+            "Write the fingerprint down: `kms-agent vault trust` needs it to trust a restored copy.",
+        )

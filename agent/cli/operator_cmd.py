@@ -18,9 +18,13 @@ def list_operators(as_json: Annotated[bool, typer.Option("--json", help="print J
 
     vault = load_public(Paths.resolve())
     h = vault.header
-    ops = [{
-        "name": op["name"], "id": op["operator_id"].hex(),
-        "tokens": [s["label"] for s in h["slots"] if s["operator_id"] == op["operator_id"]],
-    } for op in h["operators"]]
+    ops = [
+        {
+            "name": op["name"],
+            "id": op["operator_id"].hex(),
+            "tokens": [s["label"] for s in h["slots"] if s["operator_id"] == op["operator_id"]],
+        }
+        for op in h["operators"]
+    ]
     lines = [f"quorum: {h['quorum']} of {len(ops)}"] + [f"{o['name']:<16} {', '.join(o['tokens'])}" for o in ops]
     emit({"quorum": h["quorum"], "operators": ops}, as_json, "\n".join(lines))

@@ -19,14 +19,21 @@ def _read_shares() -> list[str]:
     if sys.stdin.isatty():
         shares: list[str] = []
         while True:
-            line = typer.prompt(f"recovery share {len(shares) + 1} (empty line to finish)", default="",
-                                hide_input=True, show_default=False)
+            line = typer.prompt(
+                f"recovery share {len(shares) + 1} (empty line to finish)",
+                default="",
+                hide_input=True,
+                show_default=False,
+            )
             if not line.strip():
                 break
             shares.append(line.strip())
     else:
-        shares = [line.strip() for line in sys.stdin.read().splitlines()
-                  if line.strip() and not line.startswith("recovery share")]
+        shares = [
+            line.strip()
+            for line in sys.stdin.read().splitlines()
+            if line.strip() and not line.startswith("recovery share")
+        ]
     if not shares:
         raise UsageError("no recovery shares given")
     return shares
@@ -63,5 +70,8 @@ def enrol_token(
         with new:
             slot = opened.enrol_token(operator, new, CliPrompts(paths))
         opened.save()
-    emit({"label": slot["label"], "operator": operator, "via": "recovery"}, as_json,
-         f"Enrolled {slot['label']} for {operator} using the recovery shares.")
+    emit(
+        {"label": slot["label"], "operator": operator, "via": "recovery"},
+        as_json,
+        f"Enrolled {slot['label']} for {operator} using the recovery shares.",
+    )

@@ -15,12 +15,14 @@ def load_public(paths: Paths, *, require_pin: bool = True) -> PublicVault:
     return vault
 
 
-def unlock(paths: Paths, *, operators: Sequence[str] | None = None, pin_stdin: bool = False,
-           digest: bytes | None = None) -> UnlockedVault:
+def unlock(
+    paths: Paths, *, operators: Sequence[str] | None = None, pin_stdin: bool = False, digest: bytes | None = None
+) -> UnlockedVault:
     """Ask the operators' tokens (PIN + touch) until the quorum is met; returns the opened vault."""
     from agent.tokens.discovery import find_token
 
     vault = load_public(paths)
     home: Path = paths.home
-    return vault.unlock(lambda slot: find_token(slot, home), CliPrompts(paths, pin_stdin=pin_stdin),
-                        operators=operators, digest=digest)
+    return vault.unlock(
+        lambda slot: find_token(slot, home), CliPrompts(paths, pin_stdin=pin_stdin), operators=operators, digest=digest
+    )

@@ -25,8 +25,11 @@ def create(name: str, kind: Annotated[str, typer.Option(help="fido2 or piv")] = 
         detail = f"serial {create_piv_sim(home, name).read().serial}"
     else:
         raise UsageError(f"unknown token kind {kind!r}: use fido2 or piv")
-    emit({"token": f"sim:{name}", "kind": kind, "detail": detail}, as_json,
-         f"sim:{name} ready ({kind}, PIN 123456): {detail}")
+    emit(
+        {"token": f"sim:{name}", "kind": kind, "detail": detail},
+        as_json,
+        f"sim:{name} ready ({kind}, PIN 123456): {detail}",
+    )
 
 
 @app.command("list")
@@ -43,8 +46,7 @@ def list_sims(as_json: Json = False) -> None:
 @app.command("pcsc")
 def pcsc(
     piv: Annotated[list[str] | None, typer.Option("--piv", help="simulated PIV card to serve (repeat)")] = None,
-    fido2: Annotated[list[str] | None, typer.Option("--fido2", help="simulated FIDO2 token to serve (repeat)")]
-    = None,
+    fido2: Annotated[list[str] | None, typer.Option("--fido2", help="simulated FIDO2 token to serve (repeat)")] = None,
     port: Annotated[int, typer.Option(help="vpcd port of the first reader slot")] = 35963,
 ) -> None:
     """serve simulated tokens to pcscd's vpcd reader until stopped (SIGTERM or Ctrl-C ends it cleanly)"""

@@ -24,14 +24,29 @@ def register(app: typer.Typer) -> None:
             emit(result, as_json, f"home: {paths.home}\nno vault yet: create one with `kms-agent init`")
             return
         h = vault.header
-        result.update({
-            "vault_id": h["vault_id"].hex(), "fingerprint": vault.fingerprint, "generation": h["generation"],
-            "quorum": h["quorum"], "operators": len(h["operators"]), "tokens": len(h["slots"]),
-            "wallets": len(h["wallets"]), "simulated": vault.simulated,
-        })
-        emit(result, as_json, "\n".join([
-            f"home:        {paths.home}", f"vault:       {paths.vault} (generation {h['generation']})",
-            f"fingerprint: {vault.fingerprint}",
-            f"quorum:      {h['quorum']} of {len(h['operators'])} operators ({len(h['slots'])} tokens)",
-            f"wallets:     {len(h['wallets'])}", f"simulated:   {'yes (INSECURE)' if vault.simulated else 'no'}",
-        ]))
+        result.update(
+            {
+                "vault_id": h["vault_id"].hex(),
+                "fingerprint": vault.fingerprint,
+                "generation": h["generation"],
+                "quorum": h["quorum"],
+                "operators": len(h["operators"]),
+                "tokens": len(h["slots"]),
+                "wallets": len(h["wallets"]),
+                "simulated": vault.simulated,
+            }
+        )
+        emit(
+            result,
+            as_json,
+            "\n".join(
+                [
+                    f"home:        {paths.home}",
+                    f"vault:       {paths.vault} (generation {h['generation']})",
+                    f"fingerprint: {vault.fingerprint}",
+                    f"quorum:      {h['quorum']} of {len(h['operators'])} operators ({len(h['slots'])} tokens)",
+                    f"wallets:     {len(h['wallets'])}",
+                    f"simulated:   {'yes (INSECURE)' if vault.simulated else 'no'}",
+                ]
+            ),
+        )

@@ -40,8 +40,10 @@ def register(app: typer.Typer) -> None:
     def sweep(
         signature_id: Annotated[str, typer.Argument(help="the hot wallet to empty")],
         to: Annotated[str, typer.Option("--to", help="the cold wallet address")],
-        utxos: Annotated[Path | None, typer.Option(help="UTXO chains: JSON list of {txid, vout, amount, "
-                                                   "address or index[, prev_tx]}")] = None,
+        utxos: Annotated[
+            Path | None,
+            typer.Option(help="UTXO chains: JSON list of {txid, vout, amount, address or index[, prev_tx]}"),
+        ] = None,
         fee_rate: Annotated[float | None, typer.Option(help="UTXO chains: sat/vbyte")] = None,
         balance: Annotated[int | None, typer.Option(help="EVM: the address's balance in wei")] = None,
         nonce: Annotated[int | None, typer.Option(help="EVM: the address's next nonce")] = None,
@@ -61,21 +63,31 @@ def register(app: typer.Typer) -> None:
         if chain.family is Family.UTXO:
             if utxos is None or fee_rate is None:
                 raise UsageError("a UTXO sweep needs --utxos FILE and --fee-rate")
-            tx = chain.build_sweep(read_utxos(utxos, chain, wallet), to, sat_per_vbyte=fee_rate,  # type: ignore[attr-defined]
-                                   testnet=testnet)
+            tx = chain.build_sweep(
+                read_utxos(utxos, chain, wallet),
+                to,
+                sat_per_vbyte=fee_rate,  # type: ignore[attr-defined]
+                testnet=testnet,
+            )
             index = 0
         else:
             if balance is None or nonce is None or max_fee_per_gas is None:
                 raise UsageError("an EVM sweep needs --balance, --nonce and --max-fee-per-gas")
             cid = chain_id if chain_id is not None else chain.chain_ids(testnet)[0]  # type: ignore[attr-defined]
-            tx = chain.build_sweep(balance=balance, to=to, nonce=nonce, chain_id=cid,  # type: ignore[attr-defined]
-                                   max_fee_per_gas=max_fee_per_gas)
+            tx = chain.build_sweep(
+                balance=balance,
+                to=to,
+                nonce=nonce,
+                chain_id=cid,  # type: ignore[attr-defined]
+                max_fee_per_gas=max_fee_per_gas,
+            )
         summary = chain.decode(tx, testnet=testnet).to_json()
         result: dict[str, Any] = {"chain": chain.name, "tx": tx, "summary": summary}
         if request:
             from agent.withdrawals.service import Withdrawals
 
-            rec = Withdrawals(Paths.resolve().home).create(chain=chain.name, signature_id=signature_id, index=index,
-                                                           tx=tx, initiator="app:sweep")
+            rec = Withdrawals(Paths.resolve().home).create(
+                chain=chain.name, signature_id=signature_id, index=index, tx=tx, initiator="app:sweep"
+            )
             result["request"] = rec["id"]
         emit(result, as_json, f"{tx}" + (f"\nqueued as request {result['request']}" if request else ""))

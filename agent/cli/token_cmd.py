@@ -11,8 +11,10 @@ from agent.cli.context import CliPrompts, Paths, emit
 app = typer.Typer(help="enrol, list and remove tokens", no_args_is_help=True)
 
 Json = Annotated[bool, typer.Option("--json", help="print JSON")]
-Approvers = Annotated[list[str] | None, typer.Option("--approver", help="operator to ask for the unlock "
-                                                     "(repeat; default: anyone present)")]
+Approvers = Annotated[
+    list[str] | None,
+    typer.Option("--approver", help="operator to ask for the unlock (repeat; default: anyone present)"),
+]
 PinStdin = Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")]
 
 
@@ -22,10 +24,17 @@ def list_tokens(as_json: Json = False) -> None:
     from agent.cli.session import load_public
 
     vault = load_public(Paths.resolve())
-    rows = [{"label": s["label"], "kind": s["kind"], "operator": vault.operator_name(s["operator_id"]),
-             "simulated": s["simulated"], "enrolled_at": s["enrolled_at"]} for s in vault.header["slots"]]
-    emit({"tokens": rows}, as_json,
-         "\n".join(f"{r['label']:<24} {r['kind']:<11} {r['operator']}" for r in rows))
+    rows = [
+        {
+            "label": s["label"],
+            "kind": s["kind"],
+            "operator": vault.operator_name(s["operator_id"]),
+            "simulated": s["simulated"],
+            "enrolled_at": s["enrolled_at"],
+        }
+        for s in vault.header["slots"]
+    ]
+    emit({"tokens": rows}, as_json, "\n".join(f"{r['label']:<24} {r['kind']:<11} {r['operator']}" for r in rows))
 
 
 @app.command("enrol")
@@ -48,8 +57,11 @@ def enrol(
             slot = vault.enrol_token(operator, new, CliPrompts(paths, pin_stdin=pin_stdin))
         vault.save()
         touched = [t.operator for t in vault.touches]
-    emit({"label": slot["label"], "kind": slot["kind"], "operator": operator, "approved_by": touched},
-         as_json, f"Enrolled {slot['label']} for {operator} (approved by {', '.join(touched)}).")
+    emit(
+        {"label": slot["label"], "kind": slot["kind"], "operator": operator, "approved_by": touched},
+        as_json,
+        f"Enrolled {slot['label']} for {operator} (approved by {', '.join(touched)}).",
+    )
 
 
 @app.command("remove")
@@ -67,6 +79,9 @@ def remove(
         slot = vault.remove_token(label)
         vault.save()
         touched = [t.operator for t in vault.touches]
-    emit({"removed": slot["label"], "approved_by": touched}, as_json,
-         f"Removed {slot['label']} (approved by {', '.join(touched)}). "
-         "Old copies of wallet.dat still accept it: rotate if it was lost.")
+    emit(
+        {"removed": slot["label"], "approved_by": touched},
+        as_json,
+        f"Removed {slot['label']} (approved by {', '.join(touched)}). "
+        "Old copies of wallet.dat still accept it: rotate if it was lost.",
+    )

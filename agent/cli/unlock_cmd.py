@@ -12,8 +12,10 @@ from agent.cli.context import Paths, emit
 def register(app: typer.Typer) -> None:
     @app.command("unlock")
     def unlock_cmd(
-        operator: Annotated[list[str] | None, typer.Option("--operator", help="operator to ask (repeat; "
-                                                           "default: every operator with a token present)")] = None,
+        operator: Annotated[
+            list[str] | None,
+            typer.Option("--operator", help="operator to ask (repeat; default: every operator with a token present)"),
+        ] = None,
         pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
@@ -22,9 +24,25 @@ def register(app: typer.Typer) -> None:
 
         paths = Paths.resolve()
         with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-            touches = [{"operator": t.operator, "token": t.token_label, "sign_count": t.approval.sign_count,
-                        "user_verified": t.approval.user_verified} for t in vault.touches]
-            result = {"unlocked": True, "quorum": vault.header["quorum"], "touched": touches,
-                      "wallets": len(vault.header["wallets"])}
-        emit(result, as_json, "Unlocked with " + ", ".join(f"{t['operator']} ({t['token']})" for t in touches)
-             + f"; quorum {result['quorum']} met. The key was wiped again.")
+            touches = [
+                {
+                    "operator": t.operator,
+                    "token": t.token_label,
+                    "sign_count": t.approval.sign_count,
+                    "user_verified": t.approval.user_verified,
+                }
+                for t in vault.touches
+            ]
+            result = {
+                "unlocked": True,
+                "quorum": vault.header["quorum"],
+                "touched": touches,
+                "wallets": len(vault.header["wallets"]),
+            }
+        emit(
+            result,
+            as_json,
+            "Unlocked with "
+            + ", ".join(f"{t['operator']} ({t['token']})" for t in touches)
+            + f"; quorum {result['quorum']} met. The key was wiped again.",
+        )

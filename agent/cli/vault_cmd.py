@@ -20,13 +20,22 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     vault = load_public(paths)
     h = vault.header
     result: dict[str, Any] = {
-        "ok": True, "vault": str(paths.vault), "vault_id": h["vault_id"].hex(), "generation": h["generation"],
-        "fingerprint": vault.fingerprint, "checks": ["structure", "signature", "pinned-key", "rollback"],
-        "operators": len(h["operators"]), "tokens": len(h["slots"]), "wallets": len(h["wallets"]),
+        "ok": True,
+        "vault": str(paths.vault),
+        "vault_id": h["vault_id"].hex(),
+        "generation": h["generation"],
+        "fingerprint": vault.fingerprint,
+        "checks": ["structure", "signature", "pinned-key", "rollback"],
+        "operators": len(h["operators"]),
+        "tokens": len(h["slots"]),
+        "wallets": len(h["wallets"]),
         "simulated": vault.simulated,
     }
-    emit(result, as_json, f"OK: {paths.vault} generation {h['generation']} is sound "
-         f"(signed by {vault.fingerprint}, not rolled back).")
+    emit(
+        result,
+        as_json,
+        f"OK: {paths.vault} generation {h['generation']} is sound (signed by {vault.fingerprint}, not rolled back).",
+    )
 
 
 @app.command("trust")

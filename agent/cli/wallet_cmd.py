@@ -55,8 +55,9 @@ def generate(
     chain: Annotated[str, typer.Argument(help="BTC, ETH, ... (see `wallet chains`)")],
     testnet: Testnet = False,
     count: Annotated[int, typer.Option(help="how many wallets to generate")] = 1,
-    private_key: Annotated[bool, typer.Option("--private-key", help="a private-key wallet instead of a mnemonic")]
-    = False,
+    private_key: Annotated[
+        bool, typer.Option("--private-key", help="a private-key wallet instead of a mnemonic")
+    ] = False,
     approver: Approvers = None,
     as_json: Json = False,
 ) -> None:
@@ -82,8 +83,9 @@ def generate(
                 mw = generate_mnemonic_wallet(impl, testnet=testnet)
                 kind, secret, xpub = "MNEMONIC", mw.mnemonic, mw.xpub
             try:
-                entry = vault.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret,
-                                         xpub=xpub, address=address)
+                entry = vault.add_wallet(
+                    wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, xpub=xpub, address=address
+                )
             finally:
                 _wipe(secret)
             made.append({"signatureId": entry["signatureId"], **({"xpub": xpub} if xpub else {"address": address})})

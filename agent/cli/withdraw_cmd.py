@@ -28,8 +28,11 @@ def describe(rec: dict[str, Any]) -> str:
 
     s = get_chain(rec["chain"]).decode(bytes.fromhex(rec["tx"]), testnet=rec["testnet"]).to_json()
     net = "testnet" if rec["testnet"] else "MAINNET"
-    lines = [f"request {rec['id']}  [{rec['status']}]", f"  {rec['chain']} {net}  wallet {rec['signature_id']} "
-             f"index {rec['index']}  initiated by {rec['initiator'] or 'unknown'}"]
+    lines = [
+        f"request {rec['id']}  [{rec['status']}]",
+        f"  {rec['chain']} {net}  wallet {rec['signature_id']} "
+        f"index {rec['index']}  initiated by {rec['initiator'] or 'unknown'}",
+    ]
     for out in s["outputs"]:
         tag = " (change)" if out["isChange"] else ""
         lines.append(f"  pay {out['amount']} {s['asset'] if not s['token'] else rec['chain']} to {out['address']}{tag}")
@@ -47,11 +50,30 @@ def describe(rec: dict[str, Any]) -> str:
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "status", "created_at", "chain", "testnet", "signature_id", "index", "initiator", "summary",
-            "decision", "rule", "signed")
+    keys = (
+        "id",
+        "status",
+        "created_at",
+        "chain",
+        "testnet",
+        "signature_id",
+        "index",
+        "initiator",
+        "summary",
+        "decision",
+        "rule",
+        "signed",
+    )
     out = {k: rec[k] for k in keys}
-    out["approvals"] = [{"operator_id": a["operator_id"], "slot_id": a["slot_id"], "sign_count": a["sign_count"],
-                         "approved_at": a["approved_at"]} for a in rec["approvals"]]
+    out["approvals"] = [
+        {
+            "operator_id": a["operator_id"],
+            "slot_id": a["slot_id"],
+            "sign_count": a["sign_count"],
+            "approved_at": a["approved_at"],
+        }
+        for a in rec["approvals"]
+    ]
     out["rejections"] = rec["rejections"]
     return out
 
@@ -61,8 +83,7 @@ def create(
     chain: Annotated[str, typer.Argument(help="BTC, ETH, ...")],
     signature_id: Annotated[str, typer.Argument(help="the wallet paying")],
     index: Annotated[int, typer.Argument(help="derivation index of the paying address")] = 0,
-    tx: Annotated[str | None, typer.Option("--tx", help="unsigned tx: hex (EVM) or base64 PSBT; default stdin")]
-    = None,
+    tx: Annotated[str | None, typer.Option("--tx", help="unsigned tx: hex (EVM) or base64 PSBT; default stdin")] = None,
     initiator: Annotated[str | None, typer.Option(help="who asks: an operator name or app:NAME")] = None,
     to: Annotated[str | None, typer.Option("--to", help="intent: destination address (instead of --tx)")] = None,
     amount: Annotated[int | None, typer.Option(help="intent: amount in base units (satoshi, wei)")] = None,
@@ -76,8 +97,18 @@ def create(
 ) -> None:
     """queue a withdrawal (PSBT, unsigned tx, or an intent): decode the exact bytes, judge by policy"""
     if to is not None:
-        tx = _build_intent(chain, signature_id, to=to, amount=amount, asset=asset, nonce=nonce,
-                           max_fee_per_gas=max_fee_per_gas, utxos=utxos, fee_rate=fee_rate, change_index=change_index)
+        tx = _build_intent(
+            chain,
+            signature_id,
+            to=to,
+            amount=amount,
+            asset=asset,
+            nonce=nonce,
+            max_fee_per_gas=max_fee_per_gas,
+            utxos=utxos,
+            fee_rate=fee_rate,
+            change_index=change_index,
+        )
     if tx is None:
         if sys.stdin.isatty():
             raise UsageError("give the unsigned transaction with --tx or on stdin")
@@ -86,9 +117,19 @@ def create(
     emit(_public(rec), as_json, describe(rec))
 
 
-def _build_intent(chain: str, signature_id: str, *, to: str, amount: int | None, asset: str | None,
-                  nonce: int | None, max_fee_per_gas: int | None, utxos: Path | None, fee_rate: float | None,
-                  change_index: int) -> str:
+def _build_intent(
+    chain: str,
+    signature_id: str,
+    *,
+    to: str,
+    amount: int | None,
+    asset: str | None,
+    nonce: int | None,
+    max_fee_per_gas: int | None,
+    utxos: Path | None,
+    fee_rate: float | None,
+    change_index: int,
+) -> str:
     from agent.chains import get_chain
     from agent.cli.session import load_public
     from agent.cli.sweep_cmd import read_utxos
@@ -105,8 +146,20 @@ def _build_intent(chain: str, signature_id: str, *, to: str, amount: int | None,
             change = impl.address_from_xpub(wallet["xpub"], change_index, testnet=wallet["testnet"])
         else:
             change = wallet.get("address")
-    return build(Intent(chain, to, amount, token=asset, nonce=nonce, max_fee_per_gas=max_fee_per_gas, utxos=coins,
-                        fee_rate=fee_rate, change_address=change), testnet=wallet["testnet"])
+    return build(
+        Intent(
+            chain,
+            to,
+            amount,
+            token=asset,
+            nonce=nonce,
+            max_fee_per_gas=max_fee_per_gas,
+            utxos=coins,
+            fee_rate=fee_rate,
+            change_address=change,
+        ),
+        testnet=wallet["testnet"],
+    )
 
 
 @app.command("list")
@@ -116,8 +169,11 @@ def list_requests(
 ) -> None:
     """list withdrawal requests"""
     recs = _service().queue.list(status)
-    emit({"requests": [_public(r) for r in recs]}, as_json,
-         "\n".join(f"{r['id']}  {r['status']:<8} {r['chain']:<5} {r['signature_id']}" for r in recs))
+    emit(
+        {"requests": [_public(r) for r in recs]},
+        as_json,
+        "\n".join(f"{r['id']}  {r['status']:<8} {r['chain']:<5} {r['signature_id']}" for r in recs),
+    )
 
 
 @app.command("show")
@@ -131,8 +187,12 @@ def register(root: typer.Typer) -> None:
     @root.command("approve")
     def approve(
         request_id: str,
-        operator: Annotated[list[str] | None, typer.Option("--operator", help="operator approving (repeat; "
-                                                           "default: every operator with a token present)")] = None,
+        operator: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--operator", help="operator approving (repeat; default: every operator with a token present)"
+            ),
+        ] = None,
         pin_stdin: PinStdin = False,
         as_json: Json = False,
     ) -> None:
@@ -145,14 +205,23 @@ def register(root: typer.Typer) -> None:
         rec = service.queue.get(request_id)
         vault = load_public(paths)  # warns when the tokens are simulated
         err(describe(rec))
-        rec = service.approve(request_id, finder=lambda slot: find_token(slot, paths.home),
-                              prompts=CliPrompts(paths, pin_stdin=pin_stdin), operators=operator, vault=vault)
+        rec = service.approve(
+            request_id,
+            finder=lambda slot: find_token(slot, paths.home),
+            prompts=CliPrompts(paths, pin_stdin=pin_stdin),
+            operators=operator,
+            vault=vault,
+        )
         result = _public(rec)
         if rec["status"] == "signed":
             emit(result, as_json, f"Signed. txid {rec['signed']['txid']}\n{rec['signed']['raw']}")
         else:
-            emit(result, as_json, f"Recorded: {len(rec['approvals'])} of {rec['rule']['approvals_required']} "
-                 "approvals; waiting for more.")
+            emit(
+                result,
+                as_json,
+                f"Recorded: {len(rec['approvals'])} of {rec['rule']['approvals_required']} "
+                "approvals; waiting for more.",
+            )
 
     @root.command("reject")
     def reject(

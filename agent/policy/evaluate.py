@@ -66,8 +66,14 @@ class LimitUsage:
         return 100 if self.limit == 0 else (self.used * 100) // self.limit
 
     def to_json(self) -> dict[str, Any]:
-        return {"scope": self.scope, "asset": self.asset, "window": self.window, "used": str(self.used),
-                "limit": str(self.limit), "percent": self.percent}
+        return {
+            "scope": self.scope,
+            "asset": self.asset,
+            "window": self.window,
+            "used": str(self.used),
+            "limit": str(self.limit),
+            "percent": self.percent,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,9 @@ class Decision:
 
     def quorum_rule(self) -> QuorumRule:
         """The quorum this decision asks for (feed it to :func:`agent.approvals.evaluate_quorum`)."""
-        return QuorumRule(self.approvals_required, self.rule.initiator_may_approve, self.rule.approval_ttl,
-                          self.policy_generation)
+        return QuorumRule(
+            self.approvals_required, self.rule.initiator_may_approve, self.rule.approval_ttl, self.policy_generation
+        )
 
     def explain(self) -> str:
         return "; ".join(f"[{r.rule}] {r.detail}" for r in self.reasons if r.effect is not None) or "allowed"
@@ -99,13 +106,19 @@ class Decision:
         from agent.errors import PolicyDenied
 
         if self.outcome is Outcome.DENY:
-            raise PolicyDenied("policy denies this withdrawal: " + "; ".join(
-                f"[{r.rule}] {r.detail}" for r in self.reasons if r.effect is Outcome.DENY))
+            raise PolicyDenied(
+                "policy denies this withdrawal: "
+                + "; ".join(f"[{r.rule}] {r.detail}" for r in self.reasons if r.effect is Outcome.DENY)
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {"outcome": self.outcome.value, "approvals_required": self.approvals_required,
-                "policy_generation": self.policy_generation, "reasons": [r.to_json() for r in self.reasons],
-                "near_limit": [u.to_json() for u in self.near_limit]}
+        return {
+            "outcome": self.outcome.value,
+            "approvals_required": self.approvals_required,
+            "policy_generation": self.policy_generation,
+            "reasons": [r.to_json() for r in self.reasons],
+            "near_limit": [u.to_json() for u in self.near_limit],
+        }
 
 
 def evaluate(request_summary: RequestSummary, rules: Policy, history: Sequence[HistoryEntry], now: int) -> Decision:
@@ -130,8 +143,12 @@ def evaluate(request_summary: RequestSummary, rules: Policy, history: Sequence[H
         add("rule", "rule from " + " + ".join(rules.rule_sources(summary.chain, summary.signature_id)), None)
         _freeze(rules, rule, add)
         if summary.opaque and not rule.allow_contract_calls:
-            add("contract-call", "the transaction calls a contract in a way the decoder cannot read; "
-                                 "this rule does not allow opaque calls", Outcome.DENY)
+            add(
+                "contract-call",
+                "the transaction calls a contract in a way the decoder cannot read; "
+                "this rule does not allow opaque calls",
+                Outcome.DENY,
+            )
         _time_window(rule, now, add)
         spent = summary.spent()
         _limits(summary, spent, rule, history, now, add, near)
@@ -192,8 +209,12 @@ def _time_window(rule: Rule, now: int, add: _Add) -> None:
     moment = dt.datetime.fromtimestamp(now, dt.UTC)
     if not window.allows(moment.weekday(), moment.hour):
         days = ",".join(str(d) for d in sorted(window.weekdays))
-        add("time-window", f"{moment:%a %H:%M} UTC is outside the allowed window (weekdays {days}, "
-                           f"hours {window.start_hour:02d}-{window.end_hour:02d} UTC)", Outcome.DENY)
+        add(
+            "time-window",
+            f"{moment:%a %H:%M} UTC is outside the allowed window (weekdays {days}, "
+            f"hours {window.start_hour:02d}-{window.end_hour:02d} UTC)",
+            Outcome.DENY,
+        )
 
 
 def _in_scope(entry: HistoryEntry, summary: RequestSummary, scope: VelocityScope) -> bool:
@@ -209,8 +230,9 @@ def _scope_name(summary: RequestSummary, scope: VelocityScope) -> str:
     return f"wallet:{summary.signature_id}"
 
 
-def _used(history: Iterable[HistoryEntry], summary: RequestSummary, scope: VelocityScope, now: int,
-          seconds: int) -> dict[str, int]:
+def _used(
+    history: Iterable[HistoryEntry], summary: RequestSummary, scope: VelocityScope, now: int, seconds: int
+) -> dict[str, int]:
     """Base units already spent per asset within the rolling window ``(now - seconds, now]`` (and later)."""
     totals: dict[str, int] = {}
     for entry in history:
@@ -223,8 +245,15 @@ def _used(history: Iterable[HistoryEntry], summary: RequestSummary, scope: Veloc
     return totals
 
 
-def _limits(summary: RequestSummary, spent: dict[str, int], rule: Rule, history: Sequence[HistoryEntry], now: int,
-            add: _Add, near: list[LimitUsage]) -> None:
+def _limits(
+    summary: RequestSummary,
+    spent: dict[str, int],
+    rule: Rule,
+    history: Sequence[HistoryEntry],
+    now: int,
+    add: _Add,
+    near: list[LimitUsage],
+) -> None:
     effect = Outcome.DENY if rule.over_limit is OverLimit.DENY else Outcome.ESCALATE
     used_by_window = {name: _used(history, summary, rule.velocity_scope, now, seconds) for name, seconds in WINDOWS}
     scope = _scope_name(summary, rule.velocity_scope)
@@ -241,8 +270,12 @@ def _limits(summary: RequestSummary, spent: dict[str, int], rule: Rule, history:
             used = used_by_window[name].get(asset, 0)
             total = used + amount
             if total > limit:
-                add(f"velocity-{name}", f"{used} {asset} already signed in the last {name} ({scope}) + {amount} "
-                                        f"exceeds the rolling limit of {limit}", effect)
+                add(
+                    f"velocity-{name}",
+                    f"{used} {asset} already signed in the last {name} ({scope}) + {amount} "
+                    f"exceeds the rolling limit of {limit}",
+                    effect,
+                )
             elif total * 100 >= limit * NEAR_LIMIT_PERCENT:
                 add(f"velocity-{name}", f"{total} of {limit} {asset} per {name} used ({scope}): near the limit", None)
             if total * 100 >= limit * NEAR_LIMIT_PERCENT:
@@ -258,8 +291,9 @@ def _destinations(summary: RequestSummary, rule: Rule, add: _Add) -> None:
             add("allowlist", f"{address} is not on the allowlist", effect)
 
 
-def near_limit(policy: Policy, history: Sequence[HistoryEntry], now: int,
-               percent: int = NEAR_LIMIT_PERCENT) -> list[LimitUsage]:
+def near_limit(
+    policy: Policy, history: Sequence[HistoryEntry], now: int, percent: int = NEAR_LIMIT_PERCENT
+) -> list[LimitUsage]:
     """Rolling limits used at ``percent`` or more right now, for reports (no new transaction counted)."""
     found: dict[tuple[str, str, str], LimitUsage] = {}
     done: set[tuple[str, str, str]] = set()
@@ -280,4 +314,3 @@ def near_limit(policy: Policy, history: Sequence[HistoryEntry], now: int,
                 if limit is not None and amount * 100 >= limit * percent:
                     found[(scope, asset, name)] = LimitUsage(scope, asset, name, amount, limit)
     return [found[k] for k in sorted(found)]
-

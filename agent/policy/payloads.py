@@ -20,9 +20,17 @@ from agent.policy.rules import POLICY_CHANGE_TTL, Policy
 from agent.policy.summary import RequestSummary
 
 
-def withdrawal_payload(summary: RequestSummary, *, vault_id: bytes, request_id: bytes, derivation_index: int,
-                       unsigned_tx_sha256: bytes, nonce: int | None, expires_at: int,
-                       policy_generation: int) -> ApprovalPayload:
+def withdrawal_payload(
+    summary: RequestSummary,
+    *,
+    vault_id: bytes,
+    request_id: bytes,
+    derivation_index: int,
+    unsigned_tx_sha256: bytes,
+    nonce: int | None,
+    expires_at: int,
+    policy_generation: int,
+) -> ApprovalPayload:
     """The payload approvers sign for a withdrawal that policy judged from ``summary``.
 
     ``unsigned_tx_sha256`` must be SHA-256 of the exact bytes that will be signed (the PSBT or the
@@ -31,30 +39,53 @@ def withdrawal_payload(summary: RequestSummary, *, vault_id: bytes, request_id: 
     :raises ProgrammingError: a malformed summary (policy would have denied it first).
     """
     return ApprovalPayload(
-        vault_id=vault_id, request_id=request_id, chain=summary.chain, network=summary.network,
-        signature_id=summary.signature_id, derivation_index=derivation_index, unsigned_tx_sha256=unsigned_tx_sha256,
-        outputs=tuple(PayloadOutput(o.address, o.amount, o.asset) for o in summary.outputs), fee=summary.fee,
-        nonce=nonce, expires_at=expires_at, policy_generation=policy_generation, action=Action.WITHDRAWAL,
+        vault_id=vault_id,
+        request_id=request_id,
+        chain=summary.chain,
+        network=summary.network,
+        signature_id=summary.signature_id,
+        derivation_index=derivation_index,
+        unsigned_tx_sha256=unsigned_tx_sha256,
+        outputs=tuple(PayloadOutput(o.address, o.amount, o.asset) for o in summary.outputs),
+        fee=summary.fee,
+        nonce=nonce,
+        expires_at=expires_at,
+        policy_generation=policy_generation,
+        action=Action.WITHDRAWAL,
     )
 
 
-def policy_change_payload(*, vault_id: bytes, request_id: bytes, current: Policy, new: Policy,
-                          expires_at: int) -> ApprovalPayload:
+def policy_change_payload(
+    *, vault_id: bytes, request_id: bytes, current: Policy, new: Policy, expires_at: int
+) -> ApprovalPayload:
     """The payload approvers sign to replace ``current`` by ``new``.
 
     :raises PolicyFormatError: ``new`` is not exactly the next generation.
     """
     if new.generation != current.generation + 1:
-        raise PolicyFormatError(f"the new policy must be generation {current.generation + 1}, "
-                                f"not {new.generation}")
+        raise PolicyFormatError(f"the new policy must be generation {current.generation + 1}, not {new.generation}")
     return ApprovalPayload(
-        vault_id=vault_id, request_id=request_id, chain="", network="", signature_id="", derivation_index=0,
-        unsigned_tx_sha256=new.sha256(), outputs=(), fee=0, nonce=None, expires_at=expires_at,
-        policy_generation=current.generation, action=Action.POLICY_CHANGE,
+        vault_id=vault_id,
+        request_id=request_id,
+        chain="",
+        network="",
+        signature_id="",
+        derivation_index=0,
+        unsigned_tx_sha256=new.sha256(),
+        outputs=(),
+        fee=0,
+        nonce=None,
+        expires_at=expires_at,
+        policy_generation=current.generation,
+        action=Action.POLICY_CHANGE,
     )
 
 
 def policy_change_rule(current: Policy) -> QuorumRule:
     """The quorum for changing ``current``: its ``admin_approvals``, never the initiator, 7-day TTL."""
-    return QuorumRule(current.admin_approvals, initiator_may_approve=False, approval_ttl=POLICY_CHANGE_TTL,
-                      policy_generation=current.generation)
+    return QuorumRule(
+        current.admin_approvals,
+        initiator_may_approve=False,
+        approval_ttl=POLICY_CHANGE_TTL,
+        policy_generation=current.generation,
+    )

@@ -172,8 +172,11 @@ class Policy:
 
     def rule_sources(self, chain: str, signature_id: str) -> list[str]:
         """Which layers made up the rule, for explanations: ``default``, ``chain:X``, ``wallet:Y``."""
-        return (["default"] + ([f"chain:{chain}"] if chain in self.chains else [])
-                + ([f"wallet:{signature_id}"] if signature_id in self.wallets else []))
+        return (
+            ["default"]
+            + ([f"chain:{chain}"] if chain in self.chains else [])
+            + ([f"wallet:{signature_id}"] if signature_id in self.wallets else [])
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,10 +208,12 @@ class Policy:
             table = raw[scope]
             if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
                 raise PolicyFormatError(f"policy.{scope} must be a map with text keys")
-            overrides[scope] = {k: RuleOverride.of(**_rule_from_dict(v, f"policy.{scope}.{k}", partial=True))
-                                for k, v in table.items()}
-        return cls(raw["generation"], default, overrides["chains"], overrides["wallets"], raw["frozen"],
-                   raw["admin_approvals"])
+            overrides[scope] = {
+                k: RuleOverride.of(**_rule_from_dict(v, f"policy.{scope}.{k}", partial=True)) for k, v in table.items()
+            }
+        return cls(
+            raw["generation"], default, overrides["chains"], overrides["wallets"], raw["frozen"], raw["admin_approvals"]
+        )
 
     def canonical_bytes(self) -> bytes:
         """Canonical CBOR of :meth:`to_dict` (RFC 8949 §4.2.1): what the header stores and hashes cover."""
@@ -276,8 +281,14 @@ def _rule_to_dict(rule: Rule, names: tuple[str, ...]) -> dict[str, Any]:
     for name in names:
         value = getattr(rule, name)
         if name == "assets":
-            value = {k: {"per_tx": _amount_out(v.per_tx), "per_hour": _amount_out(v.per_hour),
-                         "per_day": _amount_out(v.per_day)} for k, v in sorted(value.items())}
+            value = {
+                k: {
+                    "per_tx": _amount_out(v.per_tx),
+                    "per_hour": _amount_out(v.per_hour),
+                    "per_day": _amount_out(v.per_day),
+                }
+                for k, v in sorted(value.items())
+            }
         elif name == "allowlist":
             value = sorted(value)
         elif name == "time_window" and value is not None:
@@ -294,6 +305,7 @@ def _enum(cls: type[StrEnum]) -> Callable[[Any, str], Any]:
             return cls(value)
         except ValueError:
             raise PolicyFormatError(f"{path} must be one of {[m.value for m in cls]}") from None
+
     return parse
 
 
@@ -311,8 +323,9 @@ def _assets_in(value: Any, path: str) -> dict[str, AssetLimits]:
         if canonical_ref(asset) != asset:
             raise PolicyFormatError(f"{path}.{asset} must be spelled in lower case (canonical form)")
         _keys(limits, {"per_tx", "per_hour", "per_day"}, f"{path}.{asset}")
-        out[asset] = AssetLimits(*(_amount_in(limits[k], f"{path}.{asset}.{k}") for k in ("per_tx", "per_hour",
-                                                                                           "per_day")))
+        out[asset] = AssetLimits(
+            *(_amount_in(limits[k], f"{path}.{asset}.{k}") for k in ("per_tx", "per_hour", "per_day"))
+        )
     return out
 
 
@@ -327,9 +340,11 @@ def _window_in(value: Any, path: str) -> TimeWindow | None:
     if value is None:
         return None
     _keys(value, {"weekdays", "start_hour", "end_hour"}, path)
-    return TimeWindow(frozenset(_sorted_unique(value["weekdays"], f"{path}.weekdays", int)),
-                      _uint_field(value["start_hour"], f"{path}.start_hour"),
-                      _uint_field(value["end_hour"], f"{path}.end_hour"))
+    return TimeWindow(
+        frozenset(_sorted_unique(value["weekdays"], f"{path}.weekdays", int)),
+        _uint_field(value["start_hour"], f"{path}.start_hour"),
+        _uint_field(value["end_hour"], f"{path}.end_hour"),
+    )
 
 
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
@@ -355,6 +370,7 @@ def _rule_from_dict(raw: Any, path: str, *, partial: bool) -> dict[str, Any]:
 
 def _check_rule_values(rule: Rule) -> None:
     """Value rules shared by code-built and parsed rules: impossible settings are refused early."""
+
     def bad(msg: str) -> PolicyFormatError:
         return PolicyFormatError(f"rule: {msg}")
 
@@ -368,8 +384,11 @@ def _check_rule_values(rule: Rule) -> None:
     for name in ("initiator_may_approve", "frozen", "allow_contract_calls"):
         if not isinstance(getattr(rule, name), bool):
             raise bad(f"{name} must be a boolean")
-    for name, cls in (("unknown_destination", UnknownDestination), ("over_limit", OverLimit),
-                      ("velocity_scope", VelocityScope)):
+    for name, cls in (
+        ("unknown_destination", UnknownDestination),
+        ("over_limit", OverLimit),
+        ("velocity_scope", VelocityScope),
+    ):
         if not isinstance(getattr(rule, name), cls):
             raise bad(f"{name} must be a {cls.__name__}")
     for asset, limits in rule.assets.items():
@@ -384,6 +403,11 @@ def _check_rule_values(rule: Rule) -> None:
     if window is not None:
         if not isinstance(window, TimeWindow) or not window.weekdays or not set(window.weekdays) <= set(range(7)):
             raise bad("time_window weekdays must be a non-empty subset of 0 (Monday) .. 6 (Sunday)")
-        if not (_uint(window.start_hour) and _uint(window.end_hour) and window.start_hour <= 23
-                and 1 <= window.end_hour <= 24 and window.start_hour != window.end_hour):
+        if not (
+            _uint(window.start_hour)
+            and _uint(window.end_hour)
+            and window.start_hour <= 23
+            and 1 <= window.end_hour <= 24
+            and window.start_hour != window.end_hour
+        ):
             raise bad("time_window hours must satisfy 0 <= start <= 23, 1 <= end <= 24, start != end")

@@ -106,7 +106,7 @@ def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
     if label.startswith(SIM_PREFIX):
         from agent.tokens.sim import sim_token_exists
 
-        name = label[len(SIM_PREFIX):]
+        name = label[len(SIM_PREFIX) :]
         if not sim_token_exists(home, name):
             return None
         try:

@@ -48,8 +48,9 @@ class Fido2Token(Token):
 
     kind = KIND
 
-    def __init__(self, device: CtapDevice, label: str, *, simulated: bool = False,
-                 cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self, device: CtapDevice, label: str, *, simulated: bool = False, cancel: threading.Event | None = None
+    ) -> None:
         self.device = device
         self.label = label
         self.simulated = simulated
@@ -75,14 +76,15 @@ class Fido2Token(Token):
 
     def _read_pin(self, client_pin: ClientPin, prompts: Prompts) -> bytearray:
         if not self.info.options.get("clientPin"):
-            raise PinRequired(f"{self.label} has no PIN set; kms-agent requires one",
-                              hint="set one, e.g. `ykman fido access change-pin`")
+            raise PinRequired(
+                f"{self.label} has no PIN set; kms-agent requires one",
+                hint="set one, e.g. `ykman fido access change-pin`",
+            )
         with map_token_errors(self.label):
             retries = client_pin.get_pin_retries()[0]
         return prompts.pin(self.label, retries)
 
-    def _pin_token(self, client_pin: ClientPin, pin: bytearray, permissions: ClientPin.PERMISSION,
-                   rp_id: str) -> bytes:
+    def _pin_token(self, client_pin: ClientPin, pin: bytearray, permissions: ClientPin.PERMISSION, rp_id: str) -> bytes:
         """A fresh pinUvAuthToken: CTAP 2.1 clears its permissions after each touch-requiring use."""
         try:
             # python-fido2 takes the PIN as str; this is the one unavoidable immutable copy.
@@ -91,18 +93,23 @@ class Fido2Token(Token):
         except PinInvalid:
             with map_token_errors(self.label):
                 left = client_pin.get_pin_retries()[0]
-            raise PinInvalid(f"wrong PIN for {self.label}: {left} {'try' if left == 1 else 'tries'} left",
-                             attempts_remaining=left,
-                             hint="the token blocks its PIN at 0; a blocked FIDO2 PIN needs a reset") from None
+            raise PinInvalid(
+                f"wrong PIN for {self.label}: {left} {'try' if left == 1 else 'tries'} left",
+                attempts_remaining=left,
+                hint="the token blocks its PIN at 0; a blocked FIDO2 PIN needs a reset",
+            ) from None
         except UnicodeDecodeError:
             raise PinInvalid("the PIN must be UTF-8 text") from None
 
-    def _hmac_assertion(self, slot: Mapping[str, Any], client_pin: ClientPin, pin_token: bytes,
-                        digest: bytes, prompts: Prompts) -> tuple[bytearray, AssertionResponse]:
+    def _hmac_assertion(
+        self, slot: Mapping[str, Any], client_pin: ClientPin, pin_token: bytes, digest: bytes, prompts: Prompts
+    ) -> tuple[bytearray, AssertionResponse]:
         rp_id = slot["rp_id"]
         descriptor = PublicKeyCredentialDescriptor(type=PublicKeyCredentialType.PUBLIC_KEY, id=slot["cred_id"])
         options = PublicKeyCredentialRequestOptions(
-            challenge=digest, rp_id=rp_id, allow_credentials=[descriptor],
+            challenge=digest,
+            rp_id=rp_id,
+            allow_credentials=[descriptor],
             extensions={"hmacGetSecret": {"salt1": slot["salt"]}},
         )
         protocol = client_pin.protocol
@@ -111,10 +118,14 @@ class Fido2Token(Token):
             if processor is None:
                 raise TokenUnsupported(f"{self.label} does not offer hmac-secret")
             response = self.ctap.get_assertion(
-                rp_id, digest, [{"type": "public-key", "id": slot["cred_id"]}],
+                rp_id,
+                digest,
+                [{"type": "public-key", "id": slot["cred_id"]}],
                 extensions=processor.prepare_inputs(descriptor, pin_token),
-                pin_uv_param=protocol.authenticate(pin_token, digest), pin_uv_protocol=protocol.VERSION,
-                event=self.cancel, on_keepalive=self._keepalive(prompts),
+                pin_uv_param=protocol.authenticate(pin_token, digest),
+                pin_uv_protocol=protocol.VERSION,
+                event=self.cancel,
+                on_keepalive=self._keepalive(prompts),
             )
             outputs = processor.prepare_outputs(response, pin_token) or {}
         secret = outputs.get("hmacGetSecret")
@@ -131,25 +142,39 @@ class Fido2Token(Token):
         client_pin = ClientPin(self.ctap)
         pin = self._read_pin(client_pin, prompts)
         try:
-            return self._enrol_with_pin(client_pin, pin, rp_id=rp_id, user_id=user_id, user_name=user_name,
-                                        salt=salt, prompts=prompts)
+            return self._enrol_with_pin(
+                client_pin, pin, rp_id=rp_id, user_id=user_id, user_name=user_name, salt=salt, prompts=prompts
+            )
         finally:
             pin[:] = bytes(len(pin))
 
-    def _enrol_with_pin(self, client_pin: ClientPin, pin: bytearray, *, rp_id: str, user_id: bytes, user_name: str,
-                        salt: bytes, prompts: Prompts) -> Enrolment:
+    def _enrol_with_pin(
+        self,
+        client_pin: ClientPin,
+        pin: bytearray,
+        *,
+        rp_id: str,
+        user_id: bytes,
+        user_name: str,
+        salt: bytes,
+        prompts: Prompts,
+    ) -> Enrolment:
         pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.MAKE_CREDENTIAL, rp_id)
         cdh = _sha256(_ENROL_DOMAIN + user_id)
         protocol = client_pin.protocol
         logger.info("Creating a credential on %s", self.label)
         with map_token_errors(self.label):
             att = self.ctap.make_credential(
-                cdh, {"id": rp_id, "name": "kms-agent"}, {"id": user_id, "name": user_name, "displayName": user_name},
+                cdh,
+                {"id": rp_id, "name": "kms-agent"},
+                {"id": user_id, "name": user_name, "displayName": user_name},
                 [{"type": "public-key", "alg": ES256}],
                 extensions={"hmac-secret": True, "credProtect": CRED_PROTECT_OPTIONAL_WITH_LIST},
                 options={"rk": False},
-                pin_uv_param=protocol.authenticate(pin_token, cdh), pin_uv_protocol=protocol.VERSION,
-                event=self.cancel, on_keepalive=self._keepalive(prompts),
+                pin_uv_param=protocol.authenticate(pin_token, cdh),
+                pin_uv_protocol=protocol.VERSION,
+                event=self.cancel,
+                on_keepalive=self._keepalive(prompts),
             )
         auth_data = att.auth_data
         cred = auth_data.credential_data
@@ -177,9 +202,12 @@ class Fido2Token(Token):
     def holds(self, slot_public: Mapping[str, Any]) -> bool:
         """``up=false`` pre-flight (systemd's trick): no PIN, no touch, answers only for our credential."""
         try:
-            self.ctap.get_assertion(slot_public["rp_id"], bytes(32),
-                                    [{"type": "public-key", "id": slot_public["cred_id"]}],
-                                    options={"up": False})
+            self.ctap.get_assertion(
+                slot_public["rp_id"],
+                bytes(32),
+                [{"type": "public-key", "id": slot_public["cred_id"]}],
+                options={"up": False},
+            )
         except CtapError as exc:
             if exc.code == CtapError.ERR.NO_CREDENTIALS:
                 return False
@@ -204,8 +232,9 @@ class Fido2Token(Token):
         return Unwrapped(ikm, approval)
 
 
-def verify_assertion(slot_public: Mapping[str, Any], digest: bytes, auth_data: bytes, signature: bytes,
-                     label: str) -> Approval:
+def verify_assertion(
+    slot_public: Mapping[str, Any], digest: bytes, auth_data: bytes, signature: bytes, label: str
+) -> Approval:
     """Check a getAssertion over ``digest`` against the enrolled key; usable offline by auditors."""
     data = AuthenticatorData(auth_data)
     key = CoseKey.parse(cast(Mapping[int, Any], cbor.decode(slot_public["cose_key"])))
@@ -222,8 +251,9 @@ def verify_assertion(slot_public: Mapping[str, Any], digest: bytes, auth_data: b
     return Approval(KIND, auth_data, signature, data.counter, up, uv)
 
 
-def _verify_attestation(fmt: str, att_stmt: Mapping[str, Any], auth_data: AuthenticatorData, cdh: bytes,
-                        label: str) -> None:
+def _verify_attestation(
+    fmt: str, att_stmt: Mapping[str, Any], auth_data: AuthenticatorData, cdh: bytes, label: str
+) -> None:
     """Check the attestation statement is self-consistent (trust in its root is policy: see docs)."""
     from fido2.attestation import Attestation, UnsupportedType
 

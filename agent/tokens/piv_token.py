@@ -84,10 +84,14 @@ OID_POLICY = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.8")
 
 #: SW -> (exception class, message) for status words that can reach an operator.
 PIV_SW_ERRORS: dict[int, tuple[type[TokenError], str]] = {
-    SW.AUTH_METHOD_BLOCKED: (PinBlocked, "the PIV PIN of {label} is blocked; unblock it with the PUK "
-                                         "(ykman piv access unblock-pin)"),
-    SW.SECURITY_CONDITION_NOT_SATISFIED: (TouchTimeout, "{label} refused the operation: no touch in time "
-                                                        "(or the PIN was not accepted)"),
+    SW.AUTH_METHOD_BLOCKED: (
+        PinBlocked,
+        "the PIV PIN of {label} is blocked; unblock it with the PUK (ykman piv access unblock-pin)",
+    ),
+    SW.SECURITY_CONDITION_NOT_SATISFIED: (
+        TouchTimeout,
+        "{label} refused the operation: no touch in time (or the PIN was not accepted)",
+    ),
     SW.REFERENCE_DATA_NOT_FOUND: (WrongToken, "{label} has no key in the enrolled slot (wrong token, or reset?)"),
     SW.INCORRECT_PARAMETERS: (WrongToken, "{label} rejected the request: its key does not match the slot"),
     SW.FILE_NOT_FOUND: (TokenUnsupported, "{label} has no PIV application"),
@@ -103,8 +107,11 @@ def describe_sw(sw: int, label: str) -> TokenError:
         left = sw & 0x0F
         if left == 0:
             return PinBlocked(PIV_SW_ERRORS[SW.AUTH_METHOD_BLOCKED][1].format(label=label))
-        return PinInvalid(f"wrong PIN for {label}: {left} {'try' if left == 1 else 'tries'} left",
-                          attempts_remaining=left, hint="at 0 the PIN blocks; the PUK can unblock it")
+        return PinInvalid(
+            f"wrong PIN for {label}: {left} {'try' if left == 1 else 'tries'} left",
+            attempts_remaining=left,
+            hint="at 0 the PIN blocks; the PUK can unblock it",
+        )
     cls, message = PIV_SW_ERRORS.get(sw, (TokenError, "{label} failed: " + f"SW 0x{sw:04X}"))
     return cls(message.format(label=label))
 
@@ -157,8 +164,15 @@ def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
     return value.value if isinstance(value, x509.UnrecognizedExtension) else None
 
 
-def check_attestation(leaf: x509.Certificate, f9: x509.Certificate, *, serial: int,
-                      public_key: ec.EllipticCurvePublicKey, policy: tuple[int, int], label: str) -> None:
+def check_attestation(
+    leaf: x509.Certificate,
+    f9: x509.Certificate,
+    *,
+    serial: int,
+    public_key: ec.EllipticCurvePublicKey,
+    policy: tuple[int, int],
+    label: str,
+) -> None:
     """Check one per-key attestation: signed by the card's F9 key, for this key, serial, policies.
 
     :raises TokenError: any mismatch (a card that lies about its keys is not usable).
@@ -227,10 +241,17 @@ class PivToken(Token):
 
     kind = KIND
 
-    def __init__(self, connect: Callable[[], SmartCardConnection], label: str, *, serial: int,
-                 simulated: bool = False, wrap_policy: tuple[PIN_POLICY, TOUCH_POLICY] = WRAP_POLICY,
-                 sign_policy: tuple[PIN_POLICY, TOUCH_POLICY] = SIGN_POLICY,
-                 touch_prompt_delay: float = TOUCH_PROMPT_DELAY) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], SmartCardConnection],
+        label: str,
+        *,
+        serial: int,
+        simulated: bool = False,
+        wrap_policy: tuple[PIN_POLICY, TOUCH_POLICY] = WRAP_POLICY,
+        sign_policy: tuple[PIN_POLICY, TOUCH_POLICY] = SIGN_POLICY,
+        touch_prompt_delay: float = TOUCH_PROMPT_DELAY,
+    ) -> None:
         self._connect = connect
         self.label = label
         self.serial = serial
@@ -269,8 +290,10 @@ class PivToken(Token):
             yield
         except ApduError as exc:
             if exc.sw == SW.SECURITY_CONDITION_NOT_SATISFIED and timer is not None:
-                raise TouchTimeout(f"no touch on {self.label} in time (or the touch was refused)",
-                                   hint="touch the token when it blinks, within about 15 seconds") from exc
+                raise TouchTimeout(
+                    f"no touch on {self.label} in time (or the touch was refused)",
+                    hint="touch the token when it blinks, within about 15 seconds",
+                ) from exc
             raise
         finally:
             if timer is not None:
@@ -289,8 +312,7 @@ class PivToken(Token):
         pin = prompts.pin(self.label, left)
         if not 1 <= len(pin) <= 8:  # checked here so a typo that cannot be right costs no retry
             pin[:] = bytes(len(pin))
-            raise PinInvalid(f"a PIV PIN is at most 8 bytes long; {self.label} was not asked",
-                             attempts_remaining=left)
+            raise PinInvalid(f"a PIV PIN is at most 8 bytes long; {self.label} was not asked", attempts_remaining=left)
         return pin
 
     def _verify_pin(self, session: PivSession, pin: bytearray) -> None:
@@ -322,7 +344,8 @@ class PivToken(Token):
         if not session.get_management_key_metadata().default_value:
             raise TokenUnsupported(
                 f"{self.label} has a custom management key that is not stored on the card",
-                hint="store it PIN-protected: ykman piv access change-management-key --generate --protect")
+                hint="store it PIN-protected: ykman piv access change-management-key --generate --protect",
+            )
         session.authenticate(DEFAULT_MANAGEMENT_KEY)
         key_type = MANAGEMENT_KEY_TYPE.AES192 if session.version >= (5, 4, 0) else MANAGEMENT_KEY_TYPE.TDES
         logger.info("Replacing the default PIV management key of %s by a PIN-protected random one", self.label)
@@ -341,8 +364,9 @@ class PivToken(Token):
                     return free[0], free[1]
         raise TokenUnsupported(f"{self.label} has no two free retired PIV slots (82-95) left")
 
-    def _generate(self, session: PivSession, slot: SLOT, policy: tuple[PIN_POLICY, TOUCH_POLICY]
-                  ) -> tuple[ec.EllipticCurvePublicKey, x509.Certificate]:
+    def _generate(
+        self, session: PivSession, slot: SLOT, policy: tuple[PIN_POLICY, TOUCH_POLICY]
+    ) -> tuple[ec.EllipticCurvePublicKey, x509.Certificate]:
         public = session.generate_key(slot, KEY_TYPE.ECCP256, policy[0], policy[1])
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise TokenError(f"{self.label} generated a key of the wrong type")
@@ -375,8 +399,14 @@ class PivToken(Token):
             f9 = session.get_certificate(SLOT.ATTESTATION)
             version = str(session.version)
         for leaf, public, policy in ((wrap_att, wrap_pub, self.wrap_policy), (sign_att, sign_pub, self.sign_policy)):
-            check_attestation(leaf, f9, serial=self.serial, public_key=public,
-                              policy=(int(policy[0]), int(policy[1])), label=self.label)
+            check_attestation(
+                leaf,
+                f9,
+                serial=self.serial,
+                public_key=public,
+                policy=(int(policy[0]), int(policy[1])),
+                label=self.label,
+            )
         simulated = self.simulated or is_simulator_chain(f9)
         ephemeral = ec.generate_private_key(ec.SECP256R1())
         ikm = bytearray(ephemeral.exchange(ec.ECDH(), wrap_pub))
@@ -396,8 +426,11 @@ class PivToken(Token):
             "sign_pin_policy": int(self.sign_policy[0]),
             "sign_touch_policy": int(self.sign_policy[1]),
             "approval_alg": APPROVAL_ALG,
-            "attestation": [wrap_att.public_bytes(Encoding.DER), sign_att.public_bytes(Encoding.DER),
-                            f9.public_bytes(Encoding.DER)],
+            "attestation": [
+                wrap_att.public_bytes(Encoding.DER),
+                sign_att.public_bytes(Encoding.DER),
+                f9.public_bytes(Encoding.DER),
+            ],
             "kdf_salt": epk + wrap_c,
         }
         extra = {"pin_is_default": pin_default, "attestation_root": "simulator" if simulated else "unverified"}
@@ -447,8 +480,7 @@ class PivToken(Token):
                     if slot.sign_pin == PIN_POLICY.ALWAYS:
                         self._verify_pin(session, pin)
                     with self._touch(prompts, slot.sign_touch):
-                        signature = session.sign(slot.sign_slot, KEY_TYPE.ECCP256, digest,
-                                                 Prehashed(hashes.SHA256()))  # type: ignore[arg-type]
+                        signature = session.sign(slot.sign_slot, KEY_TYPE.ECCP256, digest, Prehashed(hashes.SHA256()))  # type: ignore[arg-type]
                 finally:
                     pin[:] = bytes(len(pin))
             if not verify_approval(slot_public, digest, signature):
@@ -539,8 +571,10 @@ def open_piv_token(spec: str, home: Path) -> PivToken:
     if wanted is not None:
         cards = [c for c in cards if c[1] == wanted]
     if not cards:
-        raise TokenNotFound(f"no PIV card{'' if wanted is None else f' with serial {wanted}'} found",
-                            hint="is the token plugged in and pcscd running?")
+        raise TokenNotFound(
+            f"no PIV card{'' if wanted is None else f' with serial {wanted}'} found",
+            hint="is the token plugged in and pcscd running?",
+        )
     if len(cards) > 1:
         serials = ", ".join(f"piv:{c[1]}" for c in cards)
         raise UsageError(f"several PIV cards are present ({serials}); name one")

@@ -24,8 +24,17 @@ def _aad(kind: str, vault_id: bytes, slot_id: bytes, operator_id: bytes) -> byte
     return p.DOMAIN + b"slot\0" + kind.encode() + b"\0" + vault_id + slot_id + operator_id
 
 
-def wrap_share(share: bytes | bytearray, ikm: bytearray, *, kind: str, kdf_salt: bytes, vault_id: bytes,
-               slot_id: bytes, operator_id: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes]:
+def wrap_share(
+    share: bytes | bytearray,
+    ikm: bytearray,
+    *,
+    kind: str,
+    kdf_salt: bytes,
+    vault_id: bytes,
+    slot_id: bytes,
+    operator_id: bytes,
+    nonce: bytes | None = None,
+) -> tuple[bytes, bytes]:
     """Return (nonce, wrapped) for a new slot. ``nonce`` is injectable only for test vectors."""
     kek = _kek(ikm, kind, kdf_salt, vault_id, slot_id)
     try:
@@ -44,8 +53,9 @@ def unwrap_share(slot: Mapping[str, Any], ikm: bytearray, vault_id: bytes) -> by
         p.wipe(kek)
 
 
-def wrap_recovery(dek: bytearray, recovery_secret: bytearray, vault_id: bytes,
-                  nonce: bytes | None = None) -> tuple[bytes, bytes]:
+def wrap_recovery(
+    dek: bytearray, recovery_secret: bytearray, vault_id: bytes, nonce: bytes | None = None
+) -> tuple[bytes, bytes]:
     kek = p.hkdf(recovery_secret, salt=vault_id, info=b"recovery")
     try:
         nonce = nonce or p.random_bytes(p.NONCE_LEN)

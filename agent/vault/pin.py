@@ -54,8 +54,7 @@ def save_pin(path: Path, pin: VaultPin) -> None:
     atomic_write(path, (json.dumps(pin.to_json(), indent=2, sort_keys=True) + "\n").encode())
 
 
-def check_pin(pin: VaultPin | None, *, vault_id: bytes, signing_key: bytes, generation: int,
-              header_mac: bytes) -> None:
+def check_pin(pin: VaultPin | None, *, vault_id: bytes, signing_key: bytes, generation: int, header_mac: bytes) -> None:
     """Raise unless the file is the pinned vault at the pinned generation or newer."""
     if pin is None:
         raise VaultUntrusted(

@@ -39,6 +39,7 @@ _WALLET_TYPES: tuple[type | tuple[type, ...], ...] = (str, str, str, bool, int, 
 class _Rows:
     """Marker spec for the wallet index; checked by the tight loop in :func:`_check_wallets`."""
 
+
 RECOVERY: dict[str, Spec] = {
     "kind": str,
     "threshold": int,
@@ -79,8 +80,9 @@ def _check_wallets(rows: Any, path: str) -> None:
         if not isinstance(row, list) or len(row) != width:
             raise VaultFormatError(f"header field {path}[{i}] must be an array of {width} fields")
         for name, kind, value in zip(WALLET_FIELDS, _WALLET_TYPES, row, strict=True):
-            if not isinstance(value, kind) or (isinstance(value, int) and kind is int and
-                                               (isinstance(value, bool) or value < 0)):
+            if not isinstance(value, kind) or (
+                isinstance(value, int) and kind is int and (isinstance(value, bool) or value < 0)
+            ):
                 raise VaultFormatError(f"header field {path}[{i}].{name} has the wrong type")
 
 

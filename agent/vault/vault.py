@@ -76,8 +76,13 @@ class PublicVault:
         check_file_signature(vf)
         if require_pin:
             h = vf.header
-            check_pin(load_pin(pin_path), vault_id=h["vault_id"], signing_key=h["signing_key"],
-                      generation=h["generation"], header_mac=vf.header_mac)
+            check_pin(
+                load_pin(pin_path),
+                vault_id=h["vault_id"],
+                signing_key=h["signing_key"],
+                generation=h["generation"],
+                header_mac=vf.header_mac,
+            )
         return cls(path, pin_path, vf)
 
     # --- public facts -------------------------------------------------------------------------
@@ -113,14 +118,21 @@ class PublicVault:
 
     def trust(self) -> VaultPin:
         """Pin this vault (after an operator compared the fingerprint printed at init)."""
-        pin = VaultPin(self.header["vault_id"], self.header["signing_key"], self.header["generation"],
-                       self.file.header_mac)
+        pin = VaultPin(
+            self.header["vault_id"], self.header["signing_key"], self.header["generation"], self.file.header_mac
+        )
         save_pin(self.pin_path, pin)
         return pin
 
     # --- opening ------------------------------------------------------------------------------
-    def unlock(self, finder: TokenFinder, prompts: Prompts, *, operators: Sequence[str] | None = None,
-               digest: bytes | None = None) -> UnlockedVault:
+    def unlock(
+        self,
+        finder: TokenFinder,
+        prompts: Prompts,
+        *,
+        operators: Sequence[str] | None = None,
+        digest: bytes | None = None,
+    ) -> UnlockedVault:
         """Collect one share from each of ``quorum`` distinct operators, then open the body.
 
         :param operators: names to ask, in order (default: every operator, in enrolment order).
@@ -131,8 +143,16 @@ class PublicVault:
         collected = self.collect(finder, prompts, digest=digest, operators=operators, want=self.header["quorum"])
         return self.open_with(collected)
 
-    def collect(self, finder: TokenFinder, prompts: Prompts, *, digest: bytes, want: int,
-                operators: Sequence[str] | None = None, skip: Sequence[bytes] = ()) -> Collected:
+    def collect(
+        self,
+        finder: TokenFinder,
+        prompts: Prompts,
+        *,
+        digest: bytes,
+        want: int,
+        operators: Sequence[str] | None = None,
+        skip: Sequence[bytes] = (),
+    ) -> Collected:
         """Touch the tokens of up to ``want`` distinct operators over ``digest``; keep their shares.
 
         Each touch both signs ``digest`` (the approval) and unwraps that operator's share. Operators
@@ -178,8 +198,9 @@ class PublicVault:
             collected.wipe()
         return UnlockedVault.open(self, dek, collected.touches)
 
-    def _unwrap_operator(self, op_id: bytes, finder: TokenFinder, prompts: Prompts,
-                         digest: bytes) -> tuple[bytearray, Touch] | None:
+    def _unwrap_operator(
+        self, op_id: bytes, finder: TokenFinder, prompts: Prompts, digest: bytes
+    ) -> tuple[bytearray, Touch] | None:
         """The first of the operator's tokens that is present unwraps; a wrong one defers to a backup."""
         wrong: WrongToken | None = None
         for slot in self.header["slots"]:
@@ -307,9 +328,18 @@ class UnlockedVault:
         return slot
 
     # --- wallets ------------------------------------------------------------------------------
-    def add_wallet(self, *, wallet_type: str, chain: str, testnet: bool, secret: bytearray,
-                   xpub: str | None = None, address: str | None = None, signature_id: str | None = None,
-                   now: int | None = None) -> dict[str, Any]:
+    def add_wallet(
+        self,
+        *,
+        wallet_type: str,
+        chain: str,
+        testnet: bool,
+        secret: bytearray,
+        xpub: str | None = None,
+        address: str | None = None,
+        signature_id: str | None = None,
+        now: int | None = None,
+    ) -> dict[str, Any]:
         """Store one secret (mnemonic or private key, UTF-8) and its public index entry."""
         if wallet_type not in WALLET_TYPES:
             raise UsageError(f"unknown wallet type {wallet_type!r}")
@@ -351,8 +381,10 @@ class UnlockedVault:
         self.header["body_nonce"] = p.random_bytes(p.NONCE_LEN)
         data, header_mac = seal_file_with_mac(self.header, self.body, self.keys)
         atomic_write(self.path, data)
-        save_pin(self.pin_path, VaultPin(self.header["vault_id"], self.keys.signing_public,
-                                         self.header["generation"], header_mac))
+        save_pin(
+            self.pin_path,
+            VaultPin(self.header["vault_id"], self.keys.signing_public, self.header["generation"], header_mac),
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -372,16 +404,32 @@ def _name(header: Mapping[str, Any], operator_id: bytes) -> str:
     raise VaultIntegrityError()
 
 
-def _enrol_slot(header: Mapping[str, Any], operator_id: bytes, operator: str, token: Token, share: bytearray,
-                prompts: Prompts, *, now: int | None) -> dict[str, Any]:
+def _enrol_slot(
+    header: Mapping[str, Any],
+    operator_id: bytes,
+    operator: str,
+    token: Token,
+    share: bytearray,
+    prompts: Prompts,
+    *,
+    now: int | None,
+) -> dict[str, Any]:
     slot_id = p.random_bytes(16)
-    enrolment = token.enrol(rp_id=header["rp_id"], user_id=slot_id, user_name=operator,
-                            salt=p.random_bytes(32), prompts=prompts)
+    enrolment = token.enrol(
+        rp_id=header["rp_id"], user_id=slot_id, user_name=operator, salt=p.random_bytes(32), prompts=prompts
+    )
     try:
         kind = enrolment.kind
         kdf_salt = bytes(enrolment.slot_public["kdf_salt"])
-        nonce, wrapped = keyslots.wrap_share(share, enrolment.ikm, kind=kind, kdf_salt=kdf_salt,
-                                             vault_id=header["vault_id"], slot_id=slot_id, operator_id=operator_id)
+        nonce, wrapped = keyslots.wrap_share(
+            share,
+            enrolment.ikm,
+            kind=kind,
+            kdf_salt=kdf_salt,
+            vault_id=header["vault_id"],
+            slot_id=slot_id,
+            operator_id=operator_id,
+        )
     finally:
         p.wipe(enrolment.ikm)
     return {
@@ -402,8 +450,9 @@ def _default_policy(quorum_size: int) -> dict[str, Any]:
     """At init, withdrawals need as many distinct approvers as the vault's unlock quorum."""
     from agent.policy import Policy, Rule
 
-    policy: dict[str, Any] = Policy(generation=1, default=Rule(approvals_required=quorum_size),
-                                    admin_approvals=quorum_size).to_dict()
+    policy: dict[str, Any] = Policy(
+        generation=1, default=Rule(approvals_required=quorum_size), admin_approvals=quorum_size
+    ).to_dict()
     return policy
 
 
@@ -435,9 +484,18 @@ class PendingVault:
         return self.vault
 
 
-def create_vault(path: Path, pin_path: Path, operators: Sequence[tuple[str, Token]], quorum_size: int,
-                 prompts: Prompts, *, recovery_threshold: int = 2, recovery_shares: int = 3,
-                 rp_id: str = DEFAULT_RP_ID, now: int | None = None) -> PendingVault:
+def create_vault(
+    path: Path,
+    pin_path: Path,
+    operators: Sequence[tuple[str, Token]],
+    quorum_size: int,
+    prompts: Prompts,
+    *,
+    recovery_threshold: int = 2,
+    recovery_shares: int = 3,
+    rp_id: str = DEFAULT_RP_ID,
+    now: int | None = None,
+) -> PendingVault:
     """Enrol each operator's first token, split the data key k-of-n across operators, add recovery."""
     names = [name for name, _ in operators]
     if len(set(names)) != len(names):
@@ -462,12 +520,26 @@ def create_vault(path: Path, pin_path: Path, operators: Sequence[tuple[str, Toke
     keys = VaultKeys(dek, vault_id)
     ops: list[dict[str, Any]] = [{"operator_id": p.random_bytes(16), "name": name} for name in names]
     header: dict[str, Any] = {
-        "vault_id": vault_id, "generation": 0, "created_at": ts, "updated_at": ts, "rp_id": rp_id,
-        "quorum": quorum_size, "operators": ops, "slots": [],
-        "recovery": {"kind": keyslots.RECOVERY_KIND, "threshold": recovery_threshold,
-                     "shares": recovery_shares, "nonce": rec_nonce, "wrapped": rec_wrapped},
-        "signing_key": keys.signing_public, "body_nonce": p.random_bytes(p.NONCE_LEN),
-        "simulated": False, "wallets": [], "policy": _default_policy(quorum_size),
+        "vault_id": vault_id,
+        "generation": 0,
+        "created_at": ts,
+        "updated_at": ts,
+        "rp_id": rp_id,
+        "quorum": quorum_size,
+        "operators": ops,
+        "slots": [],
+        "recovery": {
+            "kind": keyslots.RECOVERY_KIND,
+            "threshold": recovery_threshold,
+            "shares": recovery_shares,
+            "nonce": rec_nonce,
+            "wrapped": rec_wrapped,
+        },
+        "signing_key": keys.signing_public,
+        "body_nonce": p.random_bytes(p.NONCE_LEN),
+        "simulated": False,
+        "wallets": [],
+        "policy": _default_policy(quorum_size),
     }
     shares = {bytes(op["operator_id"]).hex(): share for op, share in zip(ops, op_shares, strict=True)}
     body: dict[str, Any] = {"shares": shares, "entries": {}}

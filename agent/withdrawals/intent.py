@@ -46,12 +46,24 @@ def build(intent: Intent, *, testnet: bool) -> str:
         chain_id = intent.chain_id if intent.chain_id is not None else chain.chain_ids(testnet)[0]
         fees = {"max_fee_per_gas": intent.max_fee_per_gas, "max_priority_fee_per_gas": intent.max_fee_per_gas}
         if intent.token:
-            tx: str = chain.build_erc20_transfer(token=intent.token, to=intent.to, amount=intent.amount,
-                                                 nonce=intent.nonce, chain_id=chain_id, gas=intent.gas or 100_000,
-                                                 **fees)
+            tx: str = chain.build_erc20_transfer(
+                token=intent.token,
+                to=intent.to,
+                amount=intent.amount,
+                nonce=intent.nonce,
+                chain_id=chain_id,
+                gas=intent.gas or 100_000,
+                **fees,
+            )
         else:
-            tx = chain.build_transfer(to=intent.to, value=intent.amount, nonce=intent.nonce, chain_id=chain_id,
-                                      gas=intent.gas or 21_000, **fees)
+            tx = chain.build_transfer(
+                to=intent.to,
+                value=intent.amount,
+                nonce=intent.nonce,
+                chain_id=chain_id,
+                gas=intent.gas or 21_000,
+                **fees,
+            )
         return tx
     if intent.token:
         raise UsageError(f"{chain.name} has no tokens: drop --asset")

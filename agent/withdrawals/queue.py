@@ -67,15 +67,27 @@ class Queue:
         signed_at = (record.get("signed") or {}).get("signed_at")
         history = json.dumps(record["history"], sort_keys=True) if record.get("history") else None
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO requests (id, created_at, status, record, signed_at, history) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (record["id"], record["created_at"], record["status"],
-                                                     json.dumps(record, sort_keys=True), signed_at, history))
+            db.execute(
+                "INSERT OR REPLACE INTO requests (id, created_at, status, record, signed_at, history) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record["id"],
+                    record["created_at"],
+                    record["status"],
+                    json.dumps(record, sort_keys=True),
+                    signed_at,
+                    history,
+                ),
+            )
 
     def history(self, since: int) -> list[tuple[int, dict[str, Any]]]:
         """(signed_at, velocity record) of withdrawals signed since ``since``: what velocity limits read."""
         with self._db() as db:
-            rows = db.execute("SELECT signed_at, history FROM requests WHERE signed_at >= ? AND history IS NOT NULL "
-                              "ORDER BY signed_at", (since,)).fetchall()
+            rows = db.execute(
+                "SELECT signed_at, history FROM requests WHERE signed_at >= ? AND history IS NOT NULL "
+                "ORDER BY signed_at",
+                (since,),
+            ).fetchall()
         return [(int(at), json.loads(h)) for at, h in rows]
 
     def get(self, request_id: str) -> dict[str, Any]:
@@ -100,8 +112,10 @@ class Queue:
 
     def update_counters(self, updates: Mapping[bytes, int]) -> None:
         with self._db() as db:
-            db.executemany("INSERT OR REPLACE INTO counters (slot_id, count) VALUES (?, ?)",
-                           [(k.hex(), int(v)) for k, v in updates.items()])
+            db.executemany(
+                "INSERT OR REPLACE INTO counters (slot_id, count) VALUES (?, ?)",
+                [(k.hex(), int(v)) for k, v in updates.items()],
+            )
 
     def suspended(self) -> set[bytes]:
         with self._db() as db:
@@ -109,5 +123,7 @@ class Queue:
 
     def suspend(self, operator_id: bytes, at: int, reason: str) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO suspended (operator_id, at, reason) VALUES (?, ?, ?)",
-                       (operator_id.hex(), at, reason))
+            db.execute(
+                "INSERT OR REPLACE INTO suspended (operator_id, at, reason) VALUES (?, ?, ?)",
+                (operator_id.hex(), at, reason),
+            )

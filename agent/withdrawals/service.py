@@ -78,8 +78,9 @@ class Withdrawals:
         return int(self.clock())
 
     # --- create ---------------------------------------------------------------------------------
-    def create(self, *, chain: str, signature_id: str, index: int, tx: str | bytes,
-               initiator: str | None = None) -> dict[str, Any]:
+    def create(
+        self, *, chain: str, signature_id: str, index: int, tx: str | bytes, initiator: str | None = None
+    ) -> dict[str, Any]:
         """Decode, judge and queue a request. A denied request is recorded, then refused.
 
         :raises PolicyDenied: the policy denied it (its audit rows are written first).
@@ -92,9 +93,11 @@ class Withdrawals:
         if index < 0 or (wallet.get("address") and index != 0):
             raise UsageError("bad derivation index for this wallet")
         if vault.simulated and not wallet["testnet"] and os.environ.get(ALLOW_SIM_MAINNET_ENV) != "1":
-            raise UsageError("this vault is enrolled with SIMULATED tokens: refusing a mainnet withdrawal",
-                             hint=f"use testnet wallets, enrol hardware tokens, or set {ALLOW_SIM_MAINNET_ENV}=1 "
-                             "if you really mean it")
+            raise UsageError(
+                "this vault is enrolled with SIMULATED tokens: refusing a mainnet withdrawal",
+                hint=f"use testnet wallets, enrol hardware tokens, or set {ALLOW_SIM_MAINNET_ENV}=1 "
+                "if you really mean it",
+            )
         raw = tx_bytes(tx)
         summary = impl.decode(raw, testnet=wallet["testnet"], owned=_owned(wallet))
         req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)
@@ -103,25 +106,54 @@ class Withdrawals:
         decision = evaluate(req_summary, policy, self._history(), now)
         initiator_id = _operator_id(vault, initiator)
         request_id = os.urandom(16)
-        payload = withdrawal_payload(req_summary, vault_id=vault.header["vault_id"], request_id=request_id,
-                                     derivation_index=index, unsigned_tx_sha256=hashlib.sha256(raw).digest(),
-                                     nonce=summary.nonce, expires_at=now + decision.rule.approval_ttl,
-                                     policy_generation=policy.generation)
+        payload = withdrawal_payload(
+            req_summary,
+            vault_id=vault.header["vault_id"],
+            request_id=request_id,
+            derivation_index=index,
+            unsigned_tx_sha256=hashlib.sha256(raw).digest(),
+            nonce=summary.nonce,
+            expires_at=now + decision.rule.approval_ttl,
+            policy_generation=policy.generation,
+        )
         rid = request_id.hex()
         record: dict[str, Any] = {
-            "id": rid, "created_at": now, "chain": impl.name, "testnet": wallet["testnet"],
-            "signature_id": signature_id, "index": index, "tx": raw.hex(), "initiator": initiator,
+            "id": rid,
+            "created_at": now,
+            "chain": impl.name,
+            "testnet": wallet["testnet"],
+            "signature_id": signature_id,
+            "index": index,
+            "tx": raw.hex(),
+            "initiator": initiator,
             "initiator_id": initiator_id.hex() if initiator_id else None,
-            "payload": payload.canonical_bytes().hex(), "summary": summary.to_json(),
-            "decision": decision.to_json(), "approvals": [], "rejections": [],
-            "rule": {"approvals_required": decision.approvals_required,
-                     "initiator_may_approve": decision.rule.initiator_may_approve,
-                     "approval_ttl": decision.rule.approval_ttl},
-            "status": PENDING if decision.allowed else DENIED, "signed": None,
+            "payload": payload.canonical_bytes().hex(),
+            "summary": summary.to_json(),
+            "decision": decision.to_json(),
+            "approvals": [],
+            "rejections": [],
+            "rule": {
+                "approvals_required": decision.approvals_required,
+                "initiator_may_approve": decision.rule.initiator_may_approve,
+                "approval_ttl": decision.rule.approval_ttl,
+            },
+            "status": PENDING if decision.allowed else DENIED,
+            "signed": None,
         }
-        self.audit.append("request", {"chain": impl.name, "testnet": wallet["testnet"], "signature_id": signature_id,
-                                      "index": index, "tx": raw.hex(), "initiator": initiator,
-                                      "summary": summary.to_json()}, request_id=rid, actor=initiator)
+        self.audit.append(
+            "request",
+            {
+                "chain": impl.name,
+                "testnet": wallet["testnet"],
+                "signature_id": signature_id,
+                "index": index,
+                "tx": raw.hex(),
+                "initiator": initiator,
+                "summary": summary.to_json(),
+            },
+            request_id=rid,
+            actor=initiator,
+        )
         self.audit.append("decision", decision.to_json(), request_id=rid)
         self.queue.put(record)
         if not decision.allowed:
@@ -135,13 +167,26 @@ class Withdrawals:
         history = []
         for signed_at, h in self.queue.history(self._now() - window):
             outputs = tuple(SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in h["outputs"])
-            history.append(HistoryEntry(signed_at, RequestSummary(
-                h["chain"], h["network"], h["signature_id"], outputs, int(h["fee"]), h["fee_asset"], h["opaque"])))
+            history.append(
+                HistoryEntry(
+                    signed_at,
+                    RequestSummary(
+                        h["chain"], h["network"], h["signature_id"], outputs, int(h["fee"]), h["fee_asset"], h["opaque"]
+                    ),
+                )
+            )
         return history
 
     # --- approve and sign -----------------------------------------------------------------------
-    def approve(self, request_id: str, *, finder: TokenFinder, prompts: Prompts,
-                operators: Sequence[str] | None = None, vault: PublicVault | None = None) -> dict[str, Any]:
+    def approve(
+        self,
+        request_id: str,
+        *,
+        finder: TokenFinder,
+        prompts: Prompts,
+        operators: Sequence[str] | None = None,
+        vault: PublicVault | None = None,
+    ) -> dict[str, Any]:
         """Touch approvals over the request's digest; when the quorum is met, sign in the same process.
 
         Each touch signs the approval digest *and* unwraps that operator's share, so the operators
@@ -174,16 +219,29 @@ class Withdrawals:
         collected = vault.collect(finder, prompts, digest=digest, want=want, operators=operators, skip=skip)
         try:
             now = self._now()
-            fresh = [RecordedApproval.from_token(t.approval, request_id=payload.request_id, operator_id=t.operator_id,
-                                                 slot_id=t.slot_id, approved_at=now) for t in collected.touches]
-            decision = evaluate_quorum(request, [*existing, *fresh], rejections, rule, roster, now,
-                                       self.queue.counters())
+            fresh = [
+                RecordedApproval.from_token(
+                    t.approval,
+                    request_id=payload.request_id,
+                    operator_id=t.operator_id,
+                    slot_id=t.slot_id,
+                    approved_at=now,
+                )
+                for t in collected.touches
+            ]
+            decision = evaluate_quorum(
+                request, [*existing, *fresh], rejections, rule, roster, now, self.queue.counters()
+            )
             fresh_sigs = {a.signature for a in fresh}
             for approval in decision.accepted:
                 slot = find_slot(roster, approval.slot_id)
                 if approval.signature in fresh_sigs and slot is not None:
-                    self.audit.append("approval", approval_audit_payload(payload, approval, slot),
-                                      request_id=rec["id"], actor=vault.operator_name(approval.operator_id))
+                    self.audit.append(
+                        "approval",
+                        approval_audit_payload(payload, approval, slot),
+                        request_id=rec["id"],
+                        actor=vault.operator_name(approval.operator_id),
+                    )
             for reason in decision.alerts:
                 self.audit.append("alert", {"rule": reason.rule, "detail": reason.detail}, request_id=rec["id"])
             for op_id in decision.suspended:
@@ -216,18 +274,32 @@ class Withdrawals:
 
         raw = bytes.fromhex(rec["tx"])
         impl = get_chain(rec["chain"])
-        decoded = from_tx_summary(impl.decode(raw, testnet=rec["testnet"]), signature_id=rec["signature_id"],
-                                  native_asset=impl.symbol)
-        if (hashlib.sha256(raw).digest() != payload.unsigned_tx_sha256
-                or tuple((o.address, o.amount, o.asset) for o in decoded.outputs)
-                != tuple((o.address, o.amount, o.asset) for o in payload.outputs)
-                or decoded.fee != payload.fee or payload.request_id.hex() != rec["id"]
-                or payload.signature_id != rec["signature_id"] or payload.derivation_index != rec["index"]):
-            raise ApprovalInvalid(f"request {rec['id']}: the queued transaction no longer matches what was judged "
-                                  "and is being approved; refusing (was the queue edited?)")
+        decoded = from_tx_summary(
+            impl.decode(raw, testnet=rec["testnet"]), signature_id=rec["signature_id"], native_asset=impl.symbol
+        )
+        if (
+            hashlib.sha256(raw).digest() != payload.unsigned_tx_sha256
+            or tuple((o.address, o.amount, o.asset) for o in decoded.outputs)
+            != tuple((o.address, o.amount, o.asset) for o in payload.outputs)
+            or decoded.fee != payload.fee
+            or payload.request_id.hex() != rec["id"]
+            or payload.signature_id != rec["signature_id"]
+            or payload.derivation_index != rec["index"]
+        ):
+            raise ApprovalInvalid(
+                f"request {rec['id']}: the queued transaction no longer matches what was judged "
+                "and is being approved; refusing (was the queue edited?)"
+            )
 
-    def _ensure_shares(self, vault: PublicVault, collected: Collected, finder: TokenFinder, prompts: Prompts,
-                       digest: bytes, operators: Sequence[str] | None) -> None:
+    def _ensure_shares(
+        self,
+        vault: PublicVault,
+        collected: Collected,
+        finder: TokenFinder,
+        prompts: Prompts,
+        digest: bytes,
+        operators: Sequence[str] | None,
+    ) -> None:
         """Approvals given in earlier sessions carry no share: touch more operators until the vault opens."""
         need = vault.header["quorum"] - len(collected.shares)
         if need > 0:
@@ -239,7 +311,8 @@ class Withdrawals:
             raise QuorumNotMet(
                 f"approved, but opening the vault to sign needs {vault.header['quorum']} operators' touches and "
                 f"only {len(collected.shares)} token(s) were present",
-                hint="run the same `kms-agent approve` again when more operators' tokens are plugged in")
+                hint="run the same `kms-agent approve` again when more operators' tokens are plugged in",
+            )
 
     def _sign(self, rec: dict[str, Any], vault: PublicVault, collected: Collected) -> dict[str, Any]:
         impl = get_chain(rec["chain"])
@@ -248,8 +321,11 @@ class Withdrawals:
             wallet_type, secret = opened.read_secret(rec["signature_id"])
             try:
                 text = secret.decode()
-                key = (impl.private_key_from_mnemonic(text, rec["index"], testnet=rec["testnet"])
-                       if wallet_type == "MNEMONIC" else impl.parse_private_key(text, testnet=rec["testnet"]))
+                key = (
+                    impl.private_key_from_mnemonic(text, rec["index"], testnet=rec["testnet"])
+                    if wallet_type == "MNEMONIC"
+                    else impl.parse_private_key(text, testnet=rec["testnet"])
+                )
                 del text
             finally:
                 wipe(secret)
@@ -258,27 +334,38 @@ class Withdrawals:
                 signed = impl.sign(raw, [bytes(key)], testnet=rec["testnet"], owned=owned)
             finally:
                 wipe(key)
-        approved = from_tx_summary(impl.decode(raw, testnet=rec["testnet"], owned=owned),
-                                   signature_id=rec["signature_id"], native_asset=impl.symbol)
+        approved = from_tx_summary(
+            impl.decode(raw, testnet=rec["testnet"], owned=owned),
+            signature_id=rec["signature_id"],
+            native_asset=impl.symbol,
+        )
         after = from_tx_summary(signed.summary, signature_id=rec["signature_id"], native_asset=impl.symbol)
         if (approved.outputs, approved.fee) != (after.outputs, after.fee):
             raise ChainError("the signed transaction does not decode to the approved summary; nothing released")
         now = self._now()
         signed_json = {**signed.to_json(), "signed_at": now}
         # Fail closed: if this row cannot be made durable, the signature never leaves the agent.
-        self.audit.append("signature", {"txid": signed.txid, "raw": signed.raw_hex, "sender": signed.sender},
-                          request_id=rec["id"])
+        self.audit.append(
+            "signature", {"txid": signed.txid, "raw": signed.raw_hex, "sender": signed.sender}, request_id=rec["id"]
+        )
         rec["status"], rec["signed"] = SIGNED, signed_json
         # What velocity limits need later, as judged from the bytes that were signed.
-        rec["history"] = {"chain": after.chain, "network": after.network, "signature_id": after.signature_id,
-                          "outputs": [[o.address, str(o.amount), o.asset, o.is_change] for o in after.outputs],
-                          "fee": str(after.fee), "fee_asset": after.fee_asset, "opaque": after.opaque}
+        rec["history"] = {
+            "chain": after.chain,
+            "network": after.network,
+            "signature_id": after.signature_id,
+            "outputs": [[o.address, str(o.amount), o.asset, o.is_change] for o in after.outputs],
+            "fee": str(after.fee),
+            "fee_asset": after.fee_asset,
+            "opaque": after.opaque,
+        }
         self.queue.put(rec)
         return rec
 
     # --- policy changes -----------------------------------------------------------------------------
-    def change_policy(self, new: Any, *, finder: TokenFinder, prompts: Prompts,
-                      operators: Sequence[str] | None = None) -> dict[str, Any]:
+    def change_policy(
+        self, new: Any, *, finder: TokenFinder, prompts: Prompts, operators: Sequence[str] | None = None
+    ) -> dict[str, Any]:
         """Replace the policy in the vault header after ``admin_approvals`` distinct touches over it.
 
         :raises QuorumNotMet: too few approvers present (nothing is written; the attempt is audited).
@@ -290,39 +377,66 @@ class Withdrawals:
         current = vault.policy()
         now = self._now()
         rule = policy_change_rule(current)
-        payload = policy_change_payload(vault_id=vault.header["vault_id"], request_id=os.urandom(16), current=current,
-                                        new=new, expires_at=now + rule.approval_ttl)
+        payload = policy_change_payload(
+            vault_id=vault.header["vault_id"],
+            request_id=os.urandom(16),
+            current=current,
+            new=new,
+            expires_at=now + rule.approval_ttl,
+        )
         rid = payload.request_id.hex()
-        self.audit.append("request", {"action": "policy-change", "from_generation": current.generation,
-                                      "policy": new.to_dict()}, request_id=rid)
+        self.audit.append(
+            "request",
+            {"action": "policy-change", "from_generation": current.generation, "policy": new.to_dict()},
+            request_id=rid,
+        )
         digest = approval_digest(payload)
         roster = roster_from_header(vault.header, suspended=self.queue.suspended())
         collected = vault.collect(finder, prompts, digest=digest, want=rule.approvals_required, operators=operators)
         try:
-            fresh = [RecordedApproval.from_token(t.approval, request_id=payload.request_id, operator_id=t.operator_id,
-                                                 slot_id=t.slot_id, approved_at=now) for t in collected.touches]
+            fresh = [
+                RecordedApproval.from_token(
+                    t.approval,
+                    request_id=payload.request_id,
+                    operator_id=t.operator_id,
+                    slot_id=t.slot_id,
+                    approved_at=now,
+                )
+                for t in collected.touches
+            ]
             decision = evaluate_quorum(ApprovalRequest(payload), fresh, [], rule, roster, now, self.queue.counters())
             for approval in decision.accepted:
                 slot = find_slot(roster, approval.slot_id)
                 if slot is not None:
-                    self.audit.append("approval", approval_audit_payload(payload, approval, slot), request_id=rid,
-                                      actor=vault.operator_name(approval.operator_id))
+                    self.audit.append(
+                        "approval",
+                        approval_audit_payload(payload, approval, slot),
+                        request_id=rid,
+                        actor=vault.operator_name(approval.operator_id),
+                    )
             self.audit.append("decision", decision.to_json(), request_id=rid)
             self.queue.update_counters(decision.counter_updates)
             if not decision.approved:
-                raise QuorumNotMet(f"policy change needs {rule.approvals_required} distinct approvers: "
-                                   f"{decision.explain()}")
+                raise QuorumNotMet(
+                    f"policy change needs {rule.approvals_required} distinct approvers: {decision.explain()}"
+                )
             self._ensure_shares(vault, collected, finder, prompts, digest, operators)
             with vault.open_with(collected) as opened:
                 opened.header["policy"] = new.to_dict()
-                self.audit.append("policy_change", {"generation": new.generation, "sha256": new.sha256().hex(),
-                                                    "policy": new.to_dict()}, request_id=rid)
+                self.audit.append(
+                    "policy_change",
+                    {"generation": new.generation, "sha256": new.sha256().hex(), "policy": new.to_dict()},
+                    request_id=rid,
+                )
                 opened.save()
         except BaseException:
             collected.wipe()
             raise
-        return {"id": rid, "generation": new.generation,
-                "approved_by": [vault.operator_name(a.operator_id) for a in decision.accepted]}
+        return {
+            "id": rid,
+            "generation": new.generation,
+            "approved_by": [vault.operator_name(a.operator_id) for a in decision.accepted],
+        }
 
     def reject(self, request_id: str, *, operator: str, reason: str = "") -> dict[str, Any]:
         """Record an operator's veto: the request can no longer be signed."""
@@ -370,7 +484,11 @@ def _operator_id(vault: PublicVault, name: str | None) -> bytes | None:
 def _quorum_rule(rec: dict[str, Any], vault: PublicVault) -> QuorumRule:
     rule = rec["rule"]
     try:
-        return QuorumRule(int(rule["approvals_required"]), initiator_may_approve=bool(rule["initiator_may_approve"]),
-                          approval_ttl=int(rule["approval_ttl"]), policy_generation=vault.policy().generation)
+        return QuorumRule(
+            int(rule["approvals_required"]),
+            initiator_may_approve=bool(rule["initiator_may_approve"]),
+            approval_ttl=int(rule["approval_ttl"]),
+            policy_generation=vault.policy().generation,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise KmsAgentError(f"request {rec['id']} has a malformed decision record ({exc})") from None

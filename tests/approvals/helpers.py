@@ -53,12 +53,17 @@ class SoftFido2:
     cred_id: bytes = field(default_factory=lambda: os.urandom(32))
 
     def public(self, enrolled_count: int = 0) -> dict[str, Any]:
-        return {"rp_id": RP_ID, "cred_id": self.cred_id,
-                "cose_key": cbor.encode(dict(ES256.from_cryptography_key(self.key.public_key()))),
-                "uv": True, "sign_count": enrolled_count}
+        return {
+            "rp_id": RP_ID,
+            "cred_id": self.cred_id,
+            "cose_key": cbor.encode(dict(ES256.from_cryptography_key(self.key.public_key()))),
+            "uv": True,
+            "sign_count": enrolled_count,
+        }
 
-    def approve(self, digest: bytes, *, counter: int | None = None, flags: int = UP | UV,
-                rp_id: str = RP_ID) -> Approval:
+    def approve(
+        self, digest: bytes, *, counter: int | None = None, flags: int = UP | UV, rp_id: str = RP_ID
+    ) -> Approval:
         if counter is None:
             self.counter += 1
             counter = self.counter
@@ -73,9 +78,14 @@ class SoftPiv:
     key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
 
     def public(self, *, touch: int = 2, pin: int = 3) -> dict[str, Any]:
-        return {"serial": 12345678, "sign_slot": 0x83,
-                "sign_pub": self.key.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint),
-                "sign_pin_policy": pin, "sign_touch_policy": touch, "approval_alg": "ecdsa-p256-prehashed-sha256"}
+        return {
+            "serial": 12345678,
+            "sign_slot": 0x83,
+            "sign_pub": self.key.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint),
+            "sign_pin_policy": pin,
+            "sign_touch_policy": touch,
+            "approval_alg": "ecdsa-p256-prehashed-sha256",
+        }
 
     def approve(self, digest: bytes) -> Approval:
         signature = self.key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
@@ -92,10 +102,12 @@ class Team:
     @classmethod
     def build(cls, *, suspended: tuple[bytes, ...] = ()) -> Team:
         team = cls()
-        layout: list[tuple[str, int, list[tuple[int, SoftFido2 | SoftPiv]]]] = [("alice", 1, [(0x11, SoftFido2("alice-primary")), (0x12, SoftFido2("alice-backup"))]),
+        layout: list[tuple[str, int, list[tuple[int, SoftFido2 | SoftPiv]]]] = [
+            ("alice", 1, [(0x11, SoftFido2("alice-primary")), (0x12, SoftFido2("alice-backup"))]),
             ("bob", 2, [(0x21, SoftFido2("bob-key"))]),
             ("carol", 3, [(0x31, SoftPiv("carol-piv"))]),
-            ("dave", 4, [(0x41, SoftFido2("dave-key"))])]
+            ("dave", 4, [(0x41, SoftFido2("dave-key"))]),
+        ]
         for name, n, tokens in layout:
             slots = []
             for sid, token in tokens:
@@ -105,21 +117,38 @@ class Team:
             team.roster[oid(n)] = Operator(oid(n), name, tuple(slots), oid(n) in suspended)
         return team
 
-    def approve(self, payload: ApprovalPayload, operator: int, slot: int, *, at: int = NOW - 60,
-                digest: bytes | None = None, **kw: Any) -> RecordedApproval:
+    def approve(
+        self,
+        payload: ApprovalPayload,
+        operator: int,
+        slot: int,
+        *,
+        at: int = NOW - 60,
+        digest: bytes | None = None,
+        **kw: Any,
+    ) -> RecordedApproval:
         token = self.tokens[oid(slot)]
         evidence = token.approve(digest if digest is not None else approval_digest(payload), **kw)
-        return RecordedApproval.from_token(evidence, request_id=payload.request_id, operator_id=oid(operator),
-                                           slot_id=oid(slot), approved_at=at)
+        return RecordedApproval.from_token(
+            evidence, request_id=payload.request_id, operator_id=oid(operator), slot_id=oid(slot), approved_at=at
+        )
 
 
 def payload(**overrides: Any) -> ApprovalPayload:
     fields: dict[str, Any] = dict(
-        vault_id=bytes(range(16)), request_id=bytes(range(16, 32)), chain="BTC", network="testnet",
-        signature_id="26d3883e-4e17-48b3-a0ee-09a3e484ac83", derivation_index=0,
+        vault_id=bytes(range(16)),
+        request_id=bytes(range(16, 32)),
+        chain="BTC",
+        network="testnet",
+        signature_id="26d3883e-4e17-48b3-a0ee-09a3e484ac83",
+        derivation_index=0,
         unsigned_tx_sha256=hashlib.sha256(b"unsigned tx").digest(),
-        outputs=(PayloadOutput("tb1qexampledestination", 150_000, "BTC"),), fee=1_410, nonce=None,
-        expires_at=NOW + 3600, policy_generation=7)
+        outputs=(PayloadOutput("tb1qexampledestination", 150_000, "BTC"),),
+        fee=1_410,
+        nonce=None,
+        expires_at=NOW + 3600,
+        policy_generation=7,
+    )
     fields.update(overrides)
     return ApprovalPayload(**fields)
 

@@ -31,9 +31,14 @@ BASE: dict[str, Any] = {
     "signature_id": "26d3883e-4e17-48b3-a0ee-09a3e484ac83",
     "derivation_index": 0,
     "unsigned_tx_sha256": hashlib.sha256(b"kms-agent test vector: unsigned tx").hexdigest(),
-    "outputs": [{"address": "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx", "amount": "150000", "asset": "BTC"},
-                {"address": "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7", "amount": "849000",
-                 "asset": "BTC"}],
+    "outputs": [
+        {"address": "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx", "amount": "150000", "asset": "BTC"},
+        {
+            "address": "tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3q0sl5k7",
+            "amount": "849000",
+            "asset": "BTC",
+        },
+    ],
     "fee": "1000",
     "nonce": None,
     "expires_at": 1750003600,
@@ -43,14 +48,32 @@ BASE: dict[str, Any] = {
 
 PAYLOADS = {
     "btc-withdrawal": BASE,
-    "erc20-withdrawal": {**BASE, "chain": "ETH", "network": "sepolia", "derivation_index": 3,
-                         "outputs": [{"address": "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
-                                      "amount": "123456789012345678901234567890",
-                                      "asset": "0x1c7d4b196cb0c7b01d743fbc6116a902379c7238"}],
-                         "fee": "2100000000000000", "nonce": 42},
-    "policy-change": {**BASE, "chain": "", "network": "", "signature_id": "", "outputs": [], "fee": "0",
-                      "unsigned_tx_sha256": hashlib.sha256(b"new policy canonical bytes").hexdigest(),
-                      "expires_at": 1750604800, "action": "policy-change"},
+    "erc20-withdrawal": {
+        **BASE,
+        "chain": "ETH",
+        "network": "sepolia",
+        "derivation_index": 3,
+        "outputs": [
+            {
+                "address": "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+                "amount": "123456789012345678901234567890",
+                "asset": "0x1c7d4b196cb0c7b01d743fbc6116a902379c7238",
+            }
+        ],
+        "fee": "2100000000000000",
+        "nonce": 42,
+    },
+    "policy-change": {
+        **BASE,
+        "chain": "",
+        "network": "",
+        "signature_id": "",
+        "outputs": [],
+        "fee": "0",
+        "unsigned_tx_sha256": hashlib.sha256(b"new policy canonical bytes").hexdigest(),
+        "expires_at": 1750604800,
+        "action": "policy-change",
+    },
 }
 
 # Fixed test keys (never use outside tests).
@@ -75,8 +98,9 @@ def build() -> dict[str, Any]:
         "unknown-action": reference.encode({**reference.payload_map(BASE), "action": "sweep"}),
         "version-2": reference.encode({**reference.payload_map(BASE), "v": 2}),
         # A two-byte head for a small integer: valid CBOR, not canonical.
-        "non-canonical-int": good.replace(reference.encode("policy_generation") + b"\x07",
-                                          reference.encode("policy_generation") + b"\x18\x07"),
+        "non-canonical-int": good.replace(
+            reference.encode("policy_generation") + b"\x07", reference.encode("policy_generation") + b"\x18\x07"
+        ),
         "trailing-garbage": good + b"\x00",
     }
     assert invalid["non-canonical-int"] != good
@@ -90,13 +114,21 @@ def build() -> dict[str, Any]:
         "invalid_payloads": {k: {"expect": "format failure", "cbor": v.hex()} for k, v in invalid.items()},
         "signatures": {
             "payload": "btc-withdrawal",
-            "fido2": {"expect": "success", "rp_id": RP_ID, "private_scalar": f"{FIDO2_SCALAR:064x}",
-                      "cose_key": cbor.encode(dict(ES256.from_cryptography_key(fido2_key.public_key()))).hex(),
-                      "auth_data": auth_data.hex(), "sign_count": 17,
-                      "signature": fido2_key.sign(auth_data + digest, ec.ECDSA(hashes.SHA256())).hex()},
-            "piv": {"expect": "success", "private_scalar": f"{PIV_SCALAR:064x}",
-                    "sign_pub": piv_key.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint).hex(),
-                    "signature": piv_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))).hex()},
+            "fido2": {
+                "expect": "success",
+                "rp_id": RP_ID,
+                "private_scalar": f"{FIDO2_SCALAR:064x}",
+                "cose_key": cbor.encode(dict(ES256.from_cryptography_key(fido2_key.public_key()))).hex(),
+                "auth_data": auth_data.hex(),
+                "sign_count": 17,
+                "signature": fido2_key.sign(auth_data + digest, ec.ECDSA(hashes.SHA256())).hex(),
+            },
+            "piv": {
+                "expect": "success",
+                "private_scalar": f"{PIV_SCALAR:064x}",
+                "sign_pub": piv_key.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint).hex(),
+                "signature": piv_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))).hex(),
+            },
         },
     }
 

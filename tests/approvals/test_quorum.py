@@ -41,8 +41,9 @@ def test_two_of_three_is_met(team: Team) -> None:
 
 def test_piv_and_fido2_operators_together(team: Team) -> None:
     p = payload()
-    d = evaluate_quorum(request(p), [team.approve(p, 3, 0x31), team.approve(p, 4, 0x41)], [], RULE_2,
-                        team.roster, NOW, {})
+    d = evaluate_quorum(
+        request(p), [team.approve(p, 3, 0x31), team.approve(p, 4, 0x41)], [], RULE_2, team.roster, NOW, {}
+    )
     assert d.approved and d.approved_by == (oid(3), oid(4))
     assert oid(0x31) not in d.counter_updates  # PIV has no counter: 0 == 0 is accepted, nothing to store
 
@@ -152,8 +153,7 @@ def test_policy_generation_change_makes_the_request_stale(team: Team) -> None:
 def test_cloned_token_is_refused_and_its_operator_suspended(team: Team) -> None:
     p = payload()
     clone = team.approve(p, 1, 0x11, counter=5)  # the clone replays an older counter
-    d = evaluate_quorum(request(p), [clone, team.approve(p, 2, 0x21)], [], RULE_2, team.roster, NOW,
-                        {oid(0x11): 9})
+    d = evaluate_quorum(request(p), [clone, team.approve(p, 2, 0x21)], [], RULE_2, team.roster, NOW, {oid(0x11): 9})
     assert d.outcome is QuorumOutcome.PENDING
     assert d.suspended == (oid(1),)
     alert = [r for r in d.alerts if r.rule == "sign-count"]
@@ -176,8 +176,9 @@ def test_zero_counter_token_is_accepted_while_stored_is_zero(team: Team) -> None
 def test_suspended_operator_cannot_approve() -> None:
     team = Team.build(suspended=(oid(2),))
     p = payload()
-    d = evaluate_quorum(request(p), [team.approve(p, 1, 0x11), team.approve(p, 2, 0x21)], [], RULE_2, team.roster,
-                        NOW, {})
+    d = evaluate_quorum(
+        request(p), [team.approve(p, 1, 0x11), team.approve(p, 2, 0x21)], [], RULE_2, team.roster, NOW, {}
+    )
     assert d.outcome is QuorumOutcome.PENDING and "suspended" in rules(d)
 
 

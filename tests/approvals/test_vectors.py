@@ -36,12 +36,20 @@ h = bytes.fromhex
 
 def product_payload(fields: dict[str, Any]) -> ApprovalPayload:
     return ApprovalPayload(
-        vault_id=h(fields["vault_id"]), request_id=h(fields["request_id"]), chain=fields["chain"],
-        network=fields["network"], signature_id=fields["signature_id"], derivation_index=fields["derivation_index"],
+        vault_id=h(fields["vault_id"]),
+        request_id=h(fields["request_id"]),
+        chain=fields["chain"],
+        network=fields["network"],
+        signature_id=fields["signature_id"],
+        derivation_index=fields["derivation_index"],
         unsigned_tx_sha256=h(fields["unsigned_tx_sha256"]),
         outputs=tuple(PayloadOutput(o["address"], int(o["amount"]), o["asset"]) for o in fields["outputs"]),
-        fee=int(fields["fee"]), nonce=fields["nonce"], expires_at=fields["expires_at"],
-        policy_generation=fields["policy_generation"], action=Action(fields["action"]))
+        fee=int(fields["fee"]),
+        nonce=fields["nonce"],
+        expires_at=fields["expires_at"],
+        policy_generation=fields["policy_generation"],
+        action=Action(fields["action"]),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(VECTORS["payloads"]))
@@ -78,8 +86,18 @@ def test_fido2_signature_vector() -> None:
     key = ec.derive_private_key(int(v["private_scalar"], 16), ec.SECP256R1()).public_key()
     key.verify(h(v["signature"]), h(v["auth_data"]) + digest, ec.ECDSA(hashes.SHA256()))
     slot = Slot(bytes(16), bytes([1]) * 16, "fido2-hmac", "vector", {"rp_id": v["rp_id"], "cose_key": h(v["cose_key"])})
-    approval = RecordedApproval(payload.request_id, slot.operator_id, slot.slot_id, "fido2-hmac", h(v["auth_data"]),
-                                h(v["signature"]), v["sign_count"], True, True, 0)
+    approval = RecordedApproval(
+        payload.request_id,
+        slot.operator_id,
+        slot.slot_id,
+        "fido2-hmac",
+        h(v["auth_data"]),
+        h(v["signature"]),
+        v["sign_count"],
+        True,
+        True,
+        0,
+    )
     verify_approval(approval, slot, digest)
     with pytest.raises(ApprovalInvalid):
         verify_approval(approval, slot, hashlib.sha256(digest).digest())
@@ -95,11 +113,16 @@ def test_piv_signature_vector() -> None:
     key.verify(h(v["signature"]), reference.DOMAIN + payload.canonical_bytes(), ec.ECDSA(hashes.SHA256()))
     with pytest.raises(InvalidSignature):
         key.verify(h(v["signature"]), digest, ec.ECDSA(hashes.SHA256()))
-    public = {"sign_pub": h(v["sign_pub"]), "sign_touch_policy": 2, "sign_pin_policy": 3,
-              "approval_alg": "ecdsa-p256-prehashed-sha256"}
+    public = {
+        "sign_pub": h(v["sign_pub"]),
+        "sign_touch_policy": 2,
+        "sign_pin_policy": 3,
+        "approval_alg": "ecdsa-p256-prehashed-sha256",
+    }
     slot = Slot(bytes(16), bytes([1]) * 16, "piv", "vector", public)
-    approval = RecordedApproval(payload.request_id, slot.operator_id, slot.slot_id, "piv", b"", h(v["signature"]), 0,
-                                True, True, 0)
+    approval = RecordedApproval(
+        payload.request_id, slot.operator_id, slot.slot_id, "piv", b"", h(v["signature"]), 0, True, True, 0
+    )
     verify_approval(approval, slot, digest)
     with pytest.raises(ApprovalInvalid):
         verify_approval(approval, slot, bytes(32))

@@ -41,8 +41,21 @@ def test_fido2_approval_verifies(team: Team) -> None:
     verify_approval(team.approve(p, 2, 0x21), slot_of(team, 0x21), approval_digest(p))
 
 
-@pytest.mark.parametrize("case", ["wrong-digest", "wrong-rp", "no-uv", "no-up", "other-key", "bad-sig",
-                                  "record-count-lies", "record-flags-lie", "kind-mismatch", "truncated"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong-digest",
+        "wrong-rp",
+        "no-uv",
+        "no-up",
+        "other-key",
+        "bad-sig",
+        "record-count-lies",
+        "record-flags-lie",
+        "kind-mismatch",
+        "truncated",
+    ],
+)
 def test_fido2_approval_refusals(team: Team, case: str) -> None:
     p = payload()
     digest = approval_digest(p)
@@ -58,7 +71,9 @@ def test_fido2_approval_refusals(team: Team, case: str) -> None:
     if case == "other-key":
         approval = dataclasses.replace(team.approve(p, 4, 0x41), operator_id=oid(2), slot_id=oid(0x21))
     elif case == "bad-sig":
-        approval = dataclasses.replace(approval, signature=approval.signature[:-1] + bytes([approval.signature[-1] ^ 1]))
+        approval = dataclasses.replace(
+            approval, signature=approval.signature[:-1] + bytes([approval.signature[-1] ^ 1])
+        )
     elif case == "record-count-lies":
         approval = dataclasses.replace(approval, sign_count=approval.sign_count + 100)
     elif case == "record-flags-lie":
@@ -85,8 +100,9 @@ def test_piv_approval_verifies_and_matches_the_backend(team: Team) -> None:
     assert not piv_token.verify_approval(slot.public, bytes(32), approval.signature)
 
 
-@pytest.mark.parametrize("public", [{"sign_touch_policy": 3}, {"sign_touch_policy": 1}, {"sign_pin_policy": 1},
-                                    {"approval_alg": "rsa"}])
+@pytest.mark.parametrize(
+    "public", [{"sign_touch_policy": 3}, {"sign_touch_policy": 1}, {"sign_pin_policy": 1}, {"approval_alg": "rsa"}]
+)
 def test_piv_slot_must_require_touch_and_pin(public: dict[str, Any]) -> None:
     token = SoftPiv("p")
     from agent.approvals import RecordedApproval, Slot
@@ -94,8 +110,9 @@ def test_piv_slot_must_require_touch_and_pin(public: dict[str, Any]) -> None:
     slot = Slot(oid(9), oid(8), "piv", "p", {**token.public(), **public})
     p = payload()
     digest = approval_digest(p)
-    approval = RecordedApproval.from_token(token.approve(digest), request_id=p.request_id, operator_id=oid(8),
-                                           slot_id=oid(9), approved_at=0)
+    approval = RecordedApproval.from_token(
+        token.approve(digest), request_id=p.request_id, operator_id=oid(8), slot_id=oid(9), approved_at=0
+    )
     with pytest.raises(ApprovalInvalid, match=r"touch|algorithm"):
         verify_approval(approval, slot, digest)
 
@@ -115,18 +132,35 @@ def test_piv_signature_over_unhashed_message_is_refused() -> None:
 
 
 def test_payload_rejects_bad_fields() -> None:
-    for bad in ({"request_id": bytes(15)}, {"fee": -1}, {"derivation_index": True}, {"nonce": 1 << 64},
-                {"outputs": [()]}, {"unsigned_tx_sha256": "00" * 32}, {"action": "withdrawal"}):
+    for bad in (
+        {"request_id": bytes(15)},
+        {"fee": -1},
+        {"derivation_index": True},
+        {"nonce": 1 << 64},
+        {"outputs": [()]},
+        {"unsigned_tx_sha256": "00" * 32},
+        {"action": "withdrawal"},
+    ):
         with pytest.raises(ProgrammingError):
             payload(**bad)
 
 
 def test_payload_digest_changes_with_every_field() -> None:
     base = payload()
-    variants = [payload(chain="LTC"), payload(network="mainnet"), payload(derivation_index=1),
-                payload(unsigned_tx_sha256=hashlib.sha256(b"x").digest()), payload(fee=1411), payload(nonce=0),
-                payload(expires_at=base.expires_at + 1), payload(policy_generation=8), payload(outputs=()),
-                payload(signature_id="other"), payload(vault_id=bytes(16)), payload(request_id=bytes(16))]
+    variants = [
+        payload(chain="LTC"),
+        payload(network="mainnet"),
+        payload(derivation_index=1),
+        payload(unsigned_tx_sha256=hashlib.sha256(b"x").digest()),
+        payload(fee=1411),
+        payload(nonce=0),
+        payload(expires_at=base.expires_at + 1),
+        payload(policy_generation=8),
+        payload(outputs=()),
+        payload(signature_id="other"),
+        payload(vault_id=bytes(16)),
+        payload(request_id=bytes(16)),
+    ]
     digests = {approval_digest(v) for v in variants}
     assert approval_digest(base) not in digests and len(digests) == len(variants)
     assert ApprovalPayload.from_cbor(base.canonical_bytes()) == base

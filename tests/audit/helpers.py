@@ -16,8 +16,13 @@ def filled(directory: Path, n: int = 5) -> AuditLog:
     log = AuditLog(directory)
     kinds = ["request", "decision", "approval", "signature", "broadcast", "alert", "unlock"]
     for i in range(n):
-        log.append(kinds[i % len(kinds)], {"i": i, "note": f"row {i + 1}", "tx": "00ff" * 8},
-                   request_id=bytes([i]) * 16 if i % 2 == 0 else None, actor="alice" if i % 3 else None, ts=T0 + i)
+        log.append(
+            kinds[i % len(kinds)],
+            {"i": i, "note": f"row {i + 1}", "tx": "00ff" * 8},
+            request_id=bytes([i]) * 16 if i % 2 == 0 else None,
+            actor="alice" if i % 3 else None,
+            ts=T0 + i,
+        )
     return log
 
 

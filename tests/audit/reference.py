@@ -8,8 +8,15 @@ from typing import Any
 
 
 def row_bytes(row: dict[str, Any]) -> bytes:
-    body = {"v": 1, "seq": row["seq"], "ts": row["ts"], "kind": row["kind"], "request_id": row["request_id"],
-            "actor": row["actor"], "payload": row["payload"]}
+    body = {
+        "v": 1,
+        "seq": row["seq"],
+        "ts": row["ts"],
+        "kind": row["kind"],
+        "request_id": row["request_id"],
+        "actor": row["actor"],
+        "payload": row["payload"],
+    }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 

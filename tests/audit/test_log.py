@@ -71,8 +71,10 @@ def test_the_table_is_append_only(tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.parametrize("bad", [{"mnemonic": "abandon"}, {"nested": [{"PIN": "1234"}]}, {"x": 1.5},
-                                 {"x": b"raw"}, {"x": 2**60}, {1: "int key"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"mnemonic": "abandon"}, {"nested": [{"PIN": "1234"}]}, {"x": 1.5}, {"x": b"raw"}, {"x": 2**60}, {1: "int key"}],
+)
 def test_secrets_and_unloggable_values_are_refused_before_any_write(tmp_path: Path, bad: dict[Any, Any]) -> None:
     log = filled(tmp_path / "state", 1)
     with pytest.raises(ProgrammingError):
@@ -113,7 +115,8 @@ def rehash(log: AuditLog, seq: int, new_payload: dict[str, Any]) -> None:
         db.execute("UPDATE audit_log SET payload = ? WHERE seq = ?", (canonical_json(new_payload), seq))
         prev = bytes(32)
         for s, ts, kind, rid, actor, text in db.execute(
-                "SELECT seq, ts, kind, request_id, actor, payload FROM audit_log ORDER BY seq").fetchall():
+            "SELECT seq, ts, kind, request_id, actor, payload FROM audit_log ORDER BY seq"
+        ).fetchall():
             digest = row_hash(prev, row_bytes(s, ts, kind, rid, actor, json.loads(text)))
             db.execute("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?", (prev.hex(), digest.hex(), s))
             prev = digest
@@ -275,9 +278,12 @@ APPENDER = textwrap.dedent("""
 def test_two_processes_append_one_valid_chain(tmp_path: Path) -> None:
     directory = tmp_path / "state"
     n = 40
-    procs = [subprocess.Popen([sys.executable, "-c", APPENDER.format(repo=str(REPO), directory=str(directory), n=n,
-                                                                     name=name)])
-             for name in ("p1", "p2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER.format(repo=str(REPO), directory=str(directory), n=n, name=name)]
+        )
+        for name in ("p1", "p2")
+    ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     log = AuditLog(directory)
     report = log.verify()

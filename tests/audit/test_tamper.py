@@ -53,8 +53,9 @@ def test_rewriting_a_row_and_everything_after_it_still_breaks_the_head(log: Audi
 
     with attacker(log) as db:
         db.execute("""UPDATE audit_log SET payload = '{"i":42}' WHERE seq = 2""")
-        rows = db.execute("SELECT seq, ts, kind, request_id, actor, payload, prev_hash FROM audit_log "
-                          "ORDER BY seq").fetchall()
+        rows = db.execute(
+            "SELECT seq, ts, kind, request_id, actor, payload, prev_hash FROM audit_log ORDER BY seq"
+        ).fetchall()
         prev = bytes.fromhex(rows[0][6])
         for seq, ts, kind, rid, actor, payload, _ in rows:
             digest = row_hash(prev, row_bytes(seq, ts, kind, rid, actor, json.loads(payload)))
@@ -98,12 +99,15 @@ def test_reordering_rows(log: AuditLog) -> None:
     assert not report.ok and report.first_bad_seq == 2
 
 
-@pytest.mark.parametrize(("change", "first_bad"), [
-    (lambda pin: {**pin, "hash": "00" * 32}, N),                 # forged hash
-    (lambda pin: {**pin, "seq": N + 3}, N + 1),                  # claims rows that are not there
-    (lambda pin: {**pin, "seq": 2, "hash": None}, 3),            # rolled back to an older real row (filled below)
-    (lambda pin: {**pin, "seq": 4, "hash": None}, 4),            # lag of one row, but the hash is row 2's
-])
+@pytest.mark.parametrize(
+    ("change", "first_bad"),
+    [
+        (lambda pin: {**pin, "hash": "00" * 32}, N),  # forged hash
+        (lambda pin: {**pin, "seq": N + 3}, N + 1),  # claims rows that are not there
+        (lambda pin: {**pin, "seq": 2, "hash": None}, 3),  # rolled back to an older real row (filled below)
+        (lambda pin: {**pin, "seq": 4, "hash": None}, 4),  # lag of one row, but the hash is row 2's
+    ],
+)
 def test_rewriting_the_head_file(log: AuditLog, change, first_bad: int) -> None:  # type: ignore[no-untyped-def]
     pin = json.loads(log.head_path.read_text())
     new = change(pin)

@@ -51,8 +51,22 @@ def anvil_binary() -> Path:
     with open(TOOLS / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not binary.exists():
-            subprocess.run([npm, "install", "--prefix", str(TOOLS), "--no-audit", "--no-fund", "--ignore-scripts",
-                            "--no-save", f"{pkg}@{ANVIL_VERSION}"], check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [
+                    npm,
+                    "install",
+                    "--prefix",
+                    str(TOOLS),
+                    "--no-audit",
+                    "--no-fund",
+                    "--ignore-scripts",
+                    "--no-save",
+                    f"{pkg}@{ANVIL_VERSION}",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
     binary.chmod(0o755)
     return binary
 
@@ -77,8 +91,9 @@ class Node:
 
     def rpc(self, method: str, *params: Any) -> Any:
         self._id += 1
-        r = self.client.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method,
-                                             "params": list(params)})
+        r = self.client.post(
+            self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)}
+        )
         r.raise_for_status()
         body = r.json()
         if "error" in body:
@@ -104,8 +119,11 @@ def anvil() -> Iterator[Node]:
     last = ""
     for _attempt in range(3):
         port = _free_port()
-        proc = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id",
-                                 str(CHAIN_ID), "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID), "--silent"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         node = Node(f"http://127.0.0.1:{port}", proc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None:
@@ -115,7 +133,7 @@ def anvil() -> Iterator[Node]:
             except Exception:
                 time.sleep(0.02)
         else:
-            last = (proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else "")
+            last = proc.stderr.read().decode(errors="replace") if proc.stderr and proc.poll() is not None else ""
             proc.kill()
             proc.wait()
             continue

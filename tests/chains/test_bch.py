@@ -26,8 +26,9 @@ def bch() -> BchChain:
     return chain
 
 
-def _bitcash_tx(testnet: bool, indices: list[int], amounts: list[int], send: int) -> tuple[str, list[bytes],
-                                                                                            list[tuple[bytes, int]]]:
+def _bitcash_tx(
+    testnet: bool, indices: list[int], amounts: list[int], send: int
+) -> tuple[str, list[bytes], list[tuple[bytes, int]]]:
     """A bitcash-signed transaction spending our wallet's coins; returns (raw hex, keys, spent outputs)."""
     import hashlib
 
@@ -39,8 +40,7 @@ def _bitcash_tx(testnet: bool, indices: list[int], amounts: list[int], send: int
     for n, (i, amount) in enumerate(zip(indices, amounts, strict=True)):
         key = chain.private_key_from_mnemonic(MNEMONIC, i, testnet=testnet)
         keys.append(bytes(key))
-        spk = chain.script_from_address(chain.address_from_private_key(bytes(key), testnet=testnet),
-                                        chain.net(testnet))
+        spk = chain.script_from_address(chain.address_from_private_key(bytes(key), testnet=testnet), chain.net(testnet))
         txid = hashlib.sha256(b"bch%d" % n).hexdigest()
         unspents.append(Unspent(amount, 6, spk.hex(), txid, n % 3))
         spent.append((spk, amount))
@@ -66,12 +66,15 @@ def _psbt_from_signed(raw_hex: str, spent: list[tuple[bytes, int]]) -> str:
     return str(psbt.to_base64())
 
 
-@pytest.mark.parametrize(("testnet", "index", "amounts"), [
-    (False, 0, [100_000]),
-    (False, 4, [100_000, 50_000]),
-    (False, 9, [30_000, 40_000, 50_000]),
-    (True, 2, [70_000, 80_000]),
-])
+@pytest.mark.parametrize(
+    ("testnet", "index", "amounts"),
+    [
+        (False, 0, [100_000]),
+        (False, 4, [100_000, 50_000]),
+        (False, 9, [30_000, 40_000, 50_000]),
+        (True, 2, [70_000, 80_000]),
+    ],
+)
 def test_signed_bytes_equal_bitcash(testnet: bool, index: int, amounts: list[int]) -> None:
     raw, keys, spent = _bitcash_tx(testnet, [index] * len(amounts), amounts, send=sum(amounts) // 2)
     psbt = _psbt_from_signed(raw, spent)
@@ -128,8 +131,10 @@ def test_bch_refuses_segwit_inputs() -> None:
     from embit.script import Script
     from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-    tx = Transaction(vin=[TransactionInput(bytes.fromhex(coins[0].utxo.txid), 0)],
-                     vout=[TransactionOutput(40_000, Script(coins[0].spk))])
+    tx = Transaction(
+        vin=[TransactionInput(bytes.fromhex(coins[0].utxo.txid), 0)],
+        vout=[TransactionOutput(40_000, Script(coins[0].spk))],
+    )
     psbt = PSBT(tx)
     psbt.inputs[0].witness_utxo = TransactionOutput(50_000, Script(coins[0].spk))
     with pytest.raises(ChainError, match="cannot sign"):

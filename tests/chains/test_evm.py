@@ -49,9 +49,17 @@ def test_eip1559_vectors(case: dict[str, Any]) -> None:
 
     v = VECTORS["eip1559"]
     chain = dataclasses.replace(evm(), mainnet_ids=(v["chain_id"],))  # the vectors use chain id 7822
-    tx = {"type": 2, "chainId": v["chain_id"], "nonce": case["nonce"], "value": case["value"],
-          "gas": case["gasLimit"], "maxPriorityFeePerGas": case["maxInclusionFeePerGas"],
-          "maxFeePerGas": case["maxFeePerGas"], "to": case["to"], "data": "0x"}
+    tx = {
+        "type": 2,
+        "chainId": v["chain_id"],
+        "nonce": case["nonce"],
+        "value": case["value"],
+        "gas": case["gasLimit"],
+        "maxPriorityFeePerGas": case["maxInclusionFeePerGas"],
+        "maxFeePerGas": case["maxFeePerGas"],
+        "to": case["to"],
+        "data": "0x",
+    }
     signed = chain.sign(tx, [bytes.fromhex(v["private_key"][2:])], testnet=False)
     assert signed.raw == rlp.decode(bytes.fromhex(case["signedTransactionRLP"][2:]))
     assert signed.summary.tx_type == "eip1559"
@@ -64,8 +72,9 @@ def test_erc20_selectors_and_calldata() -> None:
     for sig, sel in VECTORS["erc20"]["selectors"].items():
         assert keccak256(sig.encode())[:4].hex() == sel
     to = bytes.fromhex("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")
-    assert erc20_transfer_data(to, 10**18) == bytes.fromhex("a9059cbb") + encode(["address", "uint256"],
-                                                                                 ["0x" + to.hex(), 10**18])
+    assert erc20_transfer_data(to, 10**18) == bytes.fromhex("a9059cbb") + encode(
+        ["address", "uint256"], ["0x" + to.hex(), 10**18]
+    )
     assert erc20_approve_data(to, 2**256 - 1)[-32:] == b"\xff" * 32
 
 
@@ -73,12 +82,23 @@ def test_erc20_transfer_decoded_to_the_real_recipient() -> None:
     chain = evm()
     token = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
     recipient = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-    tx = chain.build_erc20_transfer(token=token.lower(), to=recipient.upper().replace("0X", "0x"), amount=12345,
-                                    nonce=3, chain_id=1, max_fee_per_gas=30 * GWEI, max_priority_fee_per_gas=GWEI)
+    tx = chain.build_erc20_transfer(
+        token=token.lower(),
+        to=recipient.upper().replace("0X", "0x"),
+        amount=12345,
+        nonce=3,
+        chain_id=1,
+        max_fee_per_gas=30 * GWEI,
+        max_priority_fee_per_gas=GWEI,
+    )
     s = chain.decode(tx, testnet=False)
     assert s.kind is TxKind.TOKEN_TRANSFER and s.asset == token
     assert s.token is not None and (s.token.method, s.token.token, s.token.recipient, s.token.amount) == (
-        "transfer", token, recipient, 12345)
+        "transfer",
+        token,
+        recipient,
+        12345,
+    )
     assert s.outputs[0].address == token and s.outputs[0].amount == 0
     j = s.to_json()
     assert j["token"] == {"method": "transfer", "token": token, "recipient": recipient, "amount": "12345"}
@@ -88,38 +108,60 @@ def test_erc20_transfer_decoded_to_the_real_recipient() -> None:
 def test_approve_transfer_from_and_unknown_calldata() -> None:
     chain = evm("BSC")
     spender = "0x" + "ab" * 20
-    approve = chain.build_transfer(to=TO, value=0, nonce=0, chain_id=56, gas=60_000, gas_price=3 * GWEI,
-                                   data=erc20_approve_data(bytes.fromhex("ab" * 20), 2**256 - 1))
+    approve = chain.build_transfer(
+        to=TO,
+        value=0,
+        nonce=0,
+        chain_id=56,
+        gas=60_000,
+        gas_price=3 * GWEI,
+        data=erc20_approve_data(bytes.fromhex("ab" * 20), 2**256 - 1),
+    )
     s = chain.decode(approve, testnet=False)
     assert s.kind is TxKind.TOKEN_APPROVE and s.token is not None
     assert s.token.recipient.lower() == spender and s.token.amount == 2**256 - 1
     tf = bytes.fromhex("23b872dd") + bytes(12) + b"\x11" * 20 + bytes(12) + b"\x22" * 20 + (5).to_bytes(32, "big")
-    s = chain.decode(chain.build_transfer(to=TO, value=0, nonce=0, chain_id=56, gas=90_000, gas_price=GWEI, data=tf),
-                     testnet=False)
+    s = chain.decode(
+        chain.build_transfer(to=TO, value=0, nonce=0, chain_id=56, gas=90_000, gas_price=GWEI, data=tf), testnet=False
+    )
     assert s.kind is TxKind.TOKEN_TRANSFER_FROM and s.token is not None
     assert (s.token.sender or "").lower() == "0x" + "11" * 20 and s.token.recipient.lower() == "0x" + "22" * 20
     # Trailing bytes, dirty address padding, or another selector: not an ERC-20 call we vouch for.
-    for data in (erc20_transfer_data(b"\x01" * 20, 1) + b"\x00", b"\xa9\x05\x9c\xbb" + b"\x01" * 64,
-                 bytes.fromhex("12345678") + bytes(64)):
-        s = chain.decode(chain.build_transfer(to=TO, value=0, nonce=0, chain_id=56, gas=90_000, gas_price=GWEI,
-                                              data=data), testnet=False)
+    for data in (
+        erc20_transfer_data(b"\x01" * 20, 1) + b"\x00",
+        b"\xa9\x05\x9c\xbb" + b"\x01" * 64,
+        bytes.fromhex("12345678") + bytes(64),
+    ):
+        s = chain.decode(
+            chain.build_transfer(to=TO, value=0, nonce=0, chain_id=56, gas=90_000, gas_price=GWEI, data=data),
+            testnet=False,
+        )
         assert s.kind is TxKind.CONTRACT_CALL and s.token is None and s.data == "0x" + data.hex()
         assert any("unknown calldata" in w for w in s.warnings)
 
 
 def test_contract_creation_and_change_flag() -> None:
     chain = evm()
-    s = chain.decode({"chainId": 1, "nonce": 0, "gas": 500_000, "maxFeePerGas": GWEI, "data": "0x6000"},
-                     testnet=False)
+    s = chain.decode({"chainId": 1, "nonce": 0, "gas": 500_000, "maxFeePerGas": GWEI, "data": "0x6000"}, testnet=False)
     assert s.kind is TxKind.CONTRACT_CREATION and s.outputs[0].address is None
     own = chain.address_from_private_key(key(chain, 1), testnet=False)
     tx = chain.build_transfer(to=own, value=5, nonce=0, chain_id=1, max_fee_per_gas=GWEI)
     assert chain.decode(tx, testnet=False, owned=Owned(addresses=frozenset({own.lower()}))).outputs[0].is_change
 
 
-@pytest.mark.parametrize(("name", "mainnet", "testnet"), [
-    ("ETH", 1, 11155111), ("BSC", 56, 97), ("MATIC", 137, 80002), ("CELO", 42220, 44787), ("KLAY", 8217, 1001),
-    ("ONE", 1666600000, 1666700000), ("XDC", 50, 51), ("KCS", 321, 322)])
+@pytest.mark.parametrize(
+    ("name", "mainnet", "testnet"),
+    [
+        ("ETH", 1, 11155111),
+        ("BSC", 56, 97),
+        ("MATIC", 137, 80002),
+        ("CELO", 42220, 44787),
+        ("KLAY", 8217, 1001),
+        ("ONE", 1666600000, 1666700000),
+        ("XDC", 50, 51),
+        ("KCS", 321, 322),
+    ],
+)
 def test_chain_ids_per_network(name: str, mainnet: int, testnet: int) -> None:
     chain = evm(name)
     k = key(chain)
@@ -150,8 +192,9 @@ def test_sweep_leaves_nothing_behind() -> None:
     tx = chain.build_sweep(balance=10**18, to=TO, nonce=4, chain_id=1, max_fee_per_gas=20 * GWEI)
     s = chain.decode(tx, testnet=False)
     assert s.outputs[0].amount + s.fee == 10**18
-    token_tx = chain.build_token_sweep(token=TO, token_balance=77, to="0x" + "12" * 20, nonce=5, chain_id=1,
-                                       max_fee_per_gas=GWEI)
+    token_tx = chain.build_token_sweep(
+        token=TO, token_balance=77, to="0x" + "12" * 20, nonce=5, chain_id=1, max_fee_per_gas=GWEI
+    )
     t = chain.decode(token_tx, testnet=False).token
     assert t is not None and t.amount == 77
     with pytest.raises(UsageError, match="does not cover"):
@@ -160,18 +203,22 @@ def test_sweep_leaves_nothing_behind() -> None:
 
 # --- refusals -------------------------------------------------------------------------------------
 
+
 def _good() -> bytes:
     return bytes.fromhex(evm().build_transfer(to=TO, value=1, nonce=0, chain_id=1, max_fee_per_gas=GWEI)[2:])
 
 
-@pytest.mark.parametrize(("mutate", "match"), [
-    (lambda b: b[:-3], "RLP"),                                               # truncated
-    (lambda b: b"", "empty"),
-    (lambda b: b"\x01" + b[1:], "unsupported transaction type"),             # EIP-2930
-    (lambda b: b"\x03" + b[1:], "unsupported transaction type"),             # EIP-4844
-    (lambda b: bytes.fromhex(VECTORS["eip155"]["signed"][2:]), "already signed"),
-    (lambda b: b + b"\x00", "RLP"),                                          # trailing byte
-])
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda b: b[:-3], "RLP"),  # truncated
+        (lambda b: b"", "empty"),
+        (lambda b: b"\x01" + b[1:], "unsupported transaction type"),  # EIP-2930
+        (lambda b: b"\x03" + b[1:], "unsupported transaction type"),  # EIP-4844
+        (lambda b: bytes.fromhex(VECTORS["eip155"]["signed"][2:]), "already signed"),
+        (lambda b: b + b"\x00", "RLP"),  # trailing byte
+    ],
+)
 def test_malformed_transactions(mutate: Any, match: str) -> None:
     with pytest.raises(ChainError, match=match):
         evm().sign(mutate(_good()), [key(evm())], testnet=False)
@@ -185,11 +232,14 @@ def test_unknown_chain_id_absurd_fee_and_bad_fields() -> None:
     with pytest.raises(ChainError, match="unknown chain id 56"):
         chain.sign(chain.build_transfer(to=TO, value=1, nonce=0, chain_id=56, max_fee_per_gas=GWEI), k, testnet=False)
     with pytest.raises(ChainError, match="absurd fee"):
-        chain.sign(chain.build_transfer(to=TO, value=1, nonce=0, chain_id=1, max_fee_per_gas=50_000 * GWEI), k,
-                   testnet=False)
+        chain.sign(
+            chain.build_transfer(to=TO, value=1, nonce=0, chain_id=1, max_fee_per_gas=50_000 * GWEI), k, testnet=False
+        )
     with pytest.raises(ChainError, match="exceeds maxFeePerGas"):
-        chain.decode({"chainId": 1, "nonce": 0, "gas": 21000, "to": TO, "maxFeePerGas": 1, "maxPriorityFeePerGas": 2},
-                     testnet=False)
+        chain.decode(
+            {"chainId": 1, "nonce": 0, "gas": 21000, "to": TO, "maxFeePerGas": 1, "maxPriorityFeePerGas": 2},
+            testnet=False,
+        )
     with pytest.raises(ChainError, match="gas limit"):
         chain.decode({"chainId": 1, "nonce": 0, "gas": 31_000_000, "to": TO, "maxFeePerGas": 1}, testnet=False)
     with pytest.raises(ChainError, match="replayable"):

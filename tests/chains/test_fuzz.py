@@ -20,14 +20,20 @@ MAGIC = b"psbt\xff"
 def _valid_psbt() -> bytes:
     btc = get_chain("BTC")
     coins = make_coins(btc, [(0, AddressKind.P2WPKH, 100_000), (1, AddressKind.P2PKH, 50_000)])  # type: ignore[arg-type]
-    psbt = btc.build_psbt([c.utxo for c in coins], [("bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu", 149_000)],  # type: ignore[attr-defined]
-                          testnet=False)
+    psbt = btc.build_psbt(
+        [c.utxo for c in coins],
+        [("bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu", 149_000)],  # type: ignore[attr-defined]
+        testnet=False,
+    )
     return base64.b64decode(psbt)
 
 
 VALID_PSBT = _valid_psbt()
-VALID_EVM = bytes.fromhex(get_chain("ETH").build_transfer(  # type: ignore[attr-defined]
-    to="0x" + "35" * 20, value=1, nonce=0, chain_id=1, max_fee_per_gas=10**9, data=b"\xa9\x05\x9c\xbb" + bytes(64))[2:])
+VALID_EVM = bytes.fromhex(
+    get_chain("ETH").build_transfer(  # type: ignore[attr-defined]
+        to="0x" + "35" * 20, value=1, nonce=0, chain_id=1, max_fee_per_gas=10**9, data=b"\xa9\x05\x9c\xbb" + bytes(64)
+    )[2:]
+)
 
 
 def _only_clean_errors(chain_name: str, data: bytes | str) -> None:
@@ -70,7 +76,7 @@ def test_mutated_valid_psbt_and_evm_tx(data: st.DataObject) -> None:
             if op == "flip":
                 buf[pos] ^= 1 << data.draw(st.integers(0, 7))
             elif op == "cut":
-                del buf[pos:pos + data.draw(st.integers(1, 8))]
+                del buf[pos : pos + data.draw(st.integers(1, 8))]
             else:
                 buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
             if not buf:

@@ -21,8 +21,20 @@ JUNK = "test test test test test test test test test test test junk"
 
 
 def test_supported_chains_are_tatum_names() -> None:
-    assert supported_chains() == ["BTC", "LTC", "DOGE", "BCH", "ETH", "BSC", "MATIC", "CELO", "KLAY", "ONE", "XDC",
-                                  "KCS"]
+    assert supported_chains() == [
+        "BTC",
+        "LTC",
+        "DOGE",
+        "BCH",
+        "ETH",
+        "BSC",
+        "MATIC",
+        "CELO",
+        "KLAY",
+        "ONE",
+        "XDC",
+        "KCS",
+    ]
     for name in supported_chains():
         assert get_chain(name.lower()).name == name
         assert get_chain(f" {name.title()} ").name == name
@@ -34,12 +46,18 @@ def test_unknown_chain_is_a_usage_error() -> None:
 
 
 def test_import_is_cheap_and_loads_no_chain_library() -> None:
-    code = ("import dataclasses, enum, typing, abc, time, sys\n"
-            "t = time.perf_counter(); import agent.chains; dt = time.perf_counter() - t\n"
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('embit', 'eth_account', 'bip_utils', 'Crypto', 'rlp')]\n"
-            "print(dt, heavy)")
-    best = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                     .stdout.split()[0]) for _ in range(3))
+    code = (
+        "import dataclasses, enum, typing, abc, time, sys\n"
+        "t = time.perf_counter(); import agent.chains; dt = time.perf_counter() - t\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('embit', 'eth_account', 'bip_utils', 'Crypto', 'rlp')]\n"
+        "print(dt, heavy)"
+    )
+    best = min(
+        float(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[0]
+        )
+        for _ in range(3)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split(maxsplit=1)[1].strip() == "[]"
     assert best < 0.020, f"import agent.chains took {best * 1e3:.1f} ms"
@@ -96,7 +114,8 @@ def test_xpub_private_key_and_address_agree(name: str, testnet: bool) -> None:
     for index in (0, 1, 2**31 - 1):
         key = chain.private_key_from_mnemonic(ABANDON, index, testnet=testnet)
         assert chain.address_from_private_key(bytes(key), testnet=testnet) == chain.address_from_xpub(
-            xpub, index, testnet=testnet)
+            xpub, index, testnet=testnet
+        )
 
 
 def test_eth_matches_the_anvil_default_account() -> None:
@@ -113,8 +132,16 @@ def test_evm_paths_and_testnet_xpub_version() -> None:
 
     seed = Bip39SeedGenerator(ABANDON).Generate()
     root = Bip32Secp256k1.FromSeed(seed)
-    for name, coin in [("ETH", 60), ("BSC", 60), ("MATIC", 966), ("CELO", 52752), ("KLAY", 8217), ("ONE", 1023),
-                       ("XDC", 550), ("KCS", 60)]:
+    for name, coin in [
+        ("ETH", 60),
+        ("BSC", 60),
+        ("MATIC", 966),
+        ("CELO", 52752),
+        ("KLAY", 8217),
+        ("ONE", 1023),
+        ("XDC", 550),
+        ("KCS", 60),
+    ]:
         chain = get_chain(name)
         want = root.DerivePath(f"m/44'/{coin}'/0'/0").PublicKey().ToExtended()
         assert chain.xpub_from_mnemonic(ABANDON, testnet=False) == want
@@ -153,17 +180,20 @@ def test_bip84_option_for_new_wallets() -> None:
 SECRET_WIF = "KwrYonf8pFfyQR87NTn124Ep9zoJsZMBCoVUi7mjMc1eTHDyLyBN"
 
 
-@pytest.mark.parametrize(("name", "text", "testnet"), [
-    ("BTC", SECRET_WIF[:-1] + "M", False),            # checksum broken
-    ("BTC", SECRET_WIF, True),                        # mainnet key on testnet
-    ("LTC", SECRET_WIF, False),                       # BTC key on LTC
-    ("BTC", "5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ", False),  # uncompressed WIF
-    ("ETH", "0x" + "ab" * 31, False),                 # too short
-    ("ETH", "0x" + "zz" * 32, False),                 # not hex
-    ("ETH", "00" * 32, False),                        # zero key
-    ("ETH", "ff" * 32, False),                        # >= n
-    ("ETH", SECRET_WIF, False),                       # WIF on EVM
-])
+@pytest.mark.parametrize(
+    ("name", "text", "testnet"),
+    [
+        ("BTC", SECRET_WIF[:-1] + "M", False),  # checksum broken
+        ("BTC", SECRET_WIF, True),  # mainnet key on testnet
+        ("LTC", SECRET_WIF, False),  # BTC key on LTC
+        ("BTC", "5HueCGU8rMjxEXxiPuD5BDku4MkFqeZyd4dZ1jvhTVqvbTLvyTJ", False),  # uncompressed WIF
+        ("ETH", "0x" + "ab" * 31, False),  # too short
+        ("ETH", "0x" + "zz" * 32, False),  # not hex
+        ("ETH", "00" * 32, False),  # zero key
+        ("ETH", "ff" * 32, False),  # >= n
+        ("ETH", SECRET_WIF, False),  # WIF on EVM
+    ],
+)
 def test_bad_private_keys_never_echo_the_input(name: str, text: str, testnet: bool) -> None:
     with pytest.raises(UsageError) as err:
         get_chain(name).parse_private_key(text, testnet=testnet)
@@ -208,4 +238,5 @@ def test_batch_addresses_match_single_derivation() -> None:
         chain: Any = get_chain(name)
         xpub = chain.xpub_from_mnemonic(ABANDON, testnet=False)
         assert chain.addresses_from_xpub(xpub, range(5), testnet=False) == [
-            chain.address_from_xpub(xpub, i, testnet=False) for i in range(5)]
+            chain.address_from_xpub(xpub, i, testnet=False) for i in range(5)
+        ]

@@ -41,10 +41,24 @@ def spent(coins: list[Coin], delta: int = 0) -> list[tuple[bytes, int]]:
     return [(c.spk, c.utxo.amount + delta) for c in coins]
 
 
-def sign_and_verify(chain: UtxoChain, coins: list[Coin], outputs: list[tuple[str, int]], *, testnet: bool = False,
-                    regtest: bool = False, version: int = 0, owned: Owned | None = None) -> Any:
-    psbt = chain.build_psbt([c.utxo for c in coins], outputs, testnet=testnet, regtest=regtest, version=version,
-                            redeem_scripts=redeem_map(coins))
+def sign_and_verify(
+    chain: UtxoChain,
+    coins: list[Coin],
+    outputs: list[tuple[str, int]],
+    *,
+    testnet: bool = False,
+    regtest: bool = False,
+    version: int = 0,
+    owned: Owned | None = None,
+) -> Any:
+    psbt = chain.build_psbt(
+        [c.utxo for c in coins],
+        outputs,
+        testnet=testnet,
+        regtest=regtest,
+        version=version,
+        redeem_scripts=redeem_map(coins),
+    )
     signed = chain.sign(psbt, [bytes(c.key) for c in coins], testnet=testnet, regtest=regtest, owned=owned)
     assert kernel_verify(signed.raw, spent(coins)) == [True] * len(coins)
     return signed
@@ -52,17 +66,21 @@ def sign_and_verify(chain: UtxoChain, coins: list[Coin], outputs: list[tuple[str
 
 def test_btc_three_script_types_in_one_transaction_verified_by_bitcoin_core() -> None:
     chain = btc()
-    coins = make_coins(chain, [(0, K.P2WPKH, 50_000), (1, K.P2SH_P2WPKH, 60_000), (2, K.P2PKH, 70_000),
-                               (3, K.P2WPKH, 80_000)])
+    coins = make_coins(
+        chain, [(0, K.P2WPKH, 50_000), (1, K.P2SH_P2WPKH, 60_000), (2, K.P2PKH, 70_000), (3, K.P2WPKH, 80_000)]
+    )
     xpub = chain.xpub_from_mnemonic(MNEMONIC, testnet=False)
     change = chain.address_from_xpub(xpub, 5, testnet=False)
-    signed = sign_and_verify(chain, coins, [(EXTERNAL, 200_000), (change, 55_000)],
-                             owned=Owned(addresses=frozenset({change})))
+    signed = sign_and_verify(
+        chain, coins, [(EXTERNAL, 200_000), (change, 55_000)], owned=Owned(addresses=frozenset({change}))
+    )
     s = signed.summary
     assert [i.script_type for i in s.inputs] == ["p2wpkh", "p2sh-p2wpkh", "p2pkh", "p2wpkh"]
     assert [i.amount for i in s.inputs] == [50_000, 60_000, 70_000, 80_000]
-    assert [(o.address, o.amount, o.is_change) for o in s.outputs] == [(EXTERNAL, 200_000, False),
-                                                                      (change, 55_000, True)]
+    assert [(o.address, o.amount, o.is_change) for o in s.outputs] == [
+        (EXTERNAL, 200_000, False),
+        (change, 55_000, True),
+    ]
     assert s.fee == 5_000 and s.asset == "BTC" and s.network == "mainnet"
     assert s.spent == (s.outputs[0],)
     # Bitcoin Core rejects a tampered signature on every input ...
@@ -145,10 +163,12 @@ def test_change_detected_by_bip32_derivation_from_our_xpub() -> None:
 
     change_pub = _hd.pubkey_from_private(change_key)
     change = chain.address_from_pubkey(change_pub, chain.net(False), K.P2WPKH)
-    lookalike = chain.address_from_xpub(chain.xpub_from_mnemonic("zoo " * 11 + "wrong", testnet=False), 11,
-                                        testnet=False)
-    psbt = PSBT.from_base64(chain.build_psbt([c.utxo for c in coins], [(change, 50_000), (lookalike, 49_000)],
-                                             testnet=False))
+    lookalike = chain.address_from_xpub(
+        chain.xpub_from_mnemonic("zoo " * 11 + "wrong", testnet=False), 11, testnet=False
+    )
+    psbt = PSBT.from_base64(
+        chain.build_psbt([c.utxo for c in coins], [(change, 50_000), (lookalike, 49_000)], testnet=False)
+    )
     from embit.ec import PublicKey
 
     path = [44 + 2**31, 2**31, 2**31, 0, 11]
@@ -164,8 +184,9 @@ def test_sweep_to_cold_address() -> None:
     chain = btc()
     coins = make_coins(chain, [(0, K.P2WPKH, 30_000), (1, K.P2SH_P2WPKH, 30_000), (2, K.P2PKH, 30_000)])
     cold = "bc1qnjg0jd8228aq7egyzacy8cys3knf9xvrerkf9g"
-    psbt = chain.build_sweep([c.utxo for c in coins], cold, sat_per_vbyte=10, testnet=False,
-                             redeem_scripts=redeem_map(coins))
+    psbt = chain.build_sweep(
+        [c.utxo for c in coins], cold, sat_per_vbyte=10, testnet=False, redeem_scripts=redeem_map(coins)
+    )
     summary = chain.decode(psbt, testnet=False)
     assert len(summary.outputs) == 1 and summary.outputs[0].address == cold
     assert summary.fee == summary.size * 10 and summary.total_out == 90_000 - summary.fee
@@ -206,8 +227,9 @@ def _psbt_from_unsigned(unsigned_hex: str, utxos: list[tuple[bytes, int]], redee
 def test_bip143_p2sh_p2wpkh_signed_transaction_is_byte_identical() -> None:
     v = BIP143["p2sh_p2wpkh"]
     chain = btc()
-    psbt = _psbt_from_unsigned(v["unsigned_tx"], [(bytes.fromhex(v["script_pubkey"]), v["amount"])],
-                               bytes.fromhex(v["redeem_script"]))
+    psbt = _psbt_from_unsigned(
+        v["unsigned_tx"], [(bytes.fromhex(v["script_pubkey"]), v["amount"])], bytes.fromhex(v["redeem_script"])
+    )
     signed = chain.sign(psbt, [bytes.fromhex(v["private_key"])], testnet=False)
     assert signed.raw.hex() == v["signed_tx"]
     assert signed.summary.txid == signed.txid  # P2SH-P2WPKH: txid known before signing
@@ -246,6 +268,7 @@ def test_bip174_valid_psbt_decodes_with_amounts() -> None:
 
 
 # --- refusals -------------------------------------------------------------------------------------
+
 
 def _one_coin_psbt(**kw: Any) -> tuple[UtxoChain, list[Coin], str]:
     chain = btc()
@@ -323,7 +346,9 @@ def test_wrong_network() -> None:
 
     chain, coins, psbt = _one_coin_psbt()
     with pytest.raises(ChainError, match="wrong network"):
-        chain.decode(psbt, testnet=False, owned=Owned(addresses=frozenset({"tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"})))
+        chain.decode(
+            psbt, testnet=False, owned=Owned(addresses=frozenset({"tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"}))
+        )
     p = PSBT.from_base64(psbt)
     tpub = HDKey.from_string(chain.xpub_from_mnemonic(MNEMONIC, testnet=True))
     p.xpubs[tpub] = DerivationPath(b"\0\0\0\0", [44 + 2**31, 1 + 2**31, 2**31, 0])

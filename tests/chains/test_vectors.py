@@ -35,8 +35,9 @@ def _chain_items() -> list[tuple[str, str, str, str]]:
     return [(vec["seed"], path, xpub, xprv) for vec in BIP32["vectors"] for path, xpub, xprv in vec["chain"]]
 
 
-@pytest.mark.parametrize(("seed", "path", "xpub", "xprv"), _chain_items(),
-                         ids=[f"v{i}" for i in range(len(_chain_items()))])
+@pytest.mark.parametrize(
+    ("seed", "path", "xpub", "xprv"), _chain_items(), ids=[f"v{i}" for i in range(len(_chain_items()))]
+)
 def test_bip32_vectors(seed: str, path: str, xpub: str, xprv: str) -> None:
     node = _hd.node_from_seed(bytes.fromhex(seed)).derive(_hd.parse_path(path))
     assert _hd.encode_xkey(node, _hd.XPRV) == xprv
@@ -85,8 +86,10 @@ def test_bip44_addresses_agree_with_bip_utils() -> None:
 
     seed = Bip39SeedGenerator(ABANDON).Generate()
     coins: dict[str, tuple[Any, dict[str, Any]]] = {
-        "BTC": (Bip44Coins.BITCOIN, {"kind": "p2pkh"}), "LTC": (Bip44Coins.LITECOIN, {}),
-        "DOGE": (Bip44Coins.DOGECOIN, {}), "ETH": (Bip44Coins.ETHEREUM, {}),
+        "BTC": (Bip44Coins.BITCOIN, {"kind": "p2pkh"}),
+        "LTC": (Bip44Coins.LITECOIN, {}),
+        "DOGE": (Bip44Coins.DOGECOIN, {}),
+        "ETH": (Bip44Coins.ETHEREUM, {}),
     }
     for name, (coin, kw) in coins.items():
         chain = get_chain(name)
@@ -95,10 +98,18 @@ def test_bip44_addresses_agree_with_bip_utils() -> None:
         for i in range(3):
             assert chain.address_from_xpub(xpub, i, testnet=False, **kw) == ctx.AddressIndex(i).PublicKey().ToAddress()
     # The two values every BIP-44 tool prints for this mnemonic.
-    assert get_chain("BTC").address_from_xpub(get_chain("BTC").xpub_from_mnemonic(ABANDON, testnet=False), 0,
-                                              testnet=False, kind="p2pkh") == "1LqBGSKuX5yYUonjxT5qGfpUsXKYYWeabA"
-    assert get_chain("ETH").address_from_xpub(get_chain("ETH").xpub_from_mnemonic(ABANDON, testnet=False), 0,
-                                              testnet=False) == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
+    assert (
+        get_chain("BTC").address_from_xpub(
+            get_chain("BTC").xpub_from_mnemonic(ABANDON, testnet=False), 0, testnet=False, kind="p2pkh"
+        )
+        == "1LqBGSKuX5yYUonjxT5qGfpUsXKYYWeabA"
+    )
+    assert (
+        get_chain("ETH").address_from_xpub(
+            get_chain("ETH").xpub_from_mnemonic(ABANDON, testnet=False), 0, testnet=False
+        )
+        == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
+    )
 
 
 def test_public_derivation_agrees_with_embit_for_many_indices() -> None:

@@ -33,8 +33,10 @@ def test_mnemonic_wallet_matches_derivation(name: str) -> None:
     assert w.mnemonic == bytearray(len(w.mnemonic))
 
 
-@pytest.mark.parametrize(("name", "prefix"), [("BTC", ("K", "L")), ("LTC", ("T",)), ("DOGE", ("Q",)),
-                                              ("BCH", ("K", "L")), ("ETH", ("0x",)), ("XDC", ("0x",))])
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("BTC", ("K", "L")), ("LTC", ("T",)), ("DOGE", ("Q",)), ("BCH", ("K", "L")), ("ETH", ("0x",)), ("XDC", ("0x",))],
+)
 def test_private_key_wallet_in_tatum_text_form(name: str, prefix: tuple[str, ...]) -> None:
     w = generate_private_key_wallet(name, testnet=False)
     text = w.private_key.decode()

@@ -28,8 +28,12 @@ def funding_tx(outputs: list[tuple[bytes, int]], salt: bytes = b"") -> bytes:
     from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
     prev = hashlib.sha256(b"funding" + salt).digest()
-    tx = Transaction(version=2, vin=[TransactionInput(prev, 0, script_sig=Script(b"\x51"))],
-                     vout=[TransactionOutput(a, Script(s)) for s, a in outputs], locktime=0)
+    tx = Transaction(
+        version=2,
+        vin=[TransactionInput(prev, 0, script_sig=Script(b"\x51"))],
+        vout=[TransactionOutput(a, Script(s)) for s, a in outputs],
+        locktime=0,
+    )
     return bytes(tx.serialize())
 
 
@@ -39,8 +43,15 @@ def txid(raw: bytes) -> str:
     return bytes(Transaction.parse(raw).txid()).hex()
 
 
-def make_coins(chain: UtxoChain, specs: list[tuple[int, AddressKind, int]], *, testnet: bool = False,
-               regtest: bool = False, full_prev: bool = True, salt: bytes = b"") -> list[Coin]:
+def make_coins(
+    chain: UtxoChain,
+    specs: list[tuple[int, AddressKind, int]],
+    *,
+    testnet: bool = False,
+    regtest: bool = False,
+    full_prev: bool = True,
+    salt: bytes = b"",
+) -> list[Coin]:
     """Coins at (wallet index, script kind, amount), all paid by one funding transaction."""
     from embit import script
     from embit.ec import PublicKey

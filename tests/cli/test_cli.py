@@ -18,8 +18,11 @@ def _files(home: Path) -> dict[str, bytes]:
 
     (Simulator state and the operational events log are meant to change: a token counts PIN tries,
     and the events log records the failure for the anomalies report.)"""
-    return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*"))
-            if p.is_file() and "sim" not in p.relative_to(home).parts and p.name != "events.jsonl"}
+    return {
+        str(p.relative_to(home)): p.read_bytes()
+        for p in sorted(home.rglob("*"))
+        if p.is_file() and "sim" not in p.relative_to(home).parts and p.name != "events.jsonl"
+    }
 
 
 @pytest.fixture
@@ -103,13 +106,22 @@ def test_one_operator_cannot_unlock(cli: Cli, initialised: dict, home: Path) -> 
     assert _files(home) == before
 
 
-@pytest.mark.parametrize(("touch", "code", "message"), [
-    ("deny", 3, "the touch on sim:alice was refused"),
-    ("timeout", 3, "no touch on sim:alice in time"),
-    ("remove", 3, "sim:alice was removed"),
-])
-def test_touch_failures_exit_cleanly(cli: Cli, initialised: dict, home: Path, touch: str, code: int,  # type: ignore[type-arg]
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("touch", "code", "message"),
+    [
+        ("deny", 3, "the touch on sim:alice was refused"),
+        ("timeout", 3, "no touch on sim:alice in time"),
+        ("remove", 3, "sim:alice was removed"),
+    ],
+)
+def test_touch_failures_exit_cleanly(
+    cli: Cli,
+    initialised: dict,
+    home: Path,
+    touch: str,
+    code: int,  # type: ignore[type-arg]
+    message: str,
+) -> None:
     before = _files(home)
     proc = cli("wallet", "store", "BTC", input=MNEMONIC.encode(), touch=touch)
     assert proc.returncode == code, proc.stderr
@@ -137,12 +149,15 @@ def test_no_terminal_and_no_auto_touch_means_no_pin(cli: Cli, initialised: dict)
     assert "no terminal" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["wallet", "generate", "NOPE"],
-    ["wallet", "address", "no-such-id", "0"],
-    ["init", "--operator", "alice", "--quorum", "1"],
-    ["token", "enrol", "usb:x", "--operator", "alice"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["wallet", "generate", "NOPE"],
+        ["wallet", "address", "no-such-id", "0"],
+        ["init", "--operator", "alice", "--quorum", "1"],
+        ["token", "enrol", "usb:x", "--operator", "alice"],
+    ],
+)
 def test_bad_input_is_a_usage_error(cli: Cli, initialised: dict, home: Path, args: list[str]) -> None:  # type: ignore[type-arg]
     before = _files(home)
     proc = cli(*args)
@@ -228,7 +243,9 @@ def test_recovery_words_verify_and_replace_lost_tokens(cli: Cli, initialised: di
         cli("sim", "unplug", name)
     assert cli("unlock").returncode == 5
     for name in ("alice", "bob"):
-        out = cli.json("recovery", "enrol-token", f"sim:{name}-new", "--operator", name, input="\n".join(words[1:]).encode())
+        out = cli.json(
+            "recovery", "enrol-token", f"sim:{name}-new", "--operator", name, input="\n".join(words[1:]).encode()
+        )
         assert out["via"] == "recovery"
     result = cli.json("unlock")
     assert {t["token"] for t in result["touched"]} == {"sim:alice-new", "sim:bob-new"}

@@ -29,8 +29,9 @@ def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def test_every_data_command_has_json() -> None:
     root = typer.main.get_command(app)
     assert len(_commands(root)) > 30
-    missing = [name for name, cmd in _commands(root)
-               if name not in NO_DATA and not any("--json" in p.opts for p in cmd.params)]
+    missing = [
+        name for name, cmd in _commands(root) if name not in NO_DATA and not any("--json" in p.opts for p in cmd.params)
+    ]
     assert missing == []
 
 

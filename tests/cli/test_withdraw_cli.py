@@ -20,9 +20,16 @@ def ready(cli: Cli, home: Path) -> dict:  # type: ignore[type-arg]
 
     cli.json(*init_args())
     wallet = cli.json("wallet", "generate", "ETH", "--testnet")
-    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([COLD]),
-                                               assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=None)},
-                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    policy = Policy(
+        generation=2,
+        default=Rule(
+            approvals_required=2,
+            allowlist=frozenset([COLD]),
+            assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=None)},
+            unknown_destination=UnknownDestination.DENY,
+        ),
+        admin_approvals=2,
+    )
     (home / "policy.json").write_text(json.dumps(policy.to_dict()))
     changed = cli.json("policy", "set", str(home / "policy.json"), "--operator", "alice", "--operator", "bob")
     assert changed["generation"] == 2 and changed["approved_by"] == ["alice", "bob"]
@@ -106,8 +113,19 @@ def test_malformed_request_is_refused_cleanly(cli: Cli, ready: dict, home: Path)
 
 
 def test_sweep_to_cold_wallet_is_one_command(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
-    out = cli.json("sweep", ready["sig"], "--to", COLD, "--balance", str(5 * 10**17), "--nonce", "7",
-                   "--max-fee-per-gas", str(10**10), "--request")
+    out = cli.json(
+        "sweep",
+        ready["sig"],
+        "--to",
+        COLD,
+        "--balance",
+        str(5 * 10**17),
+        "--nonce",
+        "7",
+        "--max-fee-per-gas",
+        str(10**10),
+        "--request",
+    )
     outputs = out["summary"]["outputs"]
     assert outputs[0]["address"] == COLD and int(outputs[0]["amount"]) + int(out["summary"]["fee"]) == 5 * 10**17
     assert out["summary"]["nonce"] == 7
@@ -118,8 +136,10 @@ def test_sweep_to_cold_wallet_is_one_command(cli: Cli, ready: dict) -> None:  # 
 def test_btc_sweep_builds_a_psbt(cli: Cli, home: Path) -> None:
     cli.json(*init_args())
     wallet = cli.json("wallet", "generate", "BTC", "--testnet")
-    coins = [{"txid": "11" * 32, "vout": 0, "amount": 40_000, "index": 0},
-             {"txid": "22" * 32, "vout": 1, "amount": 60_000, "index": 3}]
+    coins = [
+        {"txid": "11" * 32, "vout": 0, "amount": 40_000, "index": 0},
+        {"txid": "22" * 32, "vout": 1, "amount": 60_000, "index": 3},
+    ]
     (home / "utxos.json").write_text(json.dumps(coins))
     cold = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
     out = cli.json("sweep", wallet["signatureId"], "--to", cold, "--utxos", str(home / "utxos.json"), "--fee-rate", "2")
@@ -130,14 +150,42 @@ def test_btc_sweep_builds_a_psbt(cli: Cli, home: Path) -> None:
 
 
 def test_intents_become_unsigned_transactions(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
-    req = cli.json("request", "create", "ETH", ready["sig"], "0", "--to", COLD, "--amount", str(10**16),
-                   "--nonce", "4", "--max-fee-per-gas", str(10**10))
+    req = cli.json(
+        "request",
+        "create",
+        "ETH",
+        ready["sig"],
+        "0",
+        "--to",
+        COLD,
+        "--amount",
+        str(10**16),
+        "--nonce",
+        "4",
+        "--max-fee-per-gas",
+        str(10**10),
+    )
     assert req["status"] == "pending" and req["summary"]["nonce"] == 4
     assert req["summary"]["outputs"] == [{"address": COLD, "amount": str(10**16), "isChange": False}]
     # An ERC-20 intent: the contract is the tx's `to`, but policy judges the real recipient in the calldata.
     token = "0x00000000000000000000000000000000000000aa"
-    proc = cli("request", "create", "ETH", ready["sig"], "0", "--to", "0x000000000000000000000000000000000000bad0",
-               "--amount", "5", "--asset", token, "--nonce", "5", "--max-fee-per-gas", str(10**10))
+    proc = cli(
+        "request",
+        "create",
+        "ETH",
+        ready["sig"],
+        "0",
+        "--to",
+        "0x000000000000000000000000000000000000bad0",
+        "--amount",
+        "5",
+        "--asset",
+        token,
+        "--nonce",
+        "5",
+        "--max-fee-per-gas",
+        str(10**10),
+    )
     assert proc.returncode == 5 and "0x000000000000000000000000000000000000bad0" in proc.stderr.lower()
 
 
@@ -145,8 +193,22 @@ def test_btc_intent_with_change(cli: Cli, home: Path) -> None:
     cli.json(*init_args())
     wallet = cli.json("wallet", "generate", "BTC", "--testnet")
     (home / "utxos.json").write_text(json.dumps([{"txid": "33" * 32, "vout": 0, "amount": 80_000, "index": 0}]))
-    proc = cli("request", "create", "BTC", wallet["signatureId"], "0", "--to", "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx",
-               "--amount", "30000", "--utxos", str(home / "utxos.json"), "--fee-rate", "3", "--json")
+    proc = cli(
+        "request",
+        "create",
+        "BTC",
+        wallet["signatureId"],
+        "0",
+        "--to",
+        "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx",
+        "--amount",
+        "30000",
+        "--utxos",
+        str(home / "utxos.json"),
+        "--fee-rate",
+        "3",
+        "--json",
+    )
     assert proc.returncode == 5  # a fresh vault's policy lets no asset leave until a quorum sets limits
     request = json.loads(cli("request", "list", "--json").stdout)["requests"][0]
     outputs = request["summary"]["outputs"]
@@ -164,8 +226,11 @@ def test_generated_btc_private_key_wallet_signs(cli: Cli, home: Path) -> None:
     cli.json(*init_args())
     wallet = cli.json("wallet", "generate", "BTC", "--testnet", "--private-key")
     assert wallet["address"].startswith("tb1q")
-    policy = Policy(generation=2, default=Rule(approvals_required=2, assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)}),
-                    admin_approvals=2)
+    policy = Policy(
+        generation=2,
+        default=Rule(approvals_required=2, assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)}),
+        admin_approvals=2,
+    )
     (home / "policy.json").write_text(json.dumps(policy.to_dict()))
     cli.json("policy", "set", str(home / "policy.json"))
     btc = get_chain("BTC")

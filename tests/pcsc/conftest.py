@@ -50,8 +50,7 @@ def _unavailable(reason: str) -> None:
 
 
 def _pcscd_binary() -> str | None:
-    return shutil.which("pcscd") or next((p for p in ("/usr/sbin/pcscd", "/sbin/pcscd") if os.access(p, os.X_OK)),
-                                         None)
+    return shutil.which("pcscd") or next((p for p in ("/usr/sbin/pcscd", "/sbin/pcscd") if os.access(p, os.X_OK)), None)
 
 
 def _daemon_running() -> bool:
@@ -125,11 +124,13 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
             conf.mkdir()
             (conf / "kms-agent-vpcd").write_text(
                 f'FRIENDLYNAME "{READER_BASE}"\nDEVICENAME   /dev/null:0x{VPCD_PORT:04X}\n'
-                f"LIBPATH      {VPCD_DRIVER}\nCHANNELID    0x{VPCD_PORT:04X}\n")
+                f"LIBPATH      {VPCD_DRIVER}\nCHANNELID    0x{VPCD_PORT:04X}\n"
+            )
             log = open(workdir / "pcscd.log", "wb")  # noqa: SIM115 - lives as long as the daemon
             started = time.monotonic()
-            proc = subprocess.Popen([binary, "--foreground", "--config", str(conf)], stdout=log,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [binary, "--foreground", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
             if not _wait(lambda: proc.poll() is not None or len(_vpcd_readers()) >= 1, 15):
                 proc.kill()
                 _unavailable("pcscd started but shows no vpcd reader")
@@ -214,8 +215,9 @@ class ServedCard:
 
 
 @contextlib.contextmanager
-def serve_sim_card(env: Pcscd, home: Path, name: str, *, slot: int = 0,
-                   serial: int | None = None) -> Iterator[ServedCard]:
+def serve_sim_card(
+    env: Pcscd, home: Path, name: str, *, slot: int = 0, serial: int | None = None
+) -> Iterator[ServedCard]:
     """Create a fresh simulated card under ``home`` and keep it in vpcd slot ``slot``."""
     from agent.tokens.sim import vpcd
     from agent.tokens.sim.piv_card import ATR_NFC, ATR_USB, PivCard
@@ -225,8 +227,10 @@ def serve_sim_card(env: Pcscd, home: Path, name: str, *, slot: int = 0,
     reader = env.reader if slot == 0 else env.reader2
     assert reader is not None, "pcscd has only one vpcd slot"
     if not _wait(lambda: reader_empty(reader), 3):
-        pytest.fail(f"{reader!r} already holds a card: is another virtual card (kms-agent sim pcsc, vicc) "
-                    f"connected to vpcd port {env.port + slot}?")
+        pytest.fail(
+            f"{reader!r} already holds a card: is another virtual card (kms-agent sim pcsc, vicc) "
+            f"connected to vpcd port {env.port + slot}?"
+        )
     state = create_piv_sim(home, name, serial=serial)
     served = ServedCard(home, name, state.read().serial, reader, None)
 
@@ -236,8 +240,9 @@ def serve_sim_card(env: Pcscd, home: Path, name: str, *, slot: int = 0,
     card = PivCard(state, touch=touch, atr=ATR_USB if env.transport == "usb" else ATR_NFC)
     served.card = card
     stop, connected = threading.Event(), threading.Event()
-    thread = threading.Thread(target=vpcd.serve_card, args=(card, stop),
-                              kwargs={"port": env.port + slot, "connected": connected}, daemon=True)
+    thread = threading.Thread(
+        target=vpcd.serve_card, args=(card, stop), kwargs={"port": env.port + slot, "connected": connected}, daemon=True
+    )
     thread.start()
     try:
         if not connected.wait(10):
@@ -274,5 +279,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if figures:
         terminalreporter.section("PC/SC timings")
         for key, values in figures.items():
-            terminalreporter.write_line(f"{key}: n={len(values)} min={min(values):.3f}s max={max(values):.3f}s "
-                                        f"mean={sum(values) / len(values):.3f}s")
+            terminalreporter.write_line(
+                f"{key}: n={len(values)} min={min(values):.3f}s max={max(values):.3f}s "
+                f"mean={sum(values) / len(values):.3f}s"
+            )

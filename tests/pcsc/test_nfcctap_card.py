@@ -57,8 +57,9 @@ def test_enrol_unwrap_with_chaining_get_response_and_keepalive(tmp_path: Path) -
     touch = FixedTouch(TouchResult.GRANTED, delay=0.3)
     conn, token = open_card(tmp_path, touch)
     prompts = Prompts()
-    enrolment = token.enrol(rp_id="kms.test", user_id=os.urandom(64), user_name="n" * 64, salt=os.urandom(32),
-                            prompts=prompts)
+    enrolment = token.enrol(
+        rp_id="kms.test", user_id=os.urandom(64), user_name="n" * 64, salt=os.urandom(32), prompts=prompts
+    )
     unwrapped = token.unwrap(enrolment.slot_public, digest=bytes(32), prompts=prompts)
     assert unwrapped.ikm == enrolment.ikm
     assert conn.sent[0].startswith(bytes.fromhex("00a4040008a0000006472f0001"))

@@ -33,8 +33,7 @@ def test_discovered_by_select_not_by_name(served_card: ServedCard) -> None:
     assert (served_card.reader, served_card.serial, True) in cards
 
 
-def test_enrol_unwrap_and_approve_through_pcscd(served_card: ServedCard, pin_prompts: Prompts,
-                                                tmp_path: Path) -> None:
+def test_enrol_unwrap_and_approve_through_pcscd(served_card: ServedCard, pin_prompts: Prompts, tmp_path: Path) -> None:
     token = open_piv_token(served_card.spec, tmp_path)  # no simulated cards in this home: PC/SC only
     assert token.label == served_card.spec and token.simulated  # attested by the simulator root
     enrolment = token.enrol(rp_id="kms.test", user_id=b"op", user_name="alice", salt=bytes(32), prompts=pin_prompts)
@@ -62,8 +61,9 @@ def test_enrol_unwrap_and_approve_through_pcscd(served_card: ServedCard, pin_pro
     assert prompts.asked == [3]
 
 
-def test_missed_touch_is_touch_timeout(served_card: ServedCard, pin_prompts: Prompts, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missed_touch_is_touch_timeout(
+    served_card: ServedCard, pin_prompts: Prompts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = open_piv_token(served_card.spec, tmp_path)
     slot = enrol(token, pin_prompts)
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "timeout")

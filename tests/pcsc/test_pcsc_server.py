@@ -30,8 +30,9 @@ def _fido_devices(reader: str) -> list[object]:
 @contextlib.contextmanager
 def serving(home: Path, env: Pcscd, **kwargs: list[str]) -> Iterator[None]:
     stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(home,), kwargs={"stop": stop, "port": env.port, **kwargs},
-                              daemon=True)
+    thread = threading.Thread(
+        target=serve, args=(home,), kwargs={"stop": stop, "port": env.port, **kwargs}, daemon=True
+    )
     thread.start()
     try:
         yield
@@ -51,8 +52,9 @@ def fido_card(home: Path, env: Pcscd, touch: FixedTouch) -> Iterator[str]:
     create_sim_token(home, "fido")
     card = FidoCard(home, "fido", touch=touch)
     stop, connected = threading.Event(), threading.Event()
-    thread = threading.Thread(target=vpcd.serve_card, args=(card, stop),
-                              kwargs={"port": env.port + 1, "connected": connected}, daemon=True)
+    thread = threading.Thread(
+        target=vpcd.serve_card, args=(card, stop), kwargs={"port": env.port + 1, "connected": connected}, daemon=True
+    )
     thread.start()
     try:
         assert connected.wait(10)
@@ -66,8 +68,9 @@ def fido_card(home: Path, env: Pcscd, touch: FixedTouch) -> Iterator[str]:
         _wait(lambda: reader_empty(env.reader2 or ""), 10)
 
 
-def test_serve_puts_piv_and_fido2_cards_in_the_vpcd_slots(pcscd: Pcscd, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_puts_piv_and_fido2_cards_in_the_vpcd_slots(
+    pcscd: Pcscd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if pcscd.reader2 is None:
         _unavailable("this pcscd's vpcd reader has a single slot")
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "auto")
@@ -82,8 +85,9 @@ def test_serve_puts_piv_and_fido2_cards_in_the_vpcd_slots(pcscd: Pcscd, tmp_path
         token = Fido2Token(device, "fido2:pcsc")  # type: ignore[arg-type]
         try:
             prompts = Prompts()
-            enrolment = token.enrol(rp_id="kms.test", user_id=b"op", user_name="bob", salt=bytes(range(32)),
-                                    prompts=prompts)
+            enrolment = token.enrol(
+                rp_id="kms.test", user_id=b"op", user_name="bob", salt=bytes(range(32)), prompts=prompts
+            )
             assert token.holds(enrolment.slot_public)
             assert token.unwrap(enrolment.slot_public, digest=bytes(32), prompts=prompts).ikm == enrolment.ikm
         finally:
@@ -110,8 +114,7 @@ def test_fido2_keepalive_and_cancel_over_nfcctap(pcscd: Pcscd, tmp_path: Path) -
         token = Fido2Token(device, "fido2:pcsc")  # type: ignore[arg-type]
         try:
             prompts = Prompts()
-            enrolment = token.enrol(rp_id="kms.test", user_id=b"op", user_name="carol", salt=bytes(32),
-                                    prompts=prompts)
+            enrolment = token.enrol(rp_id="kms.test", user_id=b"op", user_name="carol", salt=bytes(32), prompts=prompts)
             # The touch took 0.4 s: the card answered 9100 UPNEEDED meanwhile, and the host prompted.
             assert prompts.touched and set(prompts.touched) == {"fido2:pcsc"}
             assert token.unwrap(enrolment.slot_public, digest=bytes(32), prompts=Prompts()).ikm == enrolment.ikm
@@ -135,8 +138,12 @@ def test_an_unplugged_fido2_sim_stays_out_of_the_reader(pcscd: Pcscd, tmp_path: 
     create_sim_token(home, "fido")
     set_plugged(home, "fido", False)
     stop, connected = threading.Event(), threading.Event()
-    thread = threading.Thread(target=vpcd.serve_card, args=(FidoCard(home, "fido"), stop),
-                              kwargs={"port": pcscd.port + 1, "connected": connected}, daemon=True)
+    thread = threading.Thread(
+        target=vpcd.serve_card,
+        args=(FidoCard(home, "fido"), stop),
+        kwargs={"port": pcscd.port + 1, "connected": connected},
+        daemon=True,
+    )
     thread.start()
     try:
         assert not connected.wait(1.0)

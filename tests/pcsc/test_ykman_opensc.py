@@ -22,8 +22,15 @@ DEFAULT_MGM = "010203040506070801020304050607080102030405060708"
 
 def ykman(card: ServedCard, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_AGENT_")}
-    return subprocess.run([str(YKMAN), "--reader", card.reader, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=60, check=False)
+    return subprocess.run(
+        [str(YKMAN), "--reader", card.reader, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_ykman_piv_info(served_card: ServedCard, tmp_path: Path) -> None:
@@ -35,8 +42,23 @@ def test_ykman_piv_info(served_card: ServedCard, tmp_path: Path) -> None:
 
 
 def test_ykman_generate_attest_change_pin(served_card: ServedCard, tmp_path: Path) -> None:
-    gen = ykman(served_card, "piv", "keys", "generate", "-a", "ECCP256", "-m", DEFAULT_MGM,
-                "--pin-policy", "ONCE", "--touch-policy", "ALWAYS", "9a", "pub.pem", cwd=tmp_path)
+    gen = ykman(
+        served_card,
+        "piv",
+        "keys",
+        "generate",
+        "-a",
+        "ECCP256",
+        "-m",
+        DEFAULT_MGM,
+        "--pin-policy",
+        "ONCE",
+        "--touch-policy",
+        "ALWAYS",
+        "9a",
+        "pub.pem",
+        cwd=tmp_path,
+    )
     assert gen.returncode == 0, gen.stderr
     public = load_pem_public_key((tmp_path / "pub.pem").read_bytes())
 
@@ -60,10 +82,16 @@ def test_ykman_generate_attest_change_pin(served_card: ServedCard, tmp_path: Pat
     assert again.returncode == 0, again.stderr
 
 
-@pytest.mark.skipif(shutil.which("opensc-tool") is None and os.environ.get("CI") != "true",
-                    reason="OpenSC is not installed")
+@pytest.mark.skipif(
+    shutil.which("opensc-tool") is None and os.environ.get("CI") != "true", reason="OpenSC is not installed"
+)
 def test_opensc_names_a_piv_card(served_card: ServedCard) -> None:
-    proc = subprocess.run(["opensc-tool", "--reader", served_card.reader, "--name"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        ["opensc-tool", "--reader", served_card.reader, "--name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Personal Identity Verification Card" in proc.stdout or "PIV" in proc.stdout, proc.stdout

@@ -31,13 +31,19 @@ WALLET = "26d3883e-4e17-48b3-a0ee-09a3e484ac83"
 OTHER_WALLET = "9b2f3a51-0000-4000-8000-000000000001"
 BTC = 100_000_000
 
-RULE = Rule(approvals_required=2, assets={"BTC": AssetLimits(per_tx=1 * BTC, per_hour=2 * BTC, per_day=5 * BTC)},
-            allowlist=frozenset({COLD}), unknown_destination=UnknownDestination.ESCALATE, escalate_by=1)
+RULE = Rule(
+    approvals_required=2,
+    assets={"BTC": AssetLimits(per_tx=1 * BTC, per_hour=2 * BTC, per_day=5 * BTC)},
+    allowlist=frozenset({COLD}),
+    unknown_destination=UnknownDestination.ESCALATE,
+    escalate_by=1,
+)
 POLICY = Policy(generation=3, default=RULE)
 
 
-def tx(amount: int, *, to: str = COLD, wallet: str = WALLET, chain: str = "BTC", change: int = 0,
-       fee: int = 0) -> RequestSummary:
+def tx(
+    amount: int, *, to: str = COLD, wallet: str = WALLET, chain: str = "BTC", change: int = 0, fee: int = 0
+) -> RequestSummary:
     outs = [SummaryOutput(to, amount, "BTC")]
     if change:
         outs.append(SummaryOutput("bc1qchange", change, "BTC", is_change=True))
@@ -73,7 +79,9 @@ def test_per_transaction_limit() -> None:
 
 
 def test_over_limit_can_escalate_instead() -> None:
-    policy = dataclasses.replace(POLICY, default=dataclasses.replace(RULE, over_limit=OverLimit.ESCALATE, escalate_by=2))
+    policy = dataclasses.replace(
+        POLICY, default=dataclasses.replace(RULE, over_limit=OverLimit.ESCALATE, escalate_by=2)
+    )
     d = evaluate(tx(BTC + 1), policy, [], MONDAY_10)
     assert d.outcome is Outcome.ESCALATE and d.approvals_required == 4
 
@@ -123,23 +131,28 @@ def test_unknown_destination_escalates_or_denies() -> None:
 
 def test_allowlist_compares_evm_addresses_case_insensitively() -> None:
     checksummed = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-    rule = Rule(assets={"ETH": AssetLimits()}, allowlist=frozenset({checksummed.lower()}),
-                unknown_destination=UnknownDestination.DENY)
+    rule = Rule(
+        assets={"ETH": AssetLimits()},
+        allowlist=frozenset({checksummed.lower()}),
+        unknown_destination=UnknownDestination.DENY,
+    )
     summary = RequestSummary("ETH", "mainnet", WALLET, (SummaryOutput(checksummed, 10, "ETH"),), 0, "ETH")
     assert evaluate(summary, Policy(1, rule), [], MONDAY_10).outcome is Outcome.ALLOW
 
 
 def test_unlisted_asset_is_denied() -> None:
-    summary = RequestSummary("ETH", "mainnet", WALLET, (SummaryOutput(COLD, 5, "0xdAC17F958D2ee523a2206206994597C13D831ec7"),),
-                             21000, "ETH")
+    summary = RequestSummary(
+        "ETH", "mainnet", WALLET, (SummaryOutput(COLD, 5, "0xdAC17F958D2ee523a2206206994597C13D831ec7"),), 21000, "ETH"
+    )
     d = evaluate(summary, POLICY, [], MONDAY_10)
     assert d.outcome is Outcome.DENY
     assert sorted(rules_of(d, Outcome.DENY)) == ["asset", "asset"]  # the token and the ETH fee
 
 
 def test_time_window() -> None:
-    office = dataclasses.replace(POLICY, default=dataclasses.replace(
-        RULE, time_window=TimeWindow(frozenset(range(5)), 8, 18)))
+    office = dataclasses.replace(
+        POLICY, default=dataclasses.replace(RULE, time_window=TimeWindow(frozenset(range(5)), 8, 18))
+    )
     assert evaluate(tx(1000), office, [], MONDAY_10).outcome is Outcome.ALLOW
     late = evaluate(tx(1000), office, [], MONDAY_10 + 8 * 3600)  # Monday 18:00
     assert late.outcome is Outcome.DENY and "Mon 18:00 UTC is outside" in late.explain()
@@ -161,10 +174,15 @@ def test_freeze_switches() -> None:
 
 
 def test_per_wallet_override_beats_chain_beats_default() -> None:
-    policy = dataclasses.replace(POLICY, chains={"BTC": RuleOverride.of(approvals_required=3)},
-                                 wallets={WALLET: RuleOverride.of(
-                                     approvals_required=4,
-                                     assets={"BTC": AssetLimits(per_tx=10 * BTC, per_hour=20 * BTC)})})
+    policy = dataclasses.replace(
+        POLICY,
+        chains={"BTC": RuleOverride.of(approvals_required=3)},
+        wallets={
+            WALLET: RuleOverride.of(
+                approvals_required=4, assets={"BTC": AssetLimits(per_tx=10 * BTC, per_hour=20 * BTC)}
+            )
+        },
+    )
     d = evaluate(tx(5 * BTC), policy, [], MONDAY_10)
     assert d.outcome is Outcome.ALLOW and d.approvals_required == 4
     assert any(r.rule == "rule" and r.detail == f"rule from default + chain:BTC + wallet:{WALLET}" for r in d.reasons)
@@ -200,7 +218,9 @@ def test_near_limit_report() -> None:
     past = history((60, int(1.7 * BTC)), (7200, int(2.5 * BTC)))
     usage = near_limit(POLICY, past, MONDAY_10)
     assert [(u.scope, u.asset, u.window, u.used, u.percent) for u in usage] == [
-        (f"wallet:{WALLET}", "BTC", "day", int(4.2 * BTC), 84), (f"wallet:{WALLET}", "BTC", "hour", int(1.7 * BTC), 85)]
+        (f"wallet:{WALLET}", "BTC", "day", int(4.2 * BTC), 84),
+        (f"wallet:{WALLET}", "BTC", "hour", int(1.7 * BTC), 85),
+    ]
     assert near_limit(POLICY, past, MONDAY_10, percent=90) == []
 
 
@@ -209,15 +229,25 @@ def test_summary_from_a_decoded_erc20_transfer_uses_the_real_recipient() -> None
     from agent.policy import from_tx_summary
 
     token = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
-    decoded = TxSummary(chain="ETH", network="mainnet", kind=TxKind.TOKEN_TRANSFER, inputs=(),
-                        outputs=(TxOutput(token, 0),), fee=21000 * 30 * 10**9, asset=token, nonce=4, chain_id=1,
-                        token=TokenCall("transfer", token, "0x000000000000000000000000000000000000dEaD", 5 * 10**6))
+    decoded = TxSummary(
+        chain="ETH",
+        network="mainnet",
+        kind=TxKind.TOKEN_TRANSFER,
+        inputs=(),
+        outputs=(TxOutput(token, 0),),
+        fee=21000 * 30 * 10**9,
+        asset=token,
+        nonce=4,
+        chain_id=1,
+        token=TokenCall("transfer", token, "0x000000000000000000000000000000000000dEaD", 5 * 10**6),
+    )
     summary = from_tx_summary(decoded, signature_id=WALLET, native_asset="ETH")
     assert summary.outputs == (SummaryOutput("0x000000000000000000000000000000000000dEaD", 5 * 10**6, token),)
     assert summary.spent() == {token.lower(): 5 * 10**6, "ETH": 21000 * 30 * 10**9}
     assert not summary.opaque
-    rule = Rule(assets={token: AssetLimits(per_tx=10**6), "ETH": AssetLimits()},
-                unknown_destination=UnknownDestination.ALLOW)
+    rule = Rule(
+        assets={token: AssetLimits(per_tx=10**6), "ETH": AssetLimits()}, unknown_destination=UnknownDestination.ALLOW
+    )
     d = evaluate(summary, Policy(1, rule), [], MONDAY_10)
     assert d.outcome is Outcome.DENY and rules_of(d, Outcome.DENY) == ["per-tx-limit"]
 
@@ -230,9 +260,19 @@ def test_summary_from_a_psbt_keeps_change_and_unaddressed_scripts() -> None:
     from agent.chains.base import TxKind, TxOutput, TxSummary
     from agent.policy import from_tx_summary
 
-    decoded = TxSummary(chain="BTC", network="mainnet", kind=TxKind.TRANSFER, inputs=(),
-                        outputs=(TxOutput(COLD, 1000), TxOutput("bc1qchange", 5000, is_change=True),
-                                 TxOutput(None, 1, script="6a0568656c6c6f")), fee=300, asset="BTC")
+    decoded = TxSummary(
+        chain="BTC",
+        network="mainnet",
+        kind=TxKind.TRANSFER,
+        inputs=(),
+        outputs=(
+            TxOutput(COLD, 1000),
+            TxOutput("bc1qchange", 5000, is_change=True),
+            TxOutput(None, 1, script="6a0568656c6c6f"),
+        ),
+        fee=300,
+        asset="BTC",
+    )
     summary = from_tx_summary(decoded, signature_id=WALLET, native_asset="BTC")
     assert summary.destinations == (COLD, "script:6a0568656c6c6f")
     assert summary.spent() == {"BTC": 1301}

@@ -36,18 +36,23 @@ SUMMARIES = st.builds(
 )
 POLICY = Policy(
     generation=1,
-    default=Rule(assets={"BTC": AssetLimits(10**8, 2 * 10**8, 5 * 10**8), "ETH": AssetLimits(per_day=10**18)},
-                 allowlist=frozenset({"bc1qcold"}), unknown_destination=UnknownDestination.ESCALATE,
-                 time_window=TimeWindow(frozenset(range(5)), 8, 18)),
+    default=Rule(
+        assets={"BTC": AssetLimits(10**8, 2 * 10**8, 5 * 10**8), "ETH": AssetLimits(per_day=10**18)},
+        allowlist=frozenset({"bc1qcold"}),
+        unknown_destination=UnknownDestination.ESCALATE,
+        time_window=TimeWindow(frozenset(range(5)), 8, 18),
+    ),
     chains={"ETH": RuleOverride.of(over_limit=OverLimit.ESCALATE)},
     wallets={"w-2": RuleOverride.of(frozen=True)},
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(summary=SUMMARIES, history=st.lists(st.builds(HistoryEntry, st.integers(-(2**40), 2**40), SUMMARIES),
-                                           max_size=6),
-       now=st.integers(min_value=-(2**63), max_value=2**63))
+@given(
+    summary=SUMMARIES,
+    history=st.lists(st.builds(HistoryEntry, st.integers(-(2**40), 2**40), SUMMARIES), max_size=6),
+    now=st.integers(min_value=-(2**63), max_value=2**63),
+)
 def test_evaluate_never_raises(summary: RequestSummary, history: list[HistoryEntry], now: int) -> None:
     decision = evaluate(summary, POLICY, history, now)
     assert decision.outcome in set(Outcome)

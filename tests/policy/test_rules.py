@@ -26,10 +26,15 @@ from tests.approvals.helpers import NOW, Team, oid
 
 FULL = Policy(
     generation=5,
-    default=Rule(approvals_required=2, assets={"BTC": AssetLimits(100, 200, None),
-                                               "0xDAC17F958D2EE523A2206206994597C13D831EC7": AssetLimits(per_day=10**30)},
-                 allowlist=frozenset({"bc1qcold", "0xABCDEF0000000000000000000000000000000001"}),
-                 time_window=TimeWindow(frozenset({0, 1, 2, 3, 4}), 8, 18)),
+    default=Rule(
+        approvals_required=2,
+        assets={
+            "BTC": AssetLimits(100, 200, None),
+            "0xDAC17F958D2EE523A2206206994597C13D831EC7": AssetLimits(per_day=10**30),
+        },
+        allowlist=frozenset({"bc1qcold", "0xABCDEF0000000000000000000000000000000001"}),
+        time_window=TimeWindow(frozenset({0, 1, 2, 3, 4}), 8, 18),
+    ),
     chains={"ETH": RuleOverride.of(approvals_required=3, unknown_destination=UnknownDestination.DENY)},
     wallets={"w-1": RuleOverride.of(frozen=True, time_window=None)},
     admin_approvals=3,
@@ -59,33 +64,36 @@ def mutate(path: list[Any], value: Any, *, delete: bool = False) -> dict[str, An
     return raw
 
 
-@pytest.mark.parametrize(("path", "value", "delete"), [
-    (["extra"], 1, False),
-    (["default", "extra"], 1, False),
-    (["chains", "ETH", "bogus"], 1, False),
-    (["default", "approvals_required"], None, True),
-    (["default", "approvals_required"], True, False),
-    (["default", "approvals_required"], 0, False),
-    (["default", "approvals_required"], "2", False),
-    (["generation"], -1, False),
-    (["generation"], 1.0, False),
-    (["frozen"], 0, False),
-    (["v"], 2, False),
-    (["default", "assets", "BTC", "per_tx"], 100, False),
-    (["default", "assets", "BTC", "per_tx"], "0100", False),
-    (["default", "assets", "BTC", "per_tx"], "-1", False),
-    (["default", "assets", "BTC", "extra"], None, False),
-    (["default", "allowlist"], ["b", "a"], False),
-    (["default", "allowlist"], ["a", "a"], False),
-    (["default", "allowlist"], ["0xABC"], False),
-    (["default", "unknown_destination"], "maybe", False),
-    (["default", "time_window", "start_hour"], 24, False),
-    (["default", "time_window", "weekdays"], [7], False),
-    (["default", "time_window", "weekdays"], [], False),
-    (["default", "time_window", "end_hour"], 8, False),
-    (["default", "approval_ttl"], 5, False),
-    (["wallets"], [], False),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "delete"),
+    [
+        (["extra"], 1, False),
+        (["default", "extra"], 1, False),
+        (["chains", "ETH", "bogus"], 1, False),
+        (["default", "approvals_required"], None, True),
+        (["default", "approvals_required"], True, False),
+        (["default", "approvals_required"], 0, False),
+        (["default", "approvals_required"], "2", False),
+        (["generation"], -1, False),
+        (["generation"], 1.0, False),
+        (["frozen"], 0, False),
+        (["v"], 2, False),
+        (["default", "assets", "BTC", "per_tx"], 100, False),
+        (["default", "assets", "BTC", "per_tx"], "0100", False),
+        (["default", "assets", "BTC", "per_tx"], "-1", False),
+        (["default", "assets", "BTC", "extra"], None, False),
+        (["default", "allowlist"], ["b", "a"], False),
+        (["default", "allowlist"], ["a", "a"], False),
+        (["default", "allowlist"], ["0xABC"], False),
+        (["default", "unknown_destination"], "maybe", False),
+        (["default", "time_window", "start_hour"], 24, False),
+        (["default", "time_window", "weekdays"], [7], False),
+        (["default", "time_window", "weekdays"], [], False),
+        (["default", "time_window", "end_hour"], 8, False),
+        (["default", "approval_ttl"], 5, False),
+        (["wallets"], [], False),
+    ],
+)
 def test_strict_shape(path: list[Any], value: Any, delete: bool) -> None:
     with pytest.raises(PolicyFormatError):
         Policy.from_dict(mutate(path, value, delete=delete))
@@ -120,8 +128,9 @@ def test_policy_change_is_an_approval_request() -> None:
     assert rule.approvals_required == 3 and not rule.initiator_may_approve
     approvals = [team.approve(p, n, s) for n, s in ((1, 0x11), (2, 0x21), (4, 0x41))]
     assert evaluate_quorum(ApprovalRequest(p, initiator=oid(3)), approvals, [], rule, team.roster, NOW, {}).approved
-    assert not evaluate_quorum(ApprovalRequest(p, initiator=oid(3)), approvals[:2], [], rule, team.roster, NOW,
-                               {}).approved
+    assert not evaluate_quorum(
+        ApprovalRequest(p, initiator=oid(3)), approvals[:2], [], rule, team.roster, NOW, {}
+    ).approved
     with pytest.raises(PolicyFormatError):
         policy_change_payload(vault_id=bytes(16), request_id=oid(0x77), current=FULL, new=FULL, expires_at=NOW)
 
@@ -130,12 +139,25 @@ def test_withdrawal_payload_carries_the_decoded_outputs() -> None:
     from agent.approvals import PayloadOutput, approval_digest
     from agent.policy import RequestSummary, SummaryOutput, withdrawal_payload
 
-    summary = RequestSummary("BTC", "testnet", "w-1", (SummaryOutput("tb1qdest", 1000, "BTC"),
-                                                      SummaryOutput("tb1qchange", 5000, "BTC", is_change=True)),
-                             141, "BTC")
+    summary = RequestSummary(
+        "BTC",
+        "testnet",
+        "w-1",
+        (SummaryOutput("tb1qdest", 1000, "BTC"), SummaryOutput("tb1qchange", 5000, "BTC", is_change=True)),
+        141,
+        "BTC",
+    )
     tx_hash = hashlib.sha256(b"psbt bytes").digest()
-    p = withdrawal_payload(summary, vault_id=bytes(16), request_id=oid(5), derivation_index=0,
-                           unsigned_tx_sha256=tx_hash, nonce=None, expires_at=NOW + 600, policy_generation=5)
+    p = withdrawal_payload(
+        summary,
+        vault_id=bytes(16),
+        request_id=oid(5),
+        derivation_index=0,
+        unsigned_tx_sha256=tx_hash,
+        nonce=None,
+        expires_at=NOW + 600,
+        policy_generation=5,
+    )
     assert p.outputs == (PayloadOutput("tb1qdest", 1000, "BTC"), PayloadOutput("tb1qchange", 5000, "BTC"))
     assert p.fee == 141 and p.unsigned_tx_sha256 == tx_hash and p.action is Action.WITHDRAWAL
     assert len(approval_digest(p)) == 32

@@ -15,11 +15,32 @@ from agent.tokens.sim import FixedTouch, TouchResult, create_sim_token, open_sim
 from tests.conftest import AutoPrompts
 
 # Codes a token cannot return to a host that is behaving (framing and transport internals).
-NOT_FROM_A_TOKEN = {"SUCCESS", "SPEC_LAST", "EXTENSION_FIRST", "EXTENSION_LAST", "VENDOR_FIRST", "VENDOR_LAST",
-                    "INVALID_COMMAND", "INVALID_PARAMETER", "INVALID_LENGTH", "INVALID_SEQ", "LOCK_REQUIRED",
-                    "INVALID_CHANNEL", "CBOR_UNEXPECTED_TYPE", "INVALID_CBOR", "MISSING_PARAMETER",
-                    "FP_DATABASE_FULL", "LARGE_BLOB_STORAGE_FULL", "PROCESSING", "OPERATION_PENDING",
-                    "NO_OPERATIONS", "INVALID_OPTION", "REQUEST_TOO_LARGE", "INVALID_SUBCOMMAND", "OTHER"}
+NOT_FROM_A_TOKEN = {
+    "SUCCESS",
+    "SPEC_LAST",
+    "EXTENSION_FIRST",
+    "EXTENSION_LAST",
+    "VENDOR_FIRST",
+    "VENDOR_LAST",
+    "INVALID_COMMAND",
+    "INVALID_PARAMETER",
+    "INVALID_LENGTH",
+    "INVALID_SEQ",
+    "LOCK_REQUIRED",
+    "INVALID_CHANNEL",
+    "CBOR_UNEXPECTED_TYPE",
+    "INVALID_CBOR",
+    "MISSING_PARAMETER",
+    "FP_DATABASE_FULL",
+    "LARGE_BLOB_STORAGE_FULL",
+    "PROCESSING",
+    "OPERATION_PENDING",
+    "NO_OPERATIONS",
+    "INVALID_OPTION",
+    "REQUEST_TOO_LARGE",
+    "INVALID_SUBCOMMAND",
+    "OTHER",
+}
 
 
 def test_every_ctap_status_a_token_can_return_has_a_specific_message() -> None:
@@ -37,8 +58,9 @@ def _token(home: Path, name: str, touch=None) -> Fido2Token:  # type: ignore[no-
 
 def _enrolled(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
     with _token(home, "alice") as token:
-        enrolment = token.enrol(rp_id="kms-agent.local", user_id=b"u" * 16, user_name="alice", salt=b"s" * 32,
-                                prompts=prompts)
+        enrolment = token.enrol(
+            rp_id="kms-agent.local", user_id=b"u" * 16, user_name="alice", salt=b"s" * 32, prompts=prompts
+        )
     return enrolment
 
 

@@ -19,8 +19,9 @@ def main() -> None:
     n = 0
     while True:
         n += 1
-        vault.add_wallet(wallet_type="PRIVATE_KEY", chain="ETH", testnet=True, secret=bytearray(b"%064x" % n),
-                         address=f"0x{n:040x}")
+        vault.add_wallet(
+            wallet_type="PRIVATE_KEY", chain="ETH", testnet=True, secret=bytearray(b"%064x" % n), address=f"0x{n:040x}"
+        )
         vault.save()
         print(vault.header["generation"], flush=True)
 

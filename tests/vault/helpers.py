@@ -11,8 +11,9 @@ from agent.vault.vault import PublicVault, UnlockedVault, create_vault
 from tests.conftest import AutoPrompts
 
 
-def make_vault(home: Path, prompts: AutoPrompts, operators: Sequence[str] = ("alice", "bob", "carol"),
-               quorum: int = 2) -> tuple[Paths, list[str]]:
+def make_vault(
+    home: Path, prompts: AutoPrompts, operators: Sequence[str] = ("alice", "bob", "carol"), quorum: int = 2
+) -> tuple[Paths, list[str]]:
     paths = Paths(home)
     tokens = [(name, open_token(f"sim:{name}", home)) for name in operators]
     pending = create_vault(paths.vault, paths.pin, tokens, quorum, prompts)
@@ -33,5 +34,8 @@ def unlock(paths: Paths, prompts: AutoPrompts, operators: Sequence[str] | None =
 
 def snapshot(paths: Paths) -> dict[str, bytes]:
     """Every file under the data directory except simulator state: what must not change on failure."""
-    return {str(p.relative_to(paths.home)): p.read_bytes() for p in sorted(paths.home.rglob("*"))
-            if p.is_file() and "sim" not in p.relative_to(paths.home).parts}
+    return {
+        str(p.relative_to(paths.home)): p.read_bytes()
+        for p in sorted(paths.home.rglob("*"))
+        if p.is_file() and "sim" not in p.relative_to(paths.home).parts
+    }

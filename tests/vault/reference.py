@@ -32,12 +32,21 @@ def signing_key(dek: bytes, vault_id: bytes) -> Ed25519PrivateKey:
 
 
 def signing_public(dek: bytes, vault_id: bytes) -> bytes:
-    return signing_key(dek, vault_id).public_key().public_bytes(serialization.Encoding.Raw,
-                                                                 serialization.PublicFormat.Raw)
+    return (
+        signing_key(dek, vault_id).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
 
 
-def wrap_slot(share: bytes, ikm: bytes, kind: str, kdf_salt: bytes, vault_id: bytes, slot_id: bytes,
-              operator_id: bytes, nonce: bytes) -> bytes:
+def wrap_slot(
+    share: bytes,
+    ikm: bytes,
+    kind: str,
+    kdf_salt: bytes,
+    vault_id: bytes,
+    slot_id: bytes,
+    operator_id: bytes,
+    nonce: bytes,
+) -> bytes:
     kek = hkdf(ikm, kdf_salt, b"slot/" + kind.encode() + b"\0" + vault_id + slot_id)
     aad = DOMAIN + b"slot\0" + kind.encode() + b"\0" + vault_id + slot_id + operator_id
     return AESGCM(kek).encrypt(nonce, share, aad)
@@ -48,8 +57,7 @@ def wrap_recovery(dek: bytes, secret: bytes, vault_id: bytes, nonce: bytes) -> b
     return AESGCM(kek).encrypt(nonce, dek, DOMAIN + b"recovery\0" + vault_id)
 
 
-def seal_entry(dek: bytes, vault_id: bytes, signature_id: str, wallet_type: str, secret: bytes,
-               nonce: bytes) -> bytes:
+def seal_entry(dek: bytes, vault_id: bytes, signature_id: str, wallet_type: str, secret: bytes, nonce: bytes) -> bytes:
     key = hkdf(dek, vault_id, b"entry")
     aad = DOMAIN + b"entry\0" + vault_id + signature_id.encode()
     return nonce + AESGCM(key).encrypt(nonce, wallet_type.encode() + b"\0" + secret, aad)

@@ -25,8 +25,13 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
     generations_seen = set()
     last_generation = load(paths).header["generation"]
     for _ in range(TRIALS):
-        child = subprocess.Popen([sys.executable, "-m", "tests.vault.crash_child", str(home)], cwd=REPO,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.vault.crash_child", str(home)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert child.stdin and child.stdout
         child.stdin.write("\n".join(words[:2]))
         child.stdin.close()

@@ -51,7 +51,10 @@ def test_two_tokens_of_one_operator_count_once(vault3, home: Path, prompts: Auto
     set_plugged(home, "alice", False)
     set_plugged(home, "bob", True)
     with unlock(paths, prompts) as vault:
-        assert [(t.operator, t.token_label) for t in vault.touches] == [("alice", "sim:alice-backup"), ("bob", "sim:bob")]
+        assert [(t.operator, t.token_label) for t in vault.touches] == [
+            ("alice", "sim:alice-backup"),
+            ("bob", "sim:bob"),
+        ]
 
 
 def test_wrong_pin_counts_down_and_changes_nothing(vault3, home: Path, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
@@ -85,9 +88,12 @@ def test_blocked_pin_is_reported(vault3, prompts: AutoPrompts) -> None:  # type:
         unlock(paths, prompts, operators=["carol", "bob"])
 
 
-@pytest.mark.parametrize(("mode", "error"), [("deny", TouchDenied), ("timeout", TouchTimeout), ("remove", TokenRemoved)])
-def test_touch_failures_are_clear_and_change_nothing(vault3, prompts: AutoPrompts, monkeypatch: pytest.MonkeyPatch,
-                                                     mode: str, error: type[Exception]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("mode", "error"), [("deny", TouchDenied), ("timeout", TouchTimeout), ("remove", TokenRemoved)]
+)
+def test_touch_failures_are_clear_and_change_nothing(
+    vault3, prompts: AutoPrompts, monkeypatch: pytest.MonkeyPatch, mode: str, error: type[Exception]
+) -> None:  # type: ignore[no-untyped-def]
     paths, _ = vault3
     before = snapshot(paths)
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", mode)

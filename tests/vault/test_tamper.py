@@ -30,8 +30,13 @@ def vault(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
 
         btc = get_chain("BTC")
         phrase = "abandon " * 11 + "about"
-        v.add_wallet(wallet_type="MNEMONIC", chain="BTC", testnet=False, secret=bytearray(phrase.encode()),
-                     xpub=btc.xpub_from_mnemonic(phrase, testnet=False))
+        v.add_wallet(
+            wallet_type="MNEMONIC",
+            chain="BTC",
+            testnet=False,
+            secret=bytearray(phrase.encode()),
+            xpub=btc.xpub_from_mnemonic(phrase, testnet=False),
+        )
         v.save()
     return paths
 

@@ -31,16 +31,31 @@ def test_product_code_writes_the_vector_byte_for_byte() -> None:
     keys = VaultKeys(dek, vid)
     slot = dict(ref_header["slots"][0])
     slot["nonce"], slot["wrapped"] = keyslots.wrap_share(
-        INPUTS["share_a"].encode(), bytearray(h(INPUTS["slot_ikm"])), kind="fido2-hmac", kdf_salt=h(INPUTS["slot_salt"]),
-        vault_id=vid, slot_id=h(INPUTS["slot_id"]), operator_id=h(INPUTS["operator_a"]), nonce=h(INPUTS["slot_nonce"]))
-    rec_nonce, rec_wrapped = keyslots.wrap_recovery(dek, bytearray(h(INPUTS["recovery_secret"])), vid,
-                                                    nonce=h(INPUTS["recovery_nonce"]))
-    header = {**ref_header, "slots": [slot], "signing_key": keys.signing_public,
-              "recovery": {**ref_header["recovery"], "nonce": rec_nonce, "wrapped": rec_wrapped}}
+        INPUTS["share_a"].encode(),
+        bytearray(h(INPUTS["slot_ikm"])),
+        kind="fido2-hmac",
+        kdf_salt=h(INPUTS["slot_salt"]),
+        vault_id=vid,
+        slot_id=h(INPUTS["slot_id"]),
+        operator_id=h(INPUTS["operator_a"]),
+        nonce=h(INPUTS["slot_nonce"]),
+    )
+    rec_nonce, rec_wrapped = keyslots.wrap_recovery(
+        dek, bytearray(h(INPUTS["recovery_secret"])), vid, nonce=h(INPUTS["recovery_nonce"])
+    )
+    header = {
+        **ref_header,
+        "slots": [slot],
+        "signing_key": keys.signing_public,
+        "recovery": {**ref_header["recovery"], "nonce": rec_nonce, "wrapped": rec_wrapped},
+    }
     secret = bytearray(b"MNEMONIC\0" + INPUTS["mnemonic"].encode())
-    body = {"shares": {INPUTS["operator_a"]: INPUTS["share_a"], INPUTS["operator_b"]: INPUTS["share_b"]},
-            "entries": {INPUTS["signature_id"]: seal_entry(keys, INPUTS["signature_id"], secret,
-                                                           nonce=h(INPUTS["entry_nonce"]))}}
+    body = {
+        "shares": {INPUTS["operator_a"]: INPUTS["share_a"], INPUTS["operator_b"]: INPUTS["share_b"]},
+        "entries": {
+            INPUTS["signature_id"]: seal_entry(keys, INPUTS["signature_id"], secret, nonce=h(INPUTS["entry_nonce"]))
+        },
+    }
     assert seal_file(header, body, keys) == FILE
     assert fingerprint(keys.signing_public) == VECTOR["fingerprint"]
 

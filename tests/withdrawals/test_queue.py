@@ -10,9 +10,13 @@ from agent.withdrawals.queue import Queue
 
 def test_queue_from_an_earlier_version_is_migrated(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "queue.sqlite")
-    db.execute("CREATE TABLE requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL, "
-               "record TEXT NOT NULL)")
-    db.execute("INSERT INTO requests VALUES ('aa', 1, 'pending', '{\"id\": \"aa\", \"created_at\": 1, \"status\": \"pending\"}')")
+    db.execute(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL, "
+        "record TEXT NOT NULL)"
+    )
+    db.execute(
+        'INSERT INTO requests VALUES (\'aa\', 1, \'pending\', \'{"id": "aa", "created_at": 1, "status": "pending"}\')'
+    )
     db.commit()
     db.close()
     queue = Queue(tmp_path)

@@ -28,14 +28,26 @@ def env(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
     paths, _ = make_vault(home, prompts)
     eth = get_chain("ETH")
     with unlock(paths, prompts, operators=["alice", "bob"]) as v:
-        entry = v.add_wallet(wallet_type="MNEMONIC", chain="ETH", testnet=True, secret=bytearray(MNEMONIC.encode()),
-                             xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True))
+        entry = v.add_wallet(
+            wallet_type="MNEMONIC",
+            chain="ETH",
+            testnet=True,
+            secret=bytearray(MNEMONIC.encode()),
+            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
+        )
         v.save()
     service = Withdrawals(home)
     finder = lambda slot: find_token(slot, home)  # noqa: E731
-    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([eth.normalize_address(COLD, testnet=True)]),
-                                               assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=3 * 10**18)},
-                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    policy = Policy(
+        generation=2,
+        default=Rule(
+            approvals_required=2,
+            allowlist=frozenset([eth.normalize_address(COLD, testnet=True)]),
+            assets={"ETH": AssetLimits(per_tx=10**18, per_hour=None, per_day=3 * 10**18)},
+            unknown_destination=UnknownDestination.DENY,
+        ),
+        admin_approvals=2,
+    )
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["alice", "bob"])
     return service, finder, entry["signatureId"], eth
 
@@ -91,7 +103,11 @@ def test_a_veto_stops_the_request(env, prompts: AutoPrompts) -> None:  # type: i
 def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, _, _ = env
     current = service.vault().policy()
-    looser = dataclasses.replace(current, generation=current.generation + 1, default=dataclasses.replace(current.default, unknown_destination=UnknownDestination.ALLOW))
+    looser = dataclasses.replace(
+        current,
+        generation=current.generation + 1,
+        default=dataclasses.replace(current.default, unknown_destination=UnknownDestination.ALLOW),
+    )
     with pytest.raises(QuorumNotMet):
         service.change_policy(looser, finder=finder, prompts=prompts, operators=["alice"])
     assert service.vault().policy().generation == current.generation
@@ -123,15 +139,27 @@ def test_btc_psbt_withdrawal_is_signed_and_valid_for_bitcoin_core(home: Path, pr
     btc = get_chain("BTC")
     paths, _ = make_vault(home, prompts)
     with unlock(paths, prompts, operators=["alice", "bob"]) as v:
-        entry = v.add_wallet(wallet_type="MNEMONIC", chain="BTC", testnet=True, secret=bytearray(MNEMONIC.encode()),
-                             xpub=btc.xpub_from_mnemonic(MNEMONIC, testnet=True))
+        entry = v.add_wallet(
+            wallet_type="MNEMONIC",
+            chain="BTC",
+            testnet=True,
+            secret=bytearray(MNEMONIC.encode()),
+            xpub=btc.xpub_from_mnemonic(MNEMONIC, testnet=True),
+        )
         v.save()
     service, finder = Withdrawals(home), (lambda slot: find_token(slot, home))
     cold = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
     change = btc.address_from_xpub(entry["xpub"], 1, testnet=True)
-    policy = Policy(generation=2, default=Rule(approvals_required=2, allowlist=frozenset([cold]),
-                                               assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)},
-                                               unknown_destination=UnknownDestination.DENY), admin_approvals=2)
+    policy = Policy(
+        generation=2,
+        default=Rule(
+            approvals_required=2,
+            allowlist=frozenset([cold]),
+            assets={"BTC": AssetLimits(per_tx=10**8, per_hour=None, per_day=None)},
+            unknown_destination=UnknownDestination.DENY,
+        ),
+        admin_approvals=2,
+    )
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["bob", "carol"])
     coins = make_coins(btc, [(0, AddressKind.P2WPKH, 50_000)], testnet=True)  # type: ignore[arg-type]
     psbt = btc.build_psbt([c.utxo for c in coins], [(cold, 30_000), (change, 19_000)], testnet=True)  # type: ignore[attr-defined]
@@ -184,18 +212,26 @@ def test_daily_velocity_counts_signed_withdrawals(env, prompts: AutoPrompts) -> 
     service, finder, sig_id, eth = env
     for nonce in range(3):
         req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=nonce))
-        assert service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])["status"] == "signed"
+        assert (
+            service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])["status"] == "signed"
+        )
     with pytest.raises(PolicyDenied, match="velocity-day"):
         service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=3))
 
 
-def test_simulated_vault_refuses_mainnet_unless_told(home: Path, prompts: AutoPrompts,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simulated_vault_refuses_mainnet_unless_told(
+    home: Path, prompts: AutoPrompts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     eth = get_chain("ETH")
     paths, _ = make_vault(home, prompts)
     with unlock(paths, prompts, operators=["alice", "bob"]) as v:
-        sig = v.add_wallet(wallet_type="MNEMONIC", chain="ETH", testnet=False, secret=bytearray(MNEMONIC.encode()),
-                           xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=False))["signatureId"]
+        sig = v.add_wallet(
+            wallet_type="MNEMONIC",
+            chain="ETH",
+            testnet=False,
+            secret=bytearray(MNEMONIC.encode()),
+            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=False),
+        )["signatureId"]
         v.save()
     service = Withdrawals(home)
     tx = eth.build_transfer(to=COLD, value=1, nonce=0, chain_id=1, max_fee_per_gas=10**10)

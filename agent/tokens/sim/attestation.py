@@ -29,17 +29,20 @@ _VALID_TO = datetime.datetime(2099, 12, 31, tzinfo=datetime.UTC)
 
 
 def _name(common_name: str, unit: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kms-agent simulator (INSECURE)"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kms-agent simulator (INSECURE)"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _load_key(der: bytes) -> ec.EllipticCurvePrivateKey:
@@ -54,13 +57,27 @@ def _new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     name = _name(CA_COMMON_NAME, "Authenticator Attestation CA")
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_VALID_FROM).not_valid_after(_VALID_TO)
+        .not_valid_before(_VALID_FROM)
+        .not_valid_after(_VALID_TO)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -78,11 +95,19 @@ def sim_attestation_ca(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Cer
             data = read_json(path)
             if data is None:
                 key, cert = _new_ca()
-                write_json(path, {"schema": 1, "key": base64.b64encode(_pkcs8(key)).decode(),
-                                  "cert": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()})
+                write_json(
+                    path,
+                    {
+                        "schema": 1,
+                        "key": base64.b64encode(_pkcs8(key)).decode(),
+                        "cert": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+                    },
+                )
                 return key, cert
-            return (_load_key(base64.b64decode(data["key"])),
-                    x509.load_der_x509_certificate(base64.b64decode(data["cert"])))
+            return (
+                _load_key(base64.b64decode(data["key"])),
+                x509.load_der_x509_certificate(base64.b64decode(data["cert"])),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError(f"the simulated FIDO2 attestation CA {path} is corrupt: {exc}") from None
 
@@ -99,9 +124,11 @@ def new_attestation_identity(home: Path, token_name: str, aaguid: bytes) -> tupl
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(f"kms-agent simulated authenticator sim:{token_name}", "Authenticator Attestation"))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_VALID_FROM).not_valid_after(_VALID_TO)
+        .not_valid_before(_VALID_FROM)
+        .not_valid_after(_VALID_TO)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.UnrecognizedExtension(OID_FIDO_AAGUID, b"\x04\x10" + aaguid), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

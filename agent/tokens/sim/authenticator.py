@@ -70,8 +70,6 @@ def _get(req: Mapping[int, Any], key: int, kind: type, *, required: bool = False
     return value
 
 
-
-
 class SimAuthenticator:
     """One "powered-up" simulated token: persistent state in ``store``, PIN/UV state in RAM.
 
@@ -136,8 +134,9 @@ class SimAuthenticator:
             raise CtapStatus(ERR.CBOR_UNEXPECTED_TYPE)
         return value
 
-    def _dispatch(self, cmd: int, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive,
-                  cancel: threading.Event) -> dict[Any, Any] | None:
+    def _dispatch(
+        self, cmd: int, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive, cancel: threading.Event
+    ) -> dict[Any, Any] | None:
         if cmd == CMD.GET_INFO:
             return self._get_info(state)
         if cmd == CMD.CLIENT_PIN:
@@ -198,8 +197,7 @@ class SimAuthenticator:
             0x01: ["FIDO_2_0", "FIDO_2_1"],
             0x02: ["credProtect", "hmac-secret"],
             0x03: state.aaguid,
-            0x04: {"rk": False, "up": True, "plat": False, "clientPin": state.pin is not None,
-                   "pinUvAuthToken": True},
+            0x04: {"rk": False, "up": True, "plat": False, "clientPin": state.pin is not None, "pinUvAuthToken": True},
             0x05: MAX_MSG_SIZE,
             # Always listed, PIN or not: without it python-fido2 silently skips hmac-secret.
             0x06: [2, 1],
@@ -217,8 +215,17 @@ class SimAuthenticator:
         self._user_presence(keepalive, cancel)
         raise CtapStatus(ERR.PIN_INVALID if state.pin is not None else ERR.PIN_NOT_SET)
 
-    def _user_verified(self, req: Mapping[int, Any], param_key: int, cdh: bytes, permission: PERM, rp_id: str,
-                       state: SimTokenState, keepalive: Keepalive, cancel: threading.Event) -> bool:
+    def _user_verified(
+        self,
+        req: Mapping[int, Any],
+        param_key: int,
+        cdh: bytes,
+        permission: PERM,
+        rp_id: str,
+        state: SimTokenState,
+        keepalive: Keepalive,
+        cancel: threading.Event,
+    ) -> bool:
         param = _get(req, param_key, bytes)
         if param is None:
             return False
@@ -238,17 +245,28 @@ class SimAuthenticator:
             raise CtapStatus(ERR.INVALID_OPTION)
         return dict(options)
 
-    def _auth_data(self, state: SimTokenState, rp_id_hash: bytes, flags: FLAG, credential_data: bytes = b"",
-                   extensions: Mapping[str, Any] | None = None) -> AuthenticatorData:
+    def _auth_data(
+        self,
+        state: SimTokenState,
+        rp_id_hash: bytes,
+        flags: FLAG,
+        credential_data: bytes = b"",
+        extensions: Mapping[str, Any] | None = None,
+    ) -> AuthenticatorData:
         state.sign_count += 1
         if extensions:
             flags |= FLAG.ED
-        return cast(AuthenticatorData, AuthenticatorData.create(
-            rp_id_hash, flags, state.sign_count, credential_data, dict(extensions) if extensions else None))
+        return cast(
+            AuthenticatorData,
+            AuthenticatorData.create(
+                rp_id_hash, flags, state.sign_count, credential_data, dict(extensions) if extensions else None
+            ),
+        )
 
     # --- makeCredential (0x01) ---------------------------------------------------------------------
-    def _make_credential(self, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive,
-                         cancel: threading.Event) -> dict[int, Any]:
+    def _make_credential(
+        self, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive, cancel: threading.Event
+    ) -> dict[int, Any]:
         cdh = _get(req, 1, bytes, required=True)
         rp = _get(req, 2, Mapping, required=True)
         user = _get(req, 3, Mapping, required=True)
@@ -257,10 +275,12 @@ class SimAuthenticator:
         extensions = _get(req, 6, Mapping) or {}
         rp_id = rp.get("id")
         if not isinstance(rp_id, str) or not isinstance(user.get("id"), bytes):
-            raise CtapStatus(ERR.MISSING_PARAMETER if rp_id is None or user.get("id") is None
-                             else ERR.CBOR_UNEXPECTED_TYPE)
-        if not any(isinstance(p, Mapping) and p.get("type") == "public-key" and p.get("alg") == ES256.ALGORITHM
-                   for p in params):
+            raise CtapStatus(
+                ERR.MISSING_PARAMETER if rp_id is None or user.get("id") is None else ERR.CBOR_UNEXPECTED_TYPE
+            )
+        if not any(
+            isinstance(p, Mapping) and p.get("type") == "public-key" and p.get("alg") == ES256.ALGORITHM for p in params
+        ):
             raise CtapStatus(ERR.UNSUPPORTED_ALGORITHM)
         uv_by_pin = req.get(8) is not None
         options = self._options(req, 7, uv_by_pin)
@@ -277,8 +297,11 @@ class SimAuthenticator:
         rp_id_hash = _sha256(rp_id.encode())
         for entry in exclude:
             cred_id = entry.get("id") if isinstance(entry, Mapping) else None
-            found = credentials.open_credential(state.master_key, rp_id_hash, cred_id) if isinstance(
-                cred_id, bytes) else None
+            found = (
+                credentials.open_credential(state.master_key, rp_id_hash, cred_id)
+                if isinstance(cred_id, bytes)
+                else None
+            )
             if found is not None and (found.cred_protect != UV_REQUIRED or uv):
                 self._user_presence(keepalive, cancel)
                 raise CtapStatus(ERR.CREDENTIAL_EXCLUDED)
@@ -296,17 +319,22 @@ class SimAuthenticator:
         if "credProtect" in extensions:
             outputs["credProtect"] = cred_protect
         flags = FLAG.UP | FLAG.AT | (FLAG.UV if uv else 0)
-        auth_data = self._auth_data(state, rp_id_hash, flags,
-                                    AttestedCredentialData.create(state.aaguid, cred_id, public), outputs)
+        auth_data = self._auth_data(
+            state, rp_id_hash, flags, AttestedCredentialData.create(state.aaguid, cred_id, public), outputs
+        )
         att_key = load_attestation_key(state.attestation_key)
         signature = att_key.sign(bytes(auth_data) + cdh, ec.ECDSA(hashes.SHA256()))
         logger.debug("sim:%s created a credential for %s", self.name, rp_id)
-        return {1: "packed", 2: bytes(auth_data),
-                3: {"alg": ES256.ALGORITHM, "sig": signature, "x5c": [state.attestation_cert]}}
+        return {
+            1: "packed",
+            2: bytes(auth_data),
+            3: {"alg": ES256.ALGORITHM, "sig": signature, "x5c": [state.attestation_cert]},
+        }
 
     # --- getAssertion (0x02) -----------------------------------------------------------------------
-    def _get_assertion(self, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive,
-                       cancel: threading.Event) -> dict[int, Any]:
+    def _get_assertion(
+        self, req: Mapping[int, Any], state: SimTokenState, keepalive: Keepalive, cancel: threading.Event
+    ) -> dict[int, Any]:
         rp_id = _get(req, 1, str, required=True)
         cdh = _get(req, 2, bytes, required=True)
         allow = _get(req, 3, list) or []
@@ -347,7 +375,7 @@ class SimAuthenticator:
         if up and cred.hmac_secret and hmac_input is not None:
             proto, shared, salts = self.pin_uv.open_salts(hmac_input)
             cred_random = cred.cred_random_with_uv if uv else cred.cred_random_without_uv
-            output = b"".join(hmac.digest(cred_random, salts[i:i + 32], "sha256") for i in range(0, len(salts), 32))
+            output = b"".join(hmac.digest(cred_random, salts[i : i + 32], "sha256") for i in range(0, len(salts), 32))
             outputs["hmac-secret"] = bytes(proto.encrypt(shared, output))
         flags = (FLAG.UP if up else 0) | (FLAG.UV if uv else 0)
         auth_data = self._auth_data(state, rp_id_hash, FLAG(flags), extensions=outputs)

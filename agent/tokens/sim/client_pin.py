@@ -79,8 +79,9 @@ class PinUvState:
         if not (isinstance(x, bytes) and isinstance(y, bytes) and len(x) == len(y) == 32):
             raise CtapStatus(ERR.INVALID_PARAMETER)
         try:
-            point = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
-                                                  ec.SECP256R1()).public_key()
+            point = ec.EllipticCurvePublicNumbers(
+                int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+            ).public_key()
         except ValueError:
             raise CtapStatus(ERR.INVALID_PARAMETER) from None
         z = self.key_agreement.exchange(ec.ECDH(), point)
@@ -123,8 +124,10 @@ class PinUvState:
         if sub is None:
             raise CtapStatus(ERR.MISSING_PARAMETER)
         if sub == _CMD.GET_PIN_RETRIES:
-            return {_RESULT.PIN_RETRIES: state.pin_retries,
-                    _RESULT.POWER_CYCLE_STATE: self.consecutive_failures >= MAX_CONSECUTIVE_PIN_FAILURES}
+            return {
+                _RESULT.PIN_RETRIES: state.pin_retries,
+                _RESULT.POWER_CYCLE_STATE: self.consecutive_failures >= MAX_CONSECUTIVE_PIN_FAILURES,
+            }
         proto = protocol(req.get(1))
         if sub == _CMD.GET_KEY_AGREEMENT:
             return {_RESULT.KEY_AGREEMENT: self.public_cose_key()}
@@ -141,7 +144,7 @@ class PinUvState:
     def _new_pin(self, proto: PinProtocolV1, shared: bytes, new_pin_enc: Any) -> str:
         padded = _decrypt(proto, shared, new_pin_enc, 64)
         raw = padded.split(b"\0", 1)[0]
-        if padded[len(raw):] != bytes(64 - len(raw)):
+        if padded[len(raw) :] != bytes(64 - len(raw)):
             raise CtapStatus(ERR.PIN_POLICY_VIOLATION)
         try:
             pin = raw.decode()
@@ -194,15 +197,19 @@ class PinUvState:
             raise CtapStatus(ERR.MISSING_PARAMETER)
         self._pin_gate(state)
         shared = self.shared_secret(proto, peer)
-        if not (isinstance(new_pin_enc, bytes) and isinstance(pin_hash_enc, bytes)
-                and _mac_ok(proto, shared, new_pin_enc + pin_hash_enc, param)):
+        if not (
+            isinstance(new_pin_enc, bytes)
+            and isinstance(pin_hash_enc, bytes)
+            and _mac_ok(proto, shared, new_pin_enc + pin_hash_enc, param)
+        ):
             raise CtapStatus(ERR.PIN_AUTH_INVALID)
         self._check_pin(proto, shared, pin_hash_enc, state)
         state.pin = self._new_pin(proto, shared, new_pin_enc)
         self.reset_token()
 
-    def _get_token(self, proto: PinProtocolV1, sub: int, req: Mapping[int, Any],
-                   state: SimTokenState) -> dict[int, Any]:
+    def _get_token(
+        self, proto: PinProtocolV1, sub: int, req: Mapping[int, Any], state: SimTokenState
+    ) -> dict[int, Any]:
         peer, pin_hash_enc, perms, rp_id = req.get(3), req.get(6), req.get(9), req.get(10)
         if peer is None or pin_hash_enc is None:
             raise CtapStatus(ERR.MISSING_PARAMETER)

@@ -36,15 +36,24 @@ class SimCredential:
 
     @classmethod
     def generate(cls, *, cred_protect: int, hmac_secret: bool) -> SimCredential:
-        return cls(ec.generate_private_key(ec.SECP256R1()), secrets.token_bytes(32), secrets.token_bytes(32),
-                   cred_protect, hmac_secret)
+        return cls(
+            ec.generate_private_key(ec.SECP256R1()),
+            secrets.token_bytes(32),
+            secrets.token_bytes(32),
+            cred_protect,
+            hmac_secret,
+        )
 
 
 def seal(master_key: bytes, rp_id_hash: bytes, cred: SimCredential) -> bytes:
     """The credential id carrying ``cred`` for the RP whose SHA-256 is ``rp_id_hash``."""
     scalar = cred.private_key.private_numbers().private_value.to_bytes(32, "big")
-    payload = (scalar + cred.cred_random_with_uv + cred.cred_random_without_uv
-               + bytes([cred.cred_protect, int(cred.hmac_secret)]))
+    payload = (
+        scalar
+        + cred.cred_random_with_uv
+        + cred.cred_random_without_uv
+        + bytes([cred.cred_protect, int(cred.hmac_secret)])
+    )
     nonce = secrets.token_bytes(12)
     header = bytes([VERSION])
     return header + nonce + AESGCM(master_key).encrypt(nonce, payload, _AAD + header + rp_id_hash)

@@ -220,8 +220,11 @@ class SimHidConnection(CtapHidConnection):
             self._error(cid, _ERR.INVALID_CHANNEL)
             return
         capabilities = CAPABILITY.CBOR | CAPABILITY.WINK  # no NMSG: CTAP2 only, no U2F fallback
-        self._send(cid, CTAPHID.INIT, nonce + struct.pack(">IBBBBB", new_cid, CTAPHID_PROTOCOL_VERSION,
-                                                          *DEVICE_VERSION, capabilities))
+        self._send(
+            cid,
+            CTAPHID.INIT,
+            nonce + struct.pack(">IBBBBB", new_cid, CTAPHID_PROTOCOL_VERSION, *DEVICE_VERSION, capabilities),
+        )
 
     def _maybe_complete(self) -> None:
         incoming = self._incoming
@@ -238,8 +241,9 @@ class SimHidConnection(CtapHidConnection):
                 self._error(cid, _ERR.INVALID_LENGTH)
                 return
             self._job = job = _Job(cid)
-            threading.Thread(target=self._run, args=(job, data), name=f"sim:{self.store.name} ctap",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._run, args=(job, data), name=f"sim:{self.store.name} ctap", daemon=True
+            ).start()
         else:  # MSG (no U2F), LOCK and vendor commands are not implemented
             self._error(cid, _ERR.INVALID_COMMAND)
 
@@ -269,8 +273,15 @@ class SimHidConnection(CtapHidConnection):
 
 
 def _descriptor(name: str) -> HidDescriptor:
-    return HidDescriptor(path=PATH_PREFIX + name, vid=VENDOR_ID, pid=PRODUCT_ID, report_size_in=PACKET_SIZE,
-                         report_size_out=PACKET_SIZE, product_name=PRODUCT_NAME, serial_number=name)
+    return HidDescriptor(
+        path=PATH_PREFIX + name,
+        vid=VENDOR_ID,
+        pid=PRODUCT_ID,
+        report_size_in=PACKET_SIZE,
+        report_size_out=PACKET_SIZE,
+        product_name=PRODUCT_NAME,
+        serial_number=name,
+    )
 
 
 def open_sim_hid_device(home: Path, name: str, *, touch: TouchProvider | None = None) -> CtapHidDevice:
@@ -300,4 +311,3 @@ def list_sim_hid_devices(home: Path, *, touch: TouchProvider | None = None) -> l
         except (TokenNotFound, StateError) as exc:
             logger.debug("Skipping sim:%s: %s", name, exc)
     return devices
-

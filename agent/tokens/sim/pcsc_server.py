@@ -56,8 +56,9 @@ class _CtapJob:
         self.status = 0x01  # STATUS.PROCESSING
         self.response = b""
         self.pulled = False
-        self._thread = threading.Thread(target=self._run, args=(authenticator, request), daemon=True,
-                                        name=f"sim:{authenticator.name} nfcctap")
+        self._thread = threading.Thread(
+            target=self._run, args=(authenticator, request), daemon=True, name=f"sim:{authenticator.name} nfcctap"
+        )
         self._thread.start()
 
     def _run(self, authenticator: SimAuthenticator, request: bytes) -> None:
@@ -152,6 +153,7 @@ class FidoCard(ApduCard):
             raise CardRemoved("the simulated FIDO2 token was pulled out")
         return job.response
 
+
 YUBIKEY_READER_HINT = "yubico yubikey"
 Transport = Literal["auto", "usb", "nfc"]
 
@@ -163,9 +165,17 @@ def _usb_reader_configured() -> bool:
     return any(YUBIKEY_READER_HINT in n and ("vpcd" in n or "virtual" in n) for n in names)
 
 
-def serve(home: Path, *, piv: Sequence[str] = (), fido2: Sequence[str] = (), stop: threading.Event,
-          port: int = vpcd.DEFAULT_PORT, host: str = vpcd.DEFAULT_HOST, transport: Transport = "auto",
-          slots: int = vpcd.VPCD_SLOTS) -> None:
+def serve(
+    home: Path,
+    *,
+    piv: Sequence[str] = (),
+    fido2: Sequence[str] = (),
+    stop: threading.Event,
+    port: int = vpcd.DEFAULT_PORT,
+    host: str = vpcd.DEFAULT_HOST,
+    transport: Transport = "auto",
+    slots: int = vpcd.VPCD_SLOTS,
+) -> None:
     """Insert the named simulated cards into pcscd's vpcd reader slots until ``stop`` is set.
 
     Blocks. Cards whose state file does not exist are an error before anything is served.
@@ -188,8 +198,13 @@ def serve(home: Path, *, piv: Sequence[str] = (), fido2: Sequence[str] = (), sto
     for name in fido2:
         cards.append(FidoCard.open(home, name))
     threads = [
-        threading.Thread(target=vpcd.serve_card, args=(card, stop), kwargs={"host": host, "port": port + i},
-                         name=f"vpcd-slot-{i}", daemon=True)
+        threading.Thread(
+            target=vpcd.serve_card,
+            args=(card, stop),
+            kwargs={"host": host, "port": port + i},
+            name=f"vpcd-slot-{i}",
+            daemon=True,
+        )
         for i, card in enumerate(cards)
     ]
     for thread in threads:

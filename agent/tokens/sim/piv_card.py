@@ -95,8 +95,6 @@ TOUCH_NEVER, TOUCH_ALWAYS, TOUCH_CACHED = 1, 2, 3
 TOUCH_CACHE_SECONDS = 15.0
 
 
-
-
 def _tlvs(data: bytes) -> dict[int, bytes]:
     try:
         return Tlv.parse_dict(data)
@@ -127,8 +125,14 @@ class PivCard(ApduCard):
         the card use 61xx/GET RESPONSE on extended APDUs too (tests).
     """
 
-    def __init__(self, state: st.PivStateFile, *, touch: TouchProvider | None = None, atr: bytes = ATR_USB,
-                 max_response: int = 65536) -> None:
+    def __init__(
+        self,
+        state: st.PivStateFile,
+        *,
+        touch: TouchProvider | None = None,
+        atr: bytes = ATR_USB,
+        max_response: int = 65536,
+    ) -> None:
         self.state = state
         self.touch: TouchProvider = touch or env_touch
         self._last_touch = -1e9
@@ -191,10 +195,17 @@ class PivCard(ApduCard):
             return b"\0"
         d = self.state.read()
         piv_only = (0x10).to_bytes(2, "big")  # CAPABILITY.PIV
-        body = b"".join([
-            Tlv(0x01, piv_only), Tlv(0x03, piv_only), Tlv(0x02, d.serial.to_bytes(4, "big")),
-            Tlv(0x04, b"\x01"), Tlv(0x05, bytes(d.firmware)), Tlv(0x08, b"\0"), Tlv(0x0A, b"\0"),
-        ])
+        body = b"".join(
+            [
+                Tlv(0x01, piv_only),
+                Tlv(0x03, piv_only),
+                Tlv(0x02, d.serial.to_bytes(4, "big")),
+                Tlv(0x04, b"\x01"),
+                Tlv(0x05, bytes(d.firmware)),
+                Tlv(0x08, b"\0"),
+                Tlv(0x0A, b"\0"),
+            ]
+        )
         return bytes([len(body)]) + body
 
     # --- PIV applet ---------------------------------------------------------------------------
@@ -232,13 +243,18 @@ class PivCard(ApduCard):
             default = d.pin_default if pin else d.puk_default
             return Tlv(0x01, b"\xff") + Tlv(0x05, bytes([default])) + Tlv(0x06, bytes([total, left]))
         if p2 == SLOT_MGM:
-            return (Tlv(0x01, bytes([d.mgm_type])) + Tlv(0x02, bytes([0, d.mgm_touch]))
-                    + Tlv(0x05, bytes([d.mgm_default])))
+            return (
+                Tlv(0x01, bytes([d.mgm_type])) + Tlv(0x02, bytes([0, d.mgm_touch])) + Tlv(0x05, bytes([d.mgm_default]))
+            )
         key = d.keys.get(p2)
         if key is None:
             raise StatusWord(SW_REF_NOT_FOUND)
-        return (Tlv(0x01, bytes([key.key_type])) + Tlv(0x02, bytes([key.pin_policy, key.touch_policy]))
-                + Tlv(0x03, bytes([key.origin])) + Tlv(0x04, Tlv(0x86, _point(key.private_key()))))
+        return (
+            Tlv(0x01, bytes([key.key_type]))
+            + Tlv(0x02, bytes([key.pin_policy, key.touch_policy]))
+            + Tlv(0x03, bytes([key.origin]))
+            + Tlv(0x04, Tlv(0x86, _point(key.private_key())))
+        )
 
     def _check_pin(self, d: st.PivData, value: bytes, *, puk: bool = False) -> None:
         """Compare a PIN/PUK, counting down and blocking like the card (63Cx, then 6983)."""
@@ -316,7 +332,8 @@ class PivCard(ApduCard):
 
     def _touch_for(self, policy: int) -> None:
         if policy == TOUCH_ALWAYS or (
-                policy == TOUCH_CACHED and time.monotonic() - self._last_touch > TOUCH_CACHE_SECONDS):
+            policy == TOUCH_CACHED and time.monotonic() - self._last_touch > TOUCH_CACHE_SECONDS
+        ):
             self._do_touch()
 
     def _authenticate(self, d: st.PivData, p1: int, p2: int, data: bytes, fresh: bool) -> bytes:
@@ -526,8 +543,14 @@ class SimPivConnection(SmartCardConnection):
             self.card.power_off()
 
 
-def open_sim_piv_connection(home: Path, name: str, *, touch: TouchProvider | None = None,
-                            transport: TRANSPORT = TRANSPORT.USB, max_response: int = 65536) -> SimPivConnection:
+def open_sim_piv_connection(
+    home: Path,
+    name: str,
+    *,
+    touch: TouchProvider | None = None,
+    transport: TRANSPORT = TRANSPORT.USB,
+    max_response: int = 65536,
+) -> SimPivConnection:
     """Open the simulated card ``<home>/sim/<name>.piv.json`` as an in-process connection.
 
     :raises TokenNotFound: no such simulated card.
@@ -536,7 +559,9 @@ def open_sim_piv_connection(home: Path, name: str, *, touch: TouchProvider | Non
     if not state.exists():
         from agent.errors import TokenNotFound
 
-        raise TokenNotFound(f"no simulated PIV card named {name!r} under {home}",
-                            hint="create it first (agent.tokens.sim.piv_state.create_piv_sim)")
+        raise TokenNotFound(
+            f"no simulated PIV card named {name!r} under {home}",
+            hint="create it first (agent.tokens.sim.piv_state.create_piv_sim)",
+        )
     atr = ATR_USB if transport == TRANSPORT.USB else ATR_NFC
     return SimPivConnection(PivCard(state, touch=touch, atr=atr, max_response=max_response), transport)

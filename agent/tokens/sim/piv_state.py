@@ -141,11 +141,22 @@ class PivData:
             "puk_default": self.puk_default,
             "pin_retries": [self.pin_total, self.pin_remaining],
             "puk_retries": [self.puk_total, self.puk_remaining],
-            "management_key": {"type": self.mgm_type, "key": self.mgm_key.hex(), "touch": self.mgm_touch,
-                               "default": self.mgm_default},
-            "keys": {f"{slot:02x}": {"type": k.key_type, "pin_policy": k.pin_policy, "touch_policy": k.touch_policy,
-                                     "origin": k.origin, "private": k.private_der.hex()}
-                     for slot, k in sorted(self.keys.items())},
+            "management_key": {
+                "type": self.mgm_type,
+                "key": self.mgm_key.hex(),
+                "touch": self.mgm_touch,
+                "default": self.mgm_default,
+            },
+            "keys": {
+                f"{slot:02x}": {
+                    "type": k.key_type,
+                    "pin_policy": k.pin_policy,
+                    "touch_policy": k.touch_policy,
+                    "origin": k.origin,
+                    "private": k.private_der.hex(),
+                }
+                for slot, k in sorted(self.keys.items())
+            },
             "objects": {f"{oid:06x}": data.hex() for oid, data in sorted(self.objects.items())},
         }
 
@@ -170,9 +181,16 @@ class PivData:
             mgm_key=bytes.fromhex(mgm["key"]),
             mgm_touch=int(mgm["touch"]),
             mgm_default=bool(mgm["default"]),
-            keys={int(slot, 16): KeySlot(int(k["type"]), int(k["pin_policy"]), int(k["touch_policy"]),
-                                         int(k["origin"]), bytes.fromhex(k["private"]))
-                  for slot, k in raw["keys"].items()},
+            keys={
+                int(slot, 16): KeySlot(
+                    int(k["type"]),
+                    int(k["pin_policy"]),
+                    int(k["touch_policy"]),
+                    int(k["origin"]),
+                    bytes.fromhex(k["private"]),
+                )
+                for slot, k in raw["keys"].items()
+            },
             objects={int(oid, 16): bytes.fromhex(data) for oid, data in raw["objects"].items()},
         )
 
@@ -263,9 +281,14 @@ class PivStateFile:
             self._write(data)
 
 
-def create_piv_sim(home: Path, name: str, *, serial: int | None = None,
-                   firmware: tuple[int, int, int] = DEFAULT_FIRMWARE,
-                   management_key_type: int | None = None) -> PivStateFile:
+def create_piv_sim(
+    home: Path,
+    name: str,
+    *,
+    serial: int | None = None,
+    firmware: tuple[int, int, int] = DEFAULT_FIRMWARE,
+    management_key_type: int | None = None,
+) -> PivStateFile:
     """Create a factory-fresh simulated YubiKey PIV card (PIN 123456, PUK 12345678, default key).
 
     :raises UsageError: a card of that name already exists.
@@ -275,16 +298,18 @@ def create_piv_sim(home: Path, name: str, *, serial: int | None = None,
     data = PivData(serial=serial, firmware=firmware, pin=pad_pin(DEFAULT_PIN), puk=pad_pin(DEFAULT_PUK))
     data.mgm_type = management_key_type if management_key_type is not None else default_management_key_type(firmware)
     f9_key = ec.generate_private_key(ec.SECP256R1())
-    data.keys[SLOT_ATTESTATION] = KeySlot(KEY_ECCP256, PIN_POLICY_ONCE, TOUCH_POLICY_NEVER, ORIGIN_IMPORTED,
-                                          _pkcs8(f9_key))
+    data.keys[SLOT_ATTESTATION] = KeySlot(
+        KEY_ECCP256, PIN_POLICY_ONCE, TOUCH_POLICY_NEVER, ORIGIN_IMPORTED, _pkcs8(f9_key)
+    )
     data.objects[OBJ_ATTESTATION] = _cert_object(_f9_certificate(f9_key, serial))
     state.create(data)
     return state
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert_object(cert: x509.Certificate) -> bytes:
@@ -355,8 +380,9 @@ def attestation_certificate(data: PivData, slot: int) -> x509.Certificate:
         .not_valid_after(_VALID_TO)
         .add_extension(x509.UnrecognizedExtension(OID_FIRMWARE, bytes(data.firmware)), critical=False)
         .add_extension(x509.UnrecognizedExtension(OID_SERIAL, der_integer(data.serial)), critical=False)
-        .add_extension(x509.UnrecognizedExtension(OID_POLICY, bytes([key.pin_policy, key.touch_policy])),
-                       critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(OID_POLICY, bytes([key.pin_policy, key.touch_policy])), critical=False
+        )
         .add_extension(x509.UnrecognizedExtension(OID_FORM_FACTOR, b"\x01"), critical=False)
         .sign(f9, hashes.SHA256())
     )

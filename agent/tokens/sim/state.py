@@ -93,8 +93,9 @@ class SimStateFile:
 
     def _parse(self, data: dict[str, Any] | None) -> SimTokenState:
         if data is None:
-            raise TokenNotFound(f"simulated token sim:{self.name} does not exist",
-                                hint=f"create it: kms-agent sim create {self.name}")
+            raise TokenNotFound(
+                f"simulated token sim:{self.name} does not exist", hint=f"create it: kms-agent sim create {self.name}"
+            )
         try:
             return SimTokenState.from_json(data)
         except (ValueError, KeyError, TypeError) as exc:
@@ -135,9 +136,16 @@ class SimStateFile:
                 return
             att_key, att_cert = new_attestation_identity(self.home, self.name, SIM_AAGUID)
             state = SimTokenState(
-                name=self.name, aaguid=SIM_AAGUID, master_key=secrets.token_bytes(32), pin=pin,
-                pin_retries=PIN_RETRIES, sign_count=0, plugged=True, attestation_key=att_key,
-                attestation_cert=att_cert, created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                name=self.name,
+                aaguid=SIM_AAGUID,
+                master_key=secrets.token_bytes(32),
+                pin=pin,
+                pin_retries=PIN_RETRIES,
+                sign_count=0,
+                plugged=True,
+                attestation_key=att_key,
+                attestation_cert=att_cert,
+                created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             )
             write_json(self.path, state.to_json())
 

@@ -232,8 +232,15 @@ def _mark_left(host: str, port: int) -> None:
         _last_left[(host, port)] = time.monotonic()
 
 
-def serve_card(card: VirtualCard, stop: threading.Event, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-               reinsert_after: float = REINSERT_GAP, connected: threading.Event | None = None) -> None:
+def serve_card(
+    card: VirtualCard,
+    stop: threading.Event,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    reinsert_after: float = REINSERT_GAP,
+    connected: threading.Event | None = None,
+) -> None:
     """Keep ``card`` inserted in the vpcd reader at ``host:port`` until ``stop`` is set.
 
     Reconnects when pcscd restarts or is not up yet. A card that raises :class:`CardRemoved`

@@ -66,8 +66,11 @@ class SimCard:
         return self.state.read().serial
 
     def connect(self, transport: TRANSPORT = TRANSPORT.USB, *, max_response: int = 65536) -> Recorder:
-        return Recorder(open_sim_piv_connection(self.home, self.name, touch=self.touches, transport=transport,
-                                                max_response=max_response))
+        return Recorder(
+            open_sim_piv_connection(
+                self.home, self.name, touch=self.touches, transport=transport, max_response=max_response
+            )
+        )
 
 
 @pytest.fixture

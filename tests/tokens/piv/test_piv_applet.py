@@ -99,7 +99,11 @@ def test_ecdh_sign_attest_metadata(session_for: Session, card: SimCard, key_type
 
     meta = session.get_slot_metadata(SLOT.RETIRED2)
     assert (meta.key_type, meta.pin_policy, meta.touch_policy, meta.generated) == (
-        key_type, PIN_POLICY.ONCE, TOUCH_POLICY.ALWAYS, True)
+        key_type,
+        PIN_POLICY.ONCE,
+        TOUCH_POLICY.ALWAYS,
+        True,
+    )
     assert meta.public_key == public
 
     leaf = session.attest_key(SLOT.RETIRED2)

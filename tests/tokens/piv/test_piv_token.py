@@ -53,8 +53,9 @@ def token_for(card: SimCard, **kwargs: Any) -> PivToken:
 
 
 def enrol(token: PivToken, prompts: Prompts | None = None) -> Enrolment:
-    return token.enrol(rp_id="kms.test", user_id=b"op-1", user_name="alice", salt=os.urandom(32),
-                       prompts=prompts or Prompts())
+    return token.enrol(
+        rp_id="kms.test", user_id=b"op-1", user_name="alice", salt=os.urandom(32), prompts=prompts or Prompts()
+    )
 
 
 def compressed(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -223,8 +224,9 @@ def test_touch_is_announced_only_when_the_card_waits(card: SimCard) -> None:
 
 
 def test_no_touch_policy_means_no_touch_and_no_user_presence(card: SimCard) -> None:
-    token = token_for(card, wrap_policy=(PIN_POLICY.ONCE, TOUCH_POLICY.NEVER),
-                      sign_policy=(PIN_POLICY.ALWAYS, TOUCH_POLICY.NEVER))
+    token = token_for(
+        card, wrap_policy=(PIN_POLICY.ONCE, TOUCH_POLICY.NEVER), sign_policy=(PIN_POLICY.ALWAYS, TOUCH_POLICY.NEVER)
+    )
     slot = enrol(token).slot_public
     approval = token.unwrap(slot, digest=DIGEST, prompts=Prompts()).approval
     assert card.touches.calls == 0

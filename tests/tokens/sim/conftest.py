@@ -67,14 +67,21 @@ def ctap(open_device: OpenDevice) -> Ctap2:
     return Ctap2(open_device())
 
 
-def pin_token(ctap: Ctap2, permissions: ClientPin.PERMISSION, rp_id: str | None = RP, *, pin: str = PIN,
-              protocol: PinProtocol | None = None) -> tuple[ClientPin, bytes]:
+def pin_token(
+    ctap: Ctap2,
+    permissions: ClientPin.PERMISSION,
+    rp_id: str | None = RP,
+    *,
+    pin: str = PIN,
+    protocol: PinProtocol | None = None,
+) -> tuple[ClientPin, bytes]:
     client_pin = ClientPin(ctap, protocol)
     return client_pin, client_pin.get_pin_token(pin, permissions, rp_id)
 
 
-def make_credential(ctap: Ctap2, *, cred_protect: int | None = 2, rp_id: str = RP, hmac_secret: bool = True,
-                    **kwargs: Any) -> Credential:
+def make_credential(
+    ctap: Ctap2, *, cred_protect: int | None = 2, rp_id: str = RP, hmac_secret: bool = True, **kwargs: Any
+) -> Credential:
     client_pin, token = pin_token(ctap, PERM.MAKE_CREDENTIAL, rp_id)
     cdh = hashlib.sha256(b"enrol " + rp_id.encode()).digest()
     extensions: dict[str, Any] = {}
@@ -83,9 +90,13 @@ def make_credential(ctap: Ctap2, *, cred_protect: int | None = 2, rp_id: str = R
     if cred_protect is not None:
         extensions["credProtect"] = cred_protect
     att = ctap.make_credential(
-        cdh, {"id": rp_id, "name": "kms-agent"}, {"id": b"user-1", "name": "alice"},
-        [{"type": "public-key", "alg": -7}], extensions=extensions or None,
-        pin_uv_param=client_pin.protocol.authenticate(token, cdh), pin_uv_protocol=client_pin.protocol.VERSION,
+        cdh,
+        {"id": rp_id, "name": "kms-agent"},
+        {"id": b"user-1", "name": "alice"},
+        [{"type": "public-key", "alg": -7}],
+        extensions=extensions or None,
+        pin_uv_param=client_pin.protocol.authenticate(token, cdh),
+        pin_uv_protocol=client_pin.protocol.VERSION,
         **kwargs,
     )
     cred = att.auth_data.credential_data
@@ -93,28 +104,41 @@ def make_credential(ctap: Ctap2, *, cred_protect: int | None = 2, rp_id: str = R
     return Credential(bytes(cred.credential_id), cred.public_key, att, cdh)
 
 
-def hmac_assertion(ctap: Ctap2, cred_id: bytes, salt: bytes, *, uv: bool, rp_id: str = RP,
-                   cdh: bytes = b"\x11" * 32, protocol: PinProtocol | None = None,
-                   **kwargs: Any) -> tuple[bytes, AssertionResponse]:
+def hmac_assertion(
+    ctap: Ctap2,
+    cred_id: bytes,
+    salt: bytes,
+    *,
+    uv: bool,
+    rp_id: str = RP,
+    cdh: bytes = b"\x11" * 32,
+    protocol: PinProtocol | None = None,
+    **kwargs: Any,
+) -> tuple[bytes, AssertionResponse]:
     """One getAssertion with hmac-secret, with (uv=True) or without a PIN token; returns output1."""
     client_pin = ClientPin(ctap, protocol)
     proto = client_pin.protocol
     token = client_pin.get_pin_token(PIN, PERM.GET_ASSERTION, rp_id) if uv else None
     descriptor = PublicKeyCredentialDescriptor(type=PublicKeyCredentialType.PUBLIC_KEY, id=cred_id)
-    options = PublicKeyCredentialRequestOptions(challenge=cdh, rp_id=rp_id, allow_credentials=[descriptor],
-                                                extensions={"hmacGetSecret": {"salt1": salt}})
+    options = PublicKeyCredentialRequestOptions(
+        challenge=cdh, rp_id=rp_id, allow_credentials=[descriptor], extensions={"hmacGetSecret": {"salt1": salt}}
+    )
     processor = HmacSecretExtension(allow_hmac_secret=True).get_assertion(ctap, options, proto)
     assert processor is not None
     response = ctap.get_assertion(
-        rp_id, cdh, [{"type": "public-key", "id": cred_id}],
+        rp_id,
+        cdh,
+        [{"type": "public-key", "id": cred_id}],
         extensions=processor.prepare_inputs(descriptor, token),
         pin_uv_param=proto.authenticate(token, cdh) if token else None,
-        pin_uv_protocol=proto.VERSION if token else None, **kwargs,
+        pin_uv_protocol=proto.VERSION if token else None,
+        **kwargs,
     )
     outputs: Mapping[str, Any] = processor.prepare_outputs(response, token) or {}
     return bytes(outputs["hmacGetSecret"].output1), response
 
 
 def preflight(ctap: Ctap2, cred_id: bytes, rp_id: str = RP, **kwargs: Any) -> AssertionResponse:
-    return ctap.get_assertion(rp_id, bytes(32), [{"type": "public-key", "id": cred_id}], options={"up": False},
-                              **kwargs)
+    return ctap.get_assertion(
+        rp_id, bytes(32), [{"type": "public-key", "id": cred_id}], options={"up": False}, **kwargs
+    )

@@ -110,8 +110,15 @@ def test_hmac_secret_survives_a_process_restart(home: Path, ctap: Ctap2) -> None
     here = hmac_assertion(ctap, cred.cred_id, SALT, uv=True)[0]
     repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "KMS_AGENT_SIM_TOUCH": "auto"}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(home), cred.cred_id.hex(), SALT.hex()], cwd=repo,
-                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(home), cred.cred_id.hex(), SALT.hex()],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert bytes.fromhex(out.stdout.strip()) == here
 
 
@@ -127,12 +134,18 @@ def test_preflight_finds_credential_without_touch(open_device: OpenDevice) -> No
     response.verify(bytes(32), cred.public_key)
     # Even with hmac-secret asked for, up=false gives no output (and still no touch).
     descriptor = PublicKeyCredentialDescriptor(type=PublicKeyCredentialType.PUBLIC_KEY, id=cred.cred_id)
-    options = PublicKeyCredentialRequestOptions(challenge=bytes(32), rp_id=RP, allow_credentials=[descriptor],
-                                                extensions={"hmacGetSecret": {"salt1": SALT}})
+    options = PublicKeyCredentialRequestOptions(
+        challenge=bytes(32), rp_id=RP, allow_credentials=[descriptor], extensions={"hmacGetSecret": {"salt1": SALT}}
+    )
     processor = HmacSecretExtension(allow_hmac_secret=True).get_assertion(ctap, options, PinProtocolV2())
     assert processor is not None
-    response = ctap.get_assertion(RP, bytes(32), [{"type": "public-key", "id": cred.cred_id}], options={"up": False},
-                                  extensions=processor.prepare_inputs(descriptor, None))
+    response = ctap.get_assertion(
+        RP,
+        bytes(32),
+        [{"type": "public-key", "id": cred.cred_id}],
+        options={"up": False},
+        extensions=processor.prepare_inputs(descriptor, None),
+    )
     assert response.auth_data.extensions is None and not response.auth_data.flags & FLAG.ED
     assert touch.calls == 0
 
@@ -171,9 +184,14 @@ def test_cred_protect_3_hides_credential_without_uv(ctap: Ctap2) -> None:
     assert info.value.code == ERR.NO_CREDENTIALS
     # With a PIN token the pre-flight (pinUvAuthParam over 32 zero bytes, as Fido2Client sends) finds it.
     client_pin, token = pin_token(ctap, PERM.GET_ASSERTION)
-    response = ctap.get_assertion(RP, bytes(32), [{"type": "public-key", "id": cred.cred_id}],
-                                  options={"up": False}, pin_uv_param=client_pin.protocol.authenticate(token, bytes(32)),
-                                  pin_uv_protocol=client_pin.protocol.VERSION)
+    response = ctap.get_assertion(
+        RP,
+        bytes(32),
+        [{"type": "public-key", "id": cred.cred_id}],
+        options={"up": False},
+        pin_uv_param=client_pin.protocol.authenticate(token, bytes(32)),
+        pin_uv_protocol=client_pin.protocol.VERSION,
+    )
     assert response.auth_data.flags & FLAG.UV and not response.auth_data.flags & FLAG.UP
     assert len(hmac_assertion(ctap, cred.cred_id, SALT, uv=True)[0]) == 32
 
@@ -194,12 +212,25 @@ def test_make_credential_rejects_unsupported_algorithm_and_rk(ctap: Ctap2) -> No
     client_pin, token = pin_token(ctap, PERM.MAKE_CREDENTIAL)
     auth = client_pin.protocol.authenticate(token, bytes(32))
     with pytest.raises(CtapError) as info:
-        ctap.make_credential(bytes(32), {"id": RP}, {"id": b"u"}, [{"type": "public-key", "alg": -257}],
-                             pin_uv_param=auth, pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.make_credential(
+            bytes(32),
+            {"id": RP},
+            {"id": b"u"},
+            [{"type": "public-key", "alg": -257}],
+            pin_uv_param=auth,
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert info.value.code == ERR.UNSUPPORTED_ALGORITHM
     with pytest.raises(CtapError) as info:
-        ctap.make_credential(bytes(32), {"id": RP}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                             options={"rk": True}, pin_uv_param=auth, pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.make_credential(
+            bytes(32),
+            {"id": RP},
+            {"id": b"u"},
+            [{"type": "public-key", "alg": -7}],
+            options={"rk": True},
+            pin_uv_param=auth,
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert info.value.code == ERR.UNSUPPORTED_OPTION
 
 
@@ -209,19 +240,35 @@ def test_pin_token_is_bound_to_its_rp_and_permission(ctap: Ctap2) -> None:
     client_pin, token = pin_token(ctap, PERM.GET_ASSERTION, "other.example")
     auth = client_pin.protocol.authenticate(token, cdh)
     with pytest.raises(CtapError) as info:
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred.cred_id}], options={"up": False},
-                           pin_uv_param=auth, pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": cred.cred_id}],
+            options={"up": False},
+            pin_uv_param=auth,
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert info.value.code == ERR.PIN_AUTH_INVALID
     client_pin, token = pin_token(ctap, PERM.GET_ASSERTION)
     with pytest.raises(CtapError) as info:  # a getAssertion token cannot make credentials
-        ctap.make_credential(cdh, {"id": RP}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                             pin_uv_param=client_pin.protocol.authenticate(token, cdh),
-                             pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.make_credential(
+            cdh,
+            {"id": RP},
+            {"id": b"u"},
+            [{"type": "public-key", "alg": -7}],
+            pin_uv_param=client_pin.protocol.authenticate(token, cdh),
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert info.value.code == ERR.PIN_AUTH_INVALID
     with pytest.raises(CtapError) as info:  # a MAC over other data
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred.cred_id}], options={"up": False},
-                           pin_uv_param=client_pin.protocol.authenticate(token, b"\1" * 32),
-                           pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": cred.cred_id}],
+            options={"up": False},
+            pin_uv_param=client_pin.protocol.authenticate(token, b"\1" * 32),
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert info.value.code == ERR.PIN_AUTH_INVALID
 
 
@@ -230,25 +277,52 @@ def test_pin_token_is_spent_by_a_touch_as_ctap_2_1_requires(ctap: Ctap2) -> None
     cdh = bytes(32)
     client_pin, token = pin_token(ctap, PERM.MAKE_CREDENTIAL | PERM.GET_ASSERTION)
     proto = client_pin.protocol
-    att = ctap.make_credential(cdh, {"id": RP}, {"id": b"u"}, [{"type": "public-key", "alg": -7}],
-                               extensions={"hmac-secret": True}, pin_uv_param=proto.authenticate(token, cdh),
-                               pin_uv_protocol=proto.VERSION)
+    att = ctap.make_credential(
+        cdh,
+        {"id": RP},
+        {"id": b"u"},
+        [{"type": "public-key", "alg": -7}],
+        extensions={"hmac-secret": True},
+        pin_uv_param=proto.authenticate(token, cdh),
+        pin_uv_protocol=proto.VERSION,
+    )
     assert att.auth_data.credential_data is not None
     cred_id = bytes(att.auth_data.credential_data.credential_id)
     with pytest.raises(CtapError) as info:
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred_id}],
-                           pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=proto.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": cred_id}],
+            pin_uv_param=proto.authenticate(token, cdh),
+            pin_uv_protocol=proto.VERSION,
+        )
     assert info.value.code == ERR.PIN_AUTH_INVALID
     # An up=false pre-flight does not spend it; the touch that follows does.
     client_pin, token = pin_token(ctap, PERM.GET_ASSERTION)
     for _ in range(2):
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred_id}], options={"up": False},
-                           pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=proto.VERSION)
-    ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred_id}],
-                       pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=proto.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": cred_id}],
+            options={"up": False},
+            pin_uv_param=proto.authenticate(token, cdh),
+            pin_uv_protocol=proto.VERSION,
+        )
+    ctap.get_assertion(
+        RP,
+        cdh,
+        [{"type": "public-key", "id": cred_id}],
+        pin_uv_param=proto.authenticate(token, cdh),
+        pin_uv_protocol=proto.VERSION,
+    )
     with pytest.raises(CtapError) as info:
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": cred_id}],
-                           pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=proto.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": cred_id}],
+            pin_uv_param=proto.authenticate(token, cdh),
+            pin_uv_protocol=proto.VERSION,
+        )
     assert info.value.code == ERR.PIN_AUTH_INVALID
 
 

@@ -22,8 +22,9 @@ def _code(exc: pytest.ExceptionInfo[CtapError]) -> int:
 
 @pytest.mark.parametrize("protocol", [PinProtocolV1, PinProtocolV2])
 @pytest.mark.parametrize("permissions", [None, PERM.GET_ASSERTION])
-def test_both_protocols_give_working_tokens(ctap: Ctap2, protocol: type[PinProtocolV1],
-                                            permissions: ClientPin.PERMISSION | None) -> None:
+def test_both_protocols_give_working_tokens(
+    ctap: Ctap2, protocol: type[PinProtocolV1], permissions: ClientPin.PERMISSION | None
+) -> None:
     """permissions=None takes the legacy getPinToken (0x05); otherwise subcommand 0x09."""
     client_pin = ClientPin(ctap, protocol())
     token = client_pin.get_pin_token(PIN, permissions, RP if permissions else None)
@@ -31,15 +32,25 @@ def test_both_protocols_give_working_tokens(ctap: Ctap2, protocol: type[PinProto
     cdh = bytes(32)
     # The token authenticates a real command: NO_CREDENTIALS, not PIN_AUTH_INVALID.
     with pytest.raises(CtapError) as info:
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": b"\0" * 8}], options={"up": False},
-                           pin_uv_param=client_pin.protocol.authenticate(token, cdh),
-                           pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": b"\0" * 8}],
+            options={"up": False},
+            pin_uv_param=client_pin.protocol.authenticate(token, cdh),
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert _code(info) == ERR.NO_CREDENTIALS
     # A made-up token does not.
     with pytest.raises(CtapError) as info:
-        ctap.get_assertion(RP, cdh, [{"type": "public-key", "id": b"\0" * 8}], options={"up": False},
-                           pin_uv_param=client_pin.protocol.authenticate(b"\1" * 32, cdh),
-                           pin_uv_protocol=client_pin.protocol.VERSION)
+        ctap.get_assertion(
+            RP,
+            cdh,
+            [{"type": "public-key", "id": b"\0" * 8}],
+            options={"up": False},
+            pin_uv_param=client_pin.protocol.authenticate(b"\1" * 32, cdh),
+            pin_uv_protocol=client_pin.protocol.VERSION,
+        )
     assert _code(info) == ERR.PIN_AUTH_INVALID
 
 

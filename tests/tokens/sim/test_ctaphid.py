@@ -29,8 +29,11 @@ def conn(home: Path) -> SimHidConnection:
 
 def _init(conn: SimHidConnection) -> int:
     nonce = os.urandom(8)
-    conn.write_packet(struct.pack(">IBH", BROADCAST_CID, 0x80 | CTAPHID.INIT, 8).ljust(PACKET_SIZE, b"\0")[:7]
-                      + nonce + bytes(PACKET_SIZE - 15))
+    conn.write_packet(
+        struct.pack(">IBH", BROADCAST_CID, 0x80 | CTAPHID.INIT, 8).ljust(PACKET_SIZE, b"\0")[:7]
+        + nonce
+        + bytes(PACKET_SIZE - 15)
+    )
     reply = conn.read_packet()
     assert reply[:7] == struct.pack(">IBH", BROADCAST_CID, 0x80 | CTAPHID.INIT, 17)
     assert reply[7:15] == nonce

@@ -27,31 +27,48 @@ class Operator(UserInteraction):
 
 
 def _client(dev: object, operator: Operator) -> Fido2Client:
-    return Fido2Client(dev, DefaultClientDataCollector(ORIGIN), operator,  # type: ignore[arg-type]
-                       extensions=[HmacSecretExtension(allow_hmac_secret=True), CredProtectExtension()])
+    return Fido2Client(
+        dev,
+        DefaultClientDataCollector(ORIGIN),
+        operator,  # type: ignore[arg-type]
+        extensions=[HmacSecretExtension(allow_hmac_secret=True), CredProtectExtension()],
+    )
 
 
 def test_make_credential_and_hmac_get_secret(open_device: OpenDevice) -> None:
     operator = Operator()
     client = _client(open_device(), operator)
-    registration = client.make_credential(PublicKeyCredentialCreationOptions.from_dict({
-        "rp": {"id": RP, "name": "kms-agent"},
-        "user": {"id": b"user-1", "name": "alice"},
-        "challenge": os.urandom(32),
-        "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
-        "authenticatorSelection": {"userVerification": "required"},
-        "extensions": {"hmacCreateSecret": True, "credentialProtectionPolicy": "userVerificationOptionalWithCredentialIDList"},
-    }))
+    registration = client.make_credential(
+        PublicKeyCredentialCreationOptions.from_dict(
+            {
+                "rp": {"id": RP, "name": "kms-agent"},
+                "user": {"id": b"user-1", "name": "alice"},
+                "challenge": os.urandom(32),
+                "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+                "authenticatorSelection": {"userVerification": "required"},
+                "extensions": {
+                    "hmacCreateSecret": True,
+                    "credentialProtectionPolicy": "userVerificationOptionalWithCredentialIDList",
+                },
+            }
+        )
+    )
     assert registration.client_extension_results["hmacCreateSecret"] is True
     cred = registration.response.attestation_object.auth_data.credential_data
     assert cred is not None
 
     def assertion(salt: bytes, uv: str) -> tuple[bytes, AuthenticatorData]:
-        result = client.get_assertion(PublicKeyCredentialRequestOptions.from_dict({
-            "rpId": RP, "challenge": os.urandom(32),
-            "allowCredentials": [{"type": "public-key", "id": cred.credential_id}],
-            "userVerification": uv, "extensions": {"hmacGetSecret": {"salt1": salt}},
-        })).get_response(0)
+        result = client.get_assertion(
+            PublicKeyCredentialRequestOptions.from_dict(
+                {
+                    "rpId": RP,
+                    "challenge": os.urandom(32),
+                    "allowCredentials": [{"type": "public-key", "id": cred.credential_id}],
+                    "userVerification": uv,
+                    "extensions": {"hmacGetSecret": {"salt1": salt}},
+                }
+            )
+        ).get_response(0)
         return result.client_extension_results.hmac_get_secret.output1, result.response.authenticator_data
 
     salt = os.urandom(32)
@@ -66,8 +83,14 @@ def test_make_credential_and_hmac_get_secret(open_device: OpenDevice) -> None:
 def test_wrong_pin_surfaces_as_client_error(open_device: OpenDevice) -> None:
     client = _client(open_device(), Operator(pin="000000"))
     with pytest.raises(ClientError):
-        client.make_credential(PublicKeyCredentialCreationOptions.from_dict({
-            "rp": {"id": RP, "name": "kms-agent"}, "user": {"id": b"u", "name": "u"},
-            "challenge": os.urandom(32), "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
-            "authenticatorSelection": {"userVerification": "required"},
-        }))
+        client.make_credential(
+            PublicKeyCredentialCreationOptions.from_dict(
+                {
+                    "rp": {"id": RP, "name": "kms-agent"},
+                    "user": {"id": b"u", "name": "u"},
+                    "challenge": os.urandom(32),
+                    "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+                    "authenticatorSelection": {"userVerification": "required"},
+                }
+            )
+        )

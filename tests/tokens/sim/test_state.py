@@ -19,9 +19,20 @@ from .conftest import OpenDevice, make_credential
 
 def test_exported_members() -> None:
     assert set(sim.__all__) == {
-        "FixedTouch", "TouchProvider", "TouchResult", "create_sim_token", "list_sim_hid_devices",
-        "open_sim_hid_device", "set_plugged", "sim_pin", "sim_token_exists", "sim_token_names",
-        "create_piv_sim", "list_piv_sims", "piv_sim_pin", "simulated_pin",
+        "FixedTouch",
+        "TouchProvider",
+        "TouchResult",
+        "create_sim_token",
+        "list_sim_hid_devices",
+        "open_sim_hid_device",
+        "set_plugged",
+        "sim_pin",
+        "sim_token_exists",
+        "sim_token_names",
+        "create_piv_sim",
+        "list_piv_sims",
+        "piv_sim_pin",
+        "simulated_pin",
     }
 
 

@@ -40,8 +40,9 @@ def test_selection_waits_for_touch(open_device: OpenDevice) -> None:
     assert touch.calls == 1
 
 
-@pytest.mark.parametrize(("result", "code"), [(TouchResult.DENIED, ERR.OPERATION_DENIED),
-                                              (TouchResult.TIMEOUT, ERR.USER_ACTION_TIMEOUT)])
+@pytest.mark.parametrize(
+    ("result", "code"), [(TouchResult.DENIED, ERR.OPERATION_DENIED), (TouchResult.TIMEOUT, ERR.USER_ACTION_TIMEOUT)]
+)
 def test_refused_or_missed_touch(open_device: OpenDevice, result: TouchResult, code: int) -> None:
     cred_id = _enrolled(open_device)
     ctap = Ctap2(open_device("alice", touch=FixedTouch(result, delay=0.05)))
@@ -98,6 +99,7 @@ def test_unplugged_from_elsewhere_mid_session(home: Path, open_device: OpenDevic
 
 
 # --- KMS_AGENT_SIM_TOUCH (the default provider) ---------------------------------------------------
+
 
 @pytest.mark.parametrize(("mode", "code"), [("deny", ERR.OPERATION_DENIED), ("timeout", ERR.USER_ACTION_TIMEOUT)])
 def test_env_modes(home: Path, open_device: OpenDevice, monkeypatch: pytest.MonkeyPatch, mode: str, code: int) -> None:
