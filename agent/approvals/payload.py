@@ -26,14 +26,16 @@ import cbor2
 
 from agent.errors import ApprovalInvalid, ProgrammingError
 
-VERSION = 1
+#: Payload format written today. Version 1 (no ``initiator``) is still read, so old approvals re-verify.
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 DOMAIN = b"kms-agent/v1/approval\0"
 ID_LEN = 16
 SHA256_LEN = 32
 _UINT64 = (1 << 64) - 1
 _UINT32 = (1 << 32) - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
-_KEYS = frozenset(
+_KEYS_V1 = frozenset(
     {
         "v",
         "vault_id",
@@ -51,6 +53,8 @@ _KEYS = frozenset(
         "action",
     }
 )
+#: Version 2 adds who asked for the operation, so initiator exclusion rests on signed bytes.
+_KEYS_V2 = _KEYS_V1 | {"initiator"}
 _OUTPUT_KEYS = frozenset({"address", "amount", "asset"})
 
 
@@ -94,6 +98,9 @@ class ApprovalPayload:
     expires_at: int
     policy_generation: int
     action: Action = Action.WITHDRAWAL
+    #: Operator id of whoever asked for it; None for an application (which can never approve).
+    initiator: bytes | None = None
+    version: int = VERSION
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -101,8 +108,8 @@ class ApprovalPayload:
             raise ProgrammingError(f"approval payload: {problem}")
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {
-            "v": VERSION,
+        fields = {
+            "v": self.version,
             "vault_id": self.vault_id,
             "request_id": self.request_id,
             "chain": self.chain,
@@ -117,6 +124,9 @@ class ApprovalPayload:
             "policy_generation": self.policy_generation,
             "action": self.action.value,
         }
+        if self.version >= 2:
+            fields["initiator"] = self.initiator
+        return fields
 
     def canonical_bytes(self) -> bytes:
         return canonical_cbor(self)
@@ -146,12 +156,14 @@ class ApprovalPayload:
     def _from_map(cls, raw: Any) -> ApprovalPayload:
         if not isinstance(raw, dict):
             raise ApprovalInvalid("approval payload must be a CBOR map")
+        version = raw.get("v")
+        if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+            raise ApprovalInvalid(f"approval payload version {version!r} is not one of {SUPPORTED_VERSIONS}")
+        expected = _KEYS_V1 if version == 1 else _KEYS_V2
         keys = set(raw)
-        if keys != _KEYS:
-            missing, unknown = sorted(_KEYS - keys), sorted(map(str, keys - _KEYS))
+        if keys != expected:
+            missing, unknown = sorted(expected - keys), sorted(map(str, keys - expected))
             raise ApprovalInvalid(f"approval payload keys differ: missing {missing}, unknown {unknown}")
-        if raw["v"] != VERSION or isinstance(raw["v"], bool):
-            raise ApprovalInvalid(f"approval payload version {raw['v']!r} is not {VERSION}")
         outputs = raw["outputs"]
         if not isinstance(outputs, list):
             raise ApprovalInvalid("approval payload field outputs must be an array")
@@ -178,6 +190,8 @@ class ApprovalPayload:
             expires_at=raw["expires_at"],
             policy_generation=raw["policy_generation"],
             action=action,
+            initiator=raw.get("initiator"),
+            version=version,
         )
 
 
@@ -231,6 +245,12 @@ def _problem(p: ApprovalPayload) -> str | None:
         return "policy_generation must be an unsigned integer"
     if not isinstance(p.action, Action):
         return "action must be an Action"
+    if isinstance(p.version, bool) or p.version not in SUPPORTED_VERSIONS:
+        return f"version must be one of {SUPPORTED_VERSIONS}"
+    if p.initiator is not None and (not isinstance(p.initiator, bytes) or len(p.initiator) != ID_LEN):
+        return f"initiator must be {ID_LEN} bytes or None"
+    if p.version == 1 and p.initiator is not None:
+        return "a version 1 payload has no initiator"
     return None
 
 

@@ -32,9 +32,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent.audit.chain import GENESIS, canonical_json, check_json_value, row_bytes, row_hash
+from agent.audit.chain import GENESIS, canonical_json, row_bytes, row_hash
 from agent.errors import AuditIntegrityError, KmsAgentError, ProgrammingError, StateError
-from agent.vault.store import atomic_write
+from agent.files import atomic_write
 
 DB_NAME = "audit.sqlite"
 HEAD_NAME = "audit-head.json"
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     actor      TEXT,
     payload    TEXT    NOT NULL,
     prev_hash  TEXT    NOT NULL,
-    hash       TEXT    NOT NULL
+    hash       TEXT    NOT NULL,
+    batch      INTEGER
 );
 CREATE INDEX IF NOT EXISTS audit_log_kind_ts ON audit_log (kind, ts);
 CREATE INDEX IF NOT EXISTS audit_log_request ON audit_log (request_id);
@@ -79,6 +80,10 @@ class AuditKind(StrEnum):
     PIN_ERROR = "pin_error"
     ALERT = "alert"
     POLICY_CHANGE = "policy_change"
+    #: An operator's approvals stop counting (cloned-token evidence); docs/withdrawals.md.
+    SUSPENSION = "suspension"
+    #: The vault was opened with recovery shares instead of the operators' tokens.
+    RECOVERY = "recovery"
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ class AuditLog:
                     raise StateError(f"audit log: SQLite refused WAL mode (got {mode!r})")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.executescript(_SCHEMA)
+                _add_batch_column(conn)
             conn.execute("PRAGMA trusted_schema=OFF")
         except BaseException:
             conn.close()
@@ -331,22 +337,21 @@ class AuditLog:
         :raises AuditIntegrityError: the log's tail does not match its head pin; do not sign.
         :raises ProgrammingError: an unknown kind or a payload that cannot or must not be logged.
         """
-        try:
-            kind = AuditKind(kind)
-        except ValueError:
-            raise ProgrammingError(f"unknown audit kind {kind!r}") from None
-        if not isinstance(payload, Mapping):
-            raise ProgrammingError("an audit payload is a map")
-        check_json_value(payload)
-        payload_text = canonical_json(payload)
-        payload_value = json.loads(payload_text)
-        rid = request_id.hex() if isinstance(request_id, bytes) else request_id
-        ts = self.clock() if ts is None else ts
-        if type(ts) is not int or ts < 0:
-            raise ProgrammingError("audit ts must be non-negative Unix seconds")
-        if actor is not None and not isinstance(actor, str):
-            raise ProgrammingError("audit actor must be text")
+        with self.transaction() as tx:
+            return tx.append(kind, payload, request_id=request_id, actor=actor, ts=ts)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[AuditTransaction]:
+        """Append several rows as one SQLite transaction: all of them become durable, or none.
+
+        This is the commit point of every decision on a request: the rows of one decision (its
+        approvals, alerts, the decision, a signature) go in together, so a crash leaves the old
+        state or the new one. Rows are appended under the log's write lock; the head pin is
+        rewritten once, after the commit. An exception inside the block rolls everything back.
+
+        :raises StateError: the rows could not be made durable (nothing was written; do not sign).
+        :raises AuditIntegrityError: the log's tail does not match its head pin (nothing was written).
+        """
         with self._flock(exclusive=True):
             try:
                 conn = self._connect(write=True)
@@ -358,54 +363,43 @@ class AuditLog:
             except OSError as exc:
                 raise StateError(f"audit log unusable: cannot create {self.path}: {exc.strerror or exc}") from None
             try:
-                row = self._append_locked(conn, kind, rid, actor, ts, payload_text, payload_value)
+                tx = self._begin(conn)
+                try:
+                    yield tx
+                    if tx.rows:
+                        conn.execute("COMMIT")
+                    else:
+                        conn.execute("ROLLBACK")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"audit log append failed: {_describe_sqlite(exc)}",
+                    hint="nothing was written and nothing may be signed",
+                ) from None
             finally:
                 conn.close()
-            try:
-                self._write_head(HeadPin(row.seq, row.hash))
-            except OSError as exc:
-                raise StateError(
-                    f"audit row {row.seq} was committed but its head pin could not be written "
-                    f"({exc.strerror or exc}); the next append re-pins it",
-                    hint="nothing may be signed until the state directory is writable",
-                ) from None
-        return row
+            if tx.rows:
+                last = tx.rows[-1]
+                try:
+                    self._write_head(HeadPin(last.seq, last.hash))
+                except OSError as exc:
+                    raise StateError(
+                        f"audit rows up to {last.seq} were committed but the head pin could not be written "
+                        f"({exc.strerror or exc}); the next append re-pins it",
+                        hint="nothing may be signed until the state directory is writable",
+                    ) from None
 
-    def _append_locked(
-        self,
-        conn: sqlite3.Connection,
-        kind: AuditKind,
-        rid: str | None,
-        actor: str | None,
-        ts: int,
-        payload_text: str,
-        payload_value: Any,
-    ) -> AuditRow:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-                self._check_tail(conn, None if last is None else self._row(last))
-                seq = 1 if last is None else int(last[0]) + 1
-                prev = GENESIS if last is None else _unhex(last[7])
-                digest = row_hash(prev, row_bytes(seq, ts, kind.value, rid, actor, payload_value))
-                conn.execute(
-                    f"INSERT INTO audit_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, ts, kind.value, rid, actor, payload_text, prev.hex(), digest.hex()),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StateError(
-                f"audit log append failed: {_describe_sqlite(exc)}",
-                hint="nothing was written and nothing may be signed",
-            ) from None
-        return AuditRow(seq, ts, kind.value, rid, actor, payload_text, prev, digest, payload_value)
+    def _begin(self, conn: sqlite3.Connection) -> AuditTransaction:
+        conn.execute("BEGIN IMMEDIATE")
+        last = conn.execute(f"SELECT {_COLUMNS}, batch FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        tail = None if last is None else self._row(last[:-1])
+        self._check_tail(conn, tail, None if last is None else last[-1])
+        return AuditTransaction(self, conn, 0 if tail is None else tail.seq, GENESIS if tail is None else tail.hash)
 
-    def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None) -> None:
+    def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None, last_batch: int | None) -> None:
         """Refuse to extend a log whose newest rows do not match the head pin (inside the write lock)."""
         pinned = self._read_head()
         if last is None:
@@ -419,8 +413,8 @@ class AuditLog:
         ):
             raise AuditIntegrityError(f"audit row {last.seq} does not match its hash: the log was edited")
         if pinned is None:
-            if last.seq == 1:
-                return  # the very first pin write failed after its commit: the same one-row lag as below
+            if _first_batch(last.seq, last_batch) == 1:
+                return  # the very first pin write failed after its commit: the same lag as below
             raise AuditIntegrityError(
                 f"the audit log has {last.seq} rows but its head pin file is missing",
                 hint="run `kms-agent audit verify`",
@@ -429,13 +423,15 @@ class AuditLog:
             raise AuditIntegrityError(
                 f"the audit log ends at row {last.seq} but its head pins row {pinned.seq}: rows were deleted"
             )
-        if pinned.seq < last.seq - 1:
+        if pinned.seq < last.seq and _first_batch(last.seq, last_batch) != pinned.seq + 1:
             raise AuditIntegrityError(f"the audit head pins row {pinned.seq} but the log has {last.seq} rows")
         pinned_row = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (pinned.seq,)).fetchone()
         if pinned_row is None or _unhex(pinned_row[0]) != pinned.hash:
             raise AuditIntegrityError(f"audit row {pinned.seq} is not the row the head pin names: the log was edited")
-        if pinned.seq == last.seq - 1 and last.prev_hash != pinned.hash:
-            raise AuditIntegrityError(f"audit row {last.seq} does not follow the pinned row {pinned.seq}")
+        if pinned.seq < last.seq:
+            after = conn.execute("SELECT prev_hash FROM audit_log WHERE seq = ?", (pinned.seq + 1,)).fetchone()
+            if after is None or _unhex(after[0]) != pinned.hash:
+                raise AuditIntegrityError(f"audit row {pinned.seq + 1} does not follow the pinned row {pinned.seq}")
 
     # --- verify ---------------------------------------------------------------------------------
     def verify(self, approval_verifier: ApprovalVerifier | None = None) -> AuditReport:
@@ -455,6 +451,7 @@ class AuditLog:
             except AuditIntegrityError as exc:
                 pinned, pin_error = None, exc.message
             records = self._select("", ()) if self.path.exists() else []
+            head_batch = self._head_batch() if records else None
         checked = 0
         expected, prev = 1, GENESIS
         by_seq: dict[int, bytes] = {}
@@ -482,7 +479,7 @@ class AuditLog:
         if pin_error is not None:
             problems.append(AuditProblem(None, pin_error))
         else:
-            problems.extend(self._check_pin(head, pinned, by_seq, warnings))
+            problems.extend(self._check_pin(head, head_batch, pinned, by_seq, warnings))
         bad = [p.seq for p in problems if p.seq is not None]
         return AuditReport(
             not problems,
@@ -521,10 +518,15 @@ class AuditLog:
 
     @staticmethod
     def _check_pin(
-        head: HeadPin | None, pinned: HeadPin | None, by_seq: Mapping[int, bytes], warnings: list[str]
+        head: HeadPin | None,
+        head_batch: int | None,
+        pinned: HeadPin | None,
+        by_seq: Mapping[int, bytes],
+        warnings: list[str],
     ) -> list[AuditProblem]:
+        """The pin may lag by the rows of one transaction (a crash between its commit and the pin write)."""
         if pinned is None:
-            if head is not None and head.seq == 1:
+            if head is not None and _first_batch(head.seq, head_batch) == 1:
                 warnings.append("row 1 is not pinned yet (its head pin write failed?); the next append pins it")
             elif head is not None:
                 return [AuditProblem(None, f"the head pin file is missing although the log has {head.seq} rows")]
@@ -544,9 +546,10 @@ class AuditLog:
                     pinned.seq, f"row {pinned.seq} is not the row the head pin names (edited row or forged head)"
                 )
             ]
-        if pinned.seq == head.seq - 1:
+        if pinned.seq < head.seq and _first_batch(head.seq, head_batch) == pinned.seq + 1:
             warnings.append(
-                f"row {head.seq} is not pinned yet (a crash between commit and pin?); the next append pins it"
+                f"rows {pinned.seq + 1}..{head.seq} are not pinned yet (a crash between commit and pin?); "
+                "the next append pins them"
             )
         elif pinned.seq < head.seq:
             return [
@@ -559,6 +562,17 @@ class AuditLog:
         return []
 
     # --- queries --------------------------------------------------------------------------------
+    def _head_batch(self) -> int | None:
+        try:
+            conn = self._connect(write=False)
+            try:
+                row = conn.execute("SELECT seq, batch FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            return None  # a log from before batches: every row was its own transaction
+        return None if row is None else _first_batch(int(row[0]), row[1])
+
     def _select(self, where: str, params: tuple[Any, ...]) -> list[AuditRow]:
         try:
             conn = self._connect(write=False)
@@ -599,10 +613,106 @@ class AuditLog:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._select(where, tuple(params))
 
+    def _scalar_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            return []
+        try:
+            conn = self._connect(write=False)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
+
+    def last_seq(self) -> int:
+        """The newest row's seq (0 for an empty log): how far an index built from the log must catch up."""
+        rows = self._scalar_query("SELECT MAX(seq) FROM audit_log")
+        return int(rows[0][0] or 0) if rows else 0
+
+    def request_ids_after(self, seq: int) -> list[str]:
+        """Request ids with a row newer than ``seq``, oldest first."""
+        rows = self._scalar_query(
+            "SELECT request_id FROM audit_log WHERE seq > ? AND request_id IS NOT NULL "
+            "GROUP BY request_id ORDER BY MIN(seq)",
+            (seq,),
+        )
+        return [str(r[0]) for r in rows]
+
     def head(self) -> HeadPin | None:
         """The newest row's (seq, hash), or None for an empty log (for reports and external anchoring)."""
         rows = self._select("WHERE seq = (SELECT MAX(seq) FROM audit_log)", ()) if self.path.exists() else []
         return HeadPin(rows[0].seq, rows[0].hash) if rows else None
+
+
+def _add_batch_column(conn: sqlite3.Connection) -> None:
+    """Logs written before transactions had no ``batch`` column: add it (rows before it are batches of one)."""
+    if "batch" not in {row[1] for row in conn.execute("PRAGMA table_info(audit_log)")}:
+        conn.execute("ALTER TABLE audit_log ADD COLUMN batch INTEGER")
+
+
+class AuditTransaction:
+    """Rows appended inside :meth:`AuditLog.transaction`; visible to others only after its commit."""
+
+    def __init__(self, log: AuditLog, conn: sqlite3.Connection, last_seq: int, last_hash: bytes) -> None:
+        self._log = log
+        self._conn = conn
+        self._seq = last_seq
+        self._prev = last_hash
+        self.rows: list[AuditRow] = []
+
+    def append(
+        self,
+        kind: AuditKind | str,
+        payload: Mapping[str, Any],
+        *,
+        request_id: bytes | str | None = None,
+        actor: str | None = None,
+        ts: int | None = None,
+    ) -> AuditRow:
+        """Add one row to the transaction (see :meth:`AuditLog.append` for the rules on payloads)."""
+        try:
+            kind = AuditKind(kind)
+        except ValueError:
+            raise ProgrammingError(f"unknown audit kind {kind!r}") from None
+        if not isinstance(payload, Mapping):
+            raise ProgrammingError("an audit payload is a map")
+        payload_text = canonical_json(payload)
+        payload_value = json.loads(payload_text)
+        rid = request_id.hex() if isinstance(request_id, bytes) else request_id
+        ts = self._log.clock() if ts is None else ts
+        if type(ts) is not int or ts < 0:
+            raise ProgrammingError("audit ts must be non-negative Unix seconds")
+        if actor is not None and not isinstance(actor, str):
+            raise ProgrammingError("audit actor must be text")
+        seq = self._seq + 1
+        digest = row_hash(self._prev, row_bytes(seq, ts, kind.value, rid, actor, payload_value))
+        batch = self.rows[0].seq if self.rows else seq
+        self._conn.execute(
+            f"INSERT INTO audit_log ({_COLUMNS}, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, ts, kind.value, rid, actor, payload_text, self._prev.hex(), digest.hex(), batch),
+        )
+        row = AuditRow(seq, ts, kind.value, rid, actor, payload_text, self._prev, digest, payload_value)
+        self.rows.append(row)
+        self._seq, self._prev = seq, digest
+        return row
+
+
+def _first_batch(seq: int, batch: int | None) -> int:
+    """The first seq of the transaction that wrote row ``seq`` (rows from before batches: itself)."""
+    return seq if batch is None else batch
+
+
+def row_is_intact(row: AuditRow) -> bool:
+    """Does the row still hash to its stored hash? (One row alone; the chain is :meth:`AuditLog.verify`.)"""
+    if row.payload is None or canonical_or_none(row.payload) != row.payload_text:
+        return False
+    try:
+        return row.hash == row_hash(
+            row.prev_hash, row_bytes(row.seq, row.ts, row.kind, row.request_id, row.actor, row.payload)
+        )
+    except (ProgrammingError, TypeError):
+        return False
 
 
 def canonical_or_none(value: Any) -> str | None:

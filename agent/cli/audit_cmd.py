@@ -24,30 +24,39 @@ def verify(as_json: Json = False) -> None:
     from agent.approvals import approval_row_verifier, roster_from_header
     from agent.audit import AuditLog
     from agent.cli.session import load_public
-    from agent.withdrawals.queue import Queue
+    from agent.withdrawals.index_check import check_queue
+    from agent.withdrawals.ledger import Ledger
 
     paths = Paths.resolve()
     vault = load_public(paths)
-    roster = roster_from_header(vault.header, suspended=Queue(paths.state).suspended())
-    report = AuditLog(paths.state).verify(approval_row_verifier(roster))
+    log = AuditLog(paths.state)
+    roster = roster_from_header(vault.header, suspended=Ledger(log).suspended())
+    report = log.verify(approval_row_verifier(roster))
+    mismatches = check_queue(paths.state) if report.ok else []
     data: dict[str, Any] = {
-        "ok": report.ok,
+        "ok": report.ok and not mismatches,
         "rows": report.rows,
         "approvals_checked": report.approvals_checked,
         "first_bad_seq": report.first_bad_seq,
-        "problems": [str(p) for p in report.problems],
+        "problems": [p.what if p.seq is None else f"row {p.seq}: {p.what}" for p in report.problems],
         "warnings": list(report.warnings),
+        "queue_mismatches": [m.to_json() for m in mismatches],
     }
     if not report.ok:
         emit(data, as_json)
+        raise StateError(f"audit log verification failed at row {report.first_bad_seq}: " + "; ".join(data["problems"]))
+    if mismatches:
+        emit(data, as_json)
         raise StateError(
-            f"audit log verification failed at row {report.first_bad_seq}: "
-            + "; ".join(str(p) for p in report.problems)
+            "the audit log is intact, but queue.sqlite disagrees with it for "
+            + ", ".join(f"request {m.request_id} ({', '.join(m.fields)})" for m in mismatches),
+            hint="the queue was edited; decisions use the audit log. `kms-agent request rebuild` rebuilds it",
         )
     emit(
         data,
         as_json,
-        f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval signatures re-verified.",
+        f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval signatures re-verified, "
+        "queue level with the log.",
     )
 
 

@@ -49,7 +49,7 @@ def _steps() -> list[Step]:
                 "--quorum",
                 "2",
                 "--recovery-out",
-                "{dir}/recovery-shares.txt",
+                "{shares}",
             ],
         ),
         Step("List operators and their tokens (no token needed)", ["operator", "list"]),
@@ -82,7 +82,11 @@ def _steps() -> list[Step]:
             "Alice approves: PIN + touch over the digest of the exact transaction",
             ["approve", "{req}", "--operator", "alice"],
         ),
-        Step("Bob approves: quorum met, the agent signs", ["approve", "{req}", "--operator", "bob"]),
+        Step(
+            "Bob approves: quorum met. With no agent running to hold alice's share, she touches once more "
+            "to open the vault; then it signs",
+            ["approve", "{req}", "--operator", "bob", "--operator", "alice"],
+        ),
         Step(
             "A 5 ETH request breaks the per-transaction limit: denied by policy",
             ["request", "create", "ETH", "{eth}", "0", "--tx", "{tx_big}", "--initiator", "app:exchange"],
@@ -168,7 +172,9 @@ def register(app: typer.Typer) -> None:
         if (home / "wallet.dat").exists():
             raise KmsAgentError(f"{home} already holds a vault; pick an empty --dir")
         env = {**os.environ, HOME_ENV: str(home), SIM_TOUCH_ENV: "auto"}
-        subs = {"dir": str(home), "btc": "", "eth": "", "req": "", **_prepare(home)}
+        # Recovery shares live apart from the data directory, one file per share (never a quorum in one).
+        shares = home.with_name(f"{home.name}-recovery-shares")
+        subs = {"dir": str(home), "shares": str(shares), "btc": "", "eth": "", "req": "", **_prepare(home)}
         results = []
         for i, step in enumerate(_steps(), 1):
             if not as_json:

@@ -29,6 +29,25 @@ def _ask_back_recovery(words: list[str], threshold: int) -> list[str]:
     return typed
 
 
+def _write_share_files(directory: Path, words: list[str], *, home: Path) -> list[str]:
+    """One 0600 file per share in a new 0700 directory: hand each file to a different officer."""
+    from agent.files import atomic_write
+
+    directory = directory.absolute()
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"--recovery-out {directory} must be a new or empty directory (one file per share)")
+    if directory == home or home in directory.parents:
+        err("warning: the recovery shares are being written inside the data directory; move each one elsewhere")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    files = []
+    for i, word in enumerate(words, 1):
+        path = directory / f"recovery-share-{i}-of-{len(words)}.txt"
+        atomic_write(path, f"recovery share {i} of {len(words)}:\n{word}\n".encode())
+        files.append(str(path))
+    return files
+
+
 def register(app: typer.Typer) -> None:
     @app.command("init")
     def init(
@@ -42,7 +61,11 @@ def register(app: typer.Typer) -> None:
         recovery_threshold: Annotated[int, typer.Option(help="recovery shares needed to recover")] = 2,
         recovery_shares: Annotated[int, typer.Option(help="recovery shares to create")] = 3,
         recovery_out: Annotated[
-            Path | None, typer.Option(help="write the recovery shares to this file (0600) instead of the terminal")
+            Path | None,
+            typer.Option(
+                help="write each recovery share to its own 0600 file in this new directory (one file never holds "
+                "a quorum of shares), instead of the terminal"
+            ),
         ] = None,
         kind: Annotated[str, typer.Option(help="token kind for sim: tokens: fido2 or piv")] = "fido2",
         rp_id: Annotated[str, typer.Option(help="FIDO2 relying-party id for this deployment")] = "kms-agent.local",
@@ -51,7 +74,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """create a vault: enrol each operator's first token and split the data key across them"""
         from agent.tokens.discovery import open_token
-        from agent.vault.store import atomic_write
         from agent.vault.vault import create_vault
 
         paths = Paths.resolve()
@@ -73,8 +95,9 @@ def register(app: typer.Typer) -> None:
         try:
             words = pending.recovery_shares
             text = "\n\n".join(f"recovery share {i + 1} of {len(words)}:\n{w}" for i, w in enumerate(words))
+            share_files: list[str] = []
             if recovery_out is not None:
-                atomic_write(recovery_out, (text + "\n").encode())
+                share_files = _write_share_files(recovery_out, words, home=paths.home)
                 pending.check_recovery(words[:recovery_threshold])
             elif sys.stdin.isatty() and not as_json:
                 err(
@@ -101,7 +124,8 @@ def register(app: typer.Typer) -> None:
                 "recovery": {
                     "threshold": recovery_threshold,
                     "shares": recovery_shares,
-                    "file": str(recovery_out) if recovery_out else None,
+                    "dir": str(recovery_out) if recovery_out else None,
+                    "files": share_files,
                     "test_recovered": True,
                 },
                 "simulated": header["simulated"],

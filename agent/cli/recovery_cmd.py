@@ -43,9 +43,11 @@ def _read_shares() -> list[str]:
 def verify(as_json: Json = False) -> None:
     """check that the recovery shares on stdin open the vault; changes nothing"""
     from agent.cli.session import load_public
+    from agent.recovery import open_with_recovery
 
-    vault = load_public(Paths.resolve())
-    with vault.recover(_read_shares()) as opened:
+    paths = Paths.resolve()
+    vault = load_public(paths)
+    with open_with_recovery(vault, _read_shares(), state_dir=paths.state, purpose="recovery verify") as opened:
         wallets = len(opened.header["wallets"])
     emit({"ok": True, "wallets": wallets}, as_json, f"OK: the recovery shares open this vault ({wallets} wallets).")
 
@@ -64,12 +66,14 @@ def enrol_token(
     paths = Paths.resolve()
     vault = load_public(paths)
     shares = _read_shares()
+    from agent.recovery import open_with_recovery
+
     err("Opening the vault with recovery shares (this bypasses the operator quorum; it is logged).")
-    with vault.recover(shares) as opened:
+    with open_with_recovery(vault, shares, state_dir=paths.state, purpose=f"enrol {token} for {operator}") as opened:
         new = open_token(token, paths.home, kind=kind)
         with new:
-            slot = opened.enrol_token(operator, new, CliPrompts(paths))
-        opened.save()
+            slot = opened.prepare_slot(operator, new, CliPrompts(paths))
+        opened.transact(lambda v: v.add_slot(slot))
     emit(
         {"label": slot["label"], "operator": operator, "via": "recovery"},
         as_json,

@@ -53,9 +53,9 @@ def enrol(
     paths = Paths.resolve()
     with unlock(paths, operators=approver, pin_stdin=pin_stdin) as vault:
         new = open_token(token, paths.home, kind=kind)
-        with new:
-            slot = vault.enrol_token(operator, new, CliPrompts(paths, pin_stdin=pin_stdin))
-        vault.save()
+        with new:  # the new token's touch happens before the writer lock is taken
+            slot = vault.prepare_slot(operator, new, CliPrompts(paths, pin_stdin=pin_stdin))
+        vault.transact(lambda v: v.add_slot(slot))
         touched = [t.operator for t in vault.touches]
     emit(
         {"label": slot["label"], "kind": slot["kind"], "operator": operator, "approved_by": touched},
@@ -76,8 +76,7 @@ def remove(
 
     paths = Paths.resolve()
     with unlock(paths, operators=approver, pin_stdin=pin_stdin) as vault:
-        slot = vault.remove_token(label)
-        vault.save()
+        slot = vault.transact(lambda v: v.remove_token(label))
         touched = [t.operator for t in vault.touches]
     emit(
         {"removed": slot["label"], "approved_by": touched},

@@ -72,26 +72,35 @@ def generate(
     paths = Paths.resolve()
     made: list[dict[str, Any]] = []
     with unlock(paths, operators=approver) as vault:
+        # Secrets are made before the writer lock is taken (24-word mnemonics cost milliseconds each);
+        # under the lock they are sealed into the newest wallet.dat, on top of any concurrent write.
         show_progress = count >= 100 and sys.stderr.isatty()
-        for i in range(count):
-            xpub: str | None = None
-            address: str | None = None
-            if private_key:
-                pk = generate_private_key_wallet(impl, testnet=testnet)
-                kind, secret, address = "PRIVATE_KEY", pk.private_key, pk.address
-            else:
-                mw = generate_mnemonic_wallet(impl, testnet=testnet)
-                kind, secret, xpub = "MNEMONIC", mw.mnemonic, mw.xpub
-            try:
-                entry = vault.add_wallet(
-                    wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, xpub=xpub, address=address
-                )
-            finally:
+        fresh: list[tuple[str, bytearray, str | None, str | None]] = []
+        try:
+            for i in range(count):
+                if private_key:
+                    pk = generate_private_key_wallet(impl, testnet=testnet)
+                    fresh.append(("PRIVATE_KEY", pk.private_key, None, pk.address))
+                else:
+                    mw = generate_mnemonic_wallet(impl, testnet=testnet)
+                    fresh.append(("MNEMONIC", mw.mnemonic, mw.xpub, None))
+                if show_progress and (i + 1) % 100 == 0:
+                    print(f"\rgenerated {i + 1}/{count}", end="", file=sys.stderr, flush=True)
+
+            def add_all(v: Any) -> list[dict[str, Any]]:
+                return [
+                    v.add_wallet(
+                        wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, xpub=xpub, address=addr
+                    )
+                    for kind, secret, xpub, addr in fresh
+                ]
+
+            entries = vault.transact(add_all)
+        finally:
+            for _, secret, _, _ in fresh:
                 _wipe(secret)
-            made.append({"signatureId": entry["signatureId"], **({"xpub": xpub} if xpub else {"address": address})})
-            if show_progress and (i + 1) % 100 == 0:
-                print(f"\rgenerated {i + 1}/{count}", end="", file=sys.stderr, flush=True)
-        vault.save()
+        for entry, (_, _, xpub, addr) in zip(entries, fresh, strict=True):
+            made.append({"signatureId": entry["signatureId"], **({"xpub": xpub} if xpub else {"address": addr})})
     if as_json:
         emit(made[0] if count == 1 else {"wallets": made}, True)
     else:
@@ -115,8 +124,9 @@ def store(
         kind, public = _classify(impl, secret, testnet)
         paths = Paths.resolve()
         with unlock(paths, operators=approver) as vault:
-            entry = vault.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, **public)
-            vault.save()
+            entry = vault.transact(
+                lambda v: v.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, **public)
+            )
     finally:
         _wipe(secret)
     # Tatum's shapes: storemanagedwallet prints {signatureId, xpub}; storemanagedprivatekey {signatureId}.
@@ -170,8 +180,7 @@ def remove(
     from agent.cli.session import unlock
 
     with unlock(Paths.resolve(), operators=approver) as vault:
-        vault.remove_wallet(signature_id)
-        vault.save()
+        vault.transact(lambda v: v.remove_wallet(signature_id))
     emit({"removed": signature_id}, as_json, f"Removed {signature_id}.")
 
 

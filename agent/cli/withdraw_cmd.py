@@ -168,7 +168,7 @@ def list_requests(
     as_json: Json = False,
 ) -> None:
     """list withdrawal requests"""
-    recs = _service().queue.list(status)
+    recs = _service().queue.list(status)  # the index: fast, and rebuilt from the audit log when behind
     emit(
         {"requests": [_public(r) for r in recs]},
         as_json,
@@ -179,8 +179,17 @@ def list_requests(
 @app.command("show")
 def show(request_id: str, as_json: Json = False) -> None:
     """show a request decoded from its raw bytes, with its policy decision and approvals"""
-    rec = _service().queue.get(request_id)
+    rec = _service().get(request_id)  # from the audit log, not the index
     emit(_public(rec), as_json, describe(rec))
+
+
+@app.command("rebuild")
+def rebuild(as_json: Json = False) -> None:
+    """rebuild the queue index (state/queue.sqlite) from the audit log; nothing else changes"""
+    service = _service()
+    service.queue.reset()
+    count = service.sync()
+    emit({"rebuilt": count}, as_json, f"Rebuilt the queue index from the audit log: {count} requests.")
 
 
 def register(root: typer.Typer) -> None:
@@ -202,7 +211,7 @@ def register(root: typer.Typer) -> None:
 
         paths = Paths.resolve()
         service = _service()
-        rec = service.queue.get(request_id)
+        rec = service.get(request_id)
         vault = load_public(paths)  # warns when the tokens are simulated
         err(describe(rec))
         rec = service.approve(

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StateError, VaultRollback, VaultUntrusted
+from agent.files import atomic_write, check_private
 from agent.vault.primitives import fingerprint
-from agent.vault.store import atomic_write, check_private
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import (
     KmsAgentError,
@@ -23,6 +23,9 @@ from agent.errors import (
     VaultIntegrityError,
     WrongToken,
 )
+from agent.faults import crash_point
+from agent.files import atomic_write, read_private
+from agent.locks import writer_lock
 from agent.tokens.base import Approval, Prompts, Token
 from agent.vault import format as fmt
 from agent.vault import keyslots, quorum
@@ -37,10 +40,11 @@ from agent.vault.sealed import (
     seal_entry,
     seal_file_with_mac,
 )
-from agent.vault.store import atomic_write, read_private
 
 #: Given a slot, return an opened token that holds its credential, or None if none is plugged in.
 TokenFinder = Callable[[Mapping[str, Any]], Token | None]
+
+T = TypeVar("T")
 
 DEFAULT_RP_ID = "kms-agent.local"
 WALLET_TYPES = ("MNEMONIC", "PRIVATE_KEY")
@@ -72,12 +76,16 @@ class PublicVault:
 
     @classmethod
     def load(cls, path: Path, pin_path: Path, *, require_pin: bool = True) -> PublicVault:
+        # The pin first: a writer replaces wallet.dat and then moves the pin forward, so a pin read
+        # before the file is never newer than the file (reading them the other way round, a save
+        # landing in between would look like a rollback).
+        pin = load_pin(pin_path) if require_pin else None
         vf = fmt.parse(read_private(path))
         check_file_signature(vf)
         if require_pin:
             h = vf.header
             check_pin(
-                load_pin(pin_path),
+                pin,
                 vault_id=h["vault_id"],
                 signing_key=h["signing_key"],
                 generation=h["generation"],
@@ -152,24 +160,30 @@ class PublicVault:
         want: int,
         operators: Sequence[str] | None = None,
         skip: Sequence[bytes] = (),
+        hold: Callable[[bytes], bool] | None = None,
     ) -> Collected:
         """Touch the tokens of up to ``want`` distinct operators over ``digest``; keep their shares.
 
         Each touch both signs ``digest`` (the approval) and unwraps that operator's share. Operators
-        in ``skip`` (by id) are not asked. The caller must :meth:`Collected.wipe` (or open) the result.
+        in ``skip`` (by id) are not asked; operators are asked in enrolment order, so that ``hold``
+        (called before an operator is asked; False skips them) takes per-operator locks in one
+        global order. The caller must :meth:`Collected.wipe` (or open) the result.
         """
         by_name = {op["name"]: op for op in self.header["operators"]}
-        names = list(operators) if operators else [op["name"] for op in self.header["operators"]]
-        unknown = [n for n in names if n not in by_name]
+        wanted = list(operators) if operators else [op["name"] for op in self.header["operators"]]
+        unknown = [n for n in wanted if n not in by_name]
         if unknown:
             raise UsageError(f"no operator named {', '.join(unknown)} in this vault (see `kms-agent operator list`)")
+        names = [op["name"] for op in self.header["operators"] if op["name"] in wanted]
         collected = Collected(self)
         try:
-            for name in dict.fromkeys(names):
+            for name in names:
                 if len(collected.touches) >= want:
                     break
                 op_id = by_name[name]["operator_id"]
                 if op_id in skip:
+                    continue
+                if hold is not None and not hold(op_id):
                     continue
                 got = self._unwrap_operator(op_id, finder, prompts, digest)
                 if got is None:
@@ -299,17 +313,33 @@ class UnlockedVault:
 
     def enrol_token(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> dict[str, Any]:
         """Add ``token`` as another token of ``operator``: it wraps that operator's own share."""
+        slot = self.prepare_slot(operator, token, prompts, now=now)
+        self.add_slot(slot)
+        return slot
+
+    def prepare_slot(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> dict[str, Any]:
+        """Enrol ``token`` (PIN, touch) and wrap ``operator``'s share for it, without changing the header.
+
+        Kept apart from :meth:`add_slot` so the touch happens before the writer lock is taken.
+        """
         op_id = self.operator_id(operator)
-        if any(s["label"] == token.label for s in self.header["slots"]):
-            raise UsageError(f"token {token.label} is already enrolled in this vault")
+        self._check_new_label(token.label)
         share = bytearray(self.body["shares"][op_id.hex()].encode())
         try:
-            slot = _enrol_slot(self.header, op_id, operator, token, share, prompts, now=now)
+            return _enrol_slot(self.header, op_id, operator, token, share, prompts, now=now)
         finally:
             p.wipe(share)
+
+    def add_slot(self, slot: dict[str, Any]) -> None:
+        """Add a slot made by :meth:`prepare_slot` (re-checked: the header may have moved on since)."""
+        _name(self.header, slot["operator_id"])  # the operator must still be in this vault
+        self._check_new_label(slot["label"])
         self.header["slots"] = [*self.header["slots"], slot]
         self.header["simulated"] = any(s["simulated"] for s in self.header["slots"])
-        return slot
+
+    def _check_new_label(self, label: str) -> None:
+        if any(s["label"] == label for s in self.header["slots"]):
+            raise UsageError(f"token {label} is already enrolled in this vault")
 
     def remove_token(self, label: str) -> dict[str, Any]:
         slots = self.header["slots"]
@@ -374,13 +404,49 @@ class UnlockedVault:
         return wallet_type, secret
 
     # --- persistence --------------------------------------------------------------------------
+    def transact(self, change: Callable[[UnlockedVault], T], *, now: int | None = None) -> T:
+        """Apply ``change`` to the newest wallet.dat and save it, as the data directory's only writer.
+
+        Under the writer lock the file is read again. If another process saved since this vault was
+        opened, its header and body are taken over (the data key is the same, so no touch is needed)
+        and ``change`` is applied on top of them: a concurrent write is never overwritten. The file
+        is then written as generation + 1 (compare-and-swap on the generation the lock protects).
+
+        :raises VaultIntegrityError: wallet.dat was replaced by a vault under another data key.
+        """
+        with writer_lock(self.pin_path.parent):
+            current = PublicVault.load(self.path, self.pin_path)
+            if current.header["generation"] != self.header["generation"]:
+                self._rebase(current)
+            result = change(self)
+            self.save(now=now)
+            return result
+
+    def _rebase(self, current: PublicVault) -> None:
+        if current.header["vault_id"] != self.header["vault_id"] or (
+            current.header["signing_key"] != self.keys.signing_public
+        ):
+            raise VaultIntegrityError(
+                "wallet.dat was replaced by another vault while this command ran; nothing was written"
+            )
+        body = open_body(current.file, self.keys)
+        header = dict(current.header)
+        header["wallets"] = list(header["wallets"])
+        self.header, self.body = header, body
+
     def save(self, *, now: int | None = None) -> None:
-        """Write generation + 1 atomically and move the pin forward with it."""
+        """Write generation + 1 atomically and move the pin forward with it.
+
+        Callers other than :meth:`transact` and a new vault's first write hold the writer lock
+        themselves (or are alone: tests, the crash harness).
+        """
         self.header["generation"] += 1
         self.header["updated_at"] = int(now if now is not None else time.time())
         self.header["body_nonce"] = p.random_bytes(p.NONCE_LEN)
         data, header_mac = seal_file_with_mac(self.header, self.body, self.keys)
+        crash_point("before-vault-save")
         atomic_write(self.path, data)
+        crash_point("after-vault-save")
         save_pin(
             self.pin_path,
             VaultPin(self.header["vault_id"], self.keys.signing_public, self.header["generation"], header_mac),
@@ -477,10 +543,11 @@ class PendingVault:
             raise VaultIntegrityError("the recovery words do not open this vault")
 
     def commit(self, *, now: int | None = None) -> UnlockedVault:
-        if self.vault.path.exists():
-            raise UsageError(f"{self.vault.path} already exists; refusing to overwrite a vault")
-        self.vault.header["generation"] = 0  # save() makes it 1
-        self.vault.save(now=now)
+        with writer_lock(self.vault.pin_path.parent):
+            if self.vault.path.exists():
+                raise UsageError(f"{self.vault.path} already exists; refusing to overwrite a vault")
+            self.vault.header["generation"] = 0  # save() makes it 1
+            self.vault.save(now=now)
         return self.vault
 
 

@@ -1,8 +1,10 @@
-"""The withdrawal queue: requests with their full payload, approvals, signCounts and suspensions.
+"""The withdrawal queue: an index of requests for listing, rebuilt from the audit log at will.
 
-SQLite (WAL) under ``$KMS_AGENT_HOME/state/queue.sqlite``, 0600. Each request is one JSON record
-(the request is small and read whole); the audit log, not this table, is the tamper-evident
-history, and every state change here is preceded by its audit row.
+SQLite (WAL) at ``$KMS_AGENT_HOME/state/queue.sqlite``, 0600. It holds one JSON record per request
+(:meth:`RequestState.to_record`) and the audit seq it is level with. Nothing here is evidence:
+every decision re-derives the request from the audit log (:mod:`agent.withdrawals.ledger`), and
+whoever can write this file can at most make us show a wrong list. Deleting it loses nothing but
+the time to rebuild it; an index from an older kms-agent is dropped and rebuilt the same way.
 """
 
 from __future__ import annotations
@@ -10,33 +12,28 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.errors import StateError, UsageError
-from agent.vault.store import PRIVATE_FILE, ensure_private_dir
+from agent.errors import KmsAgentError, StateError, UsageError
+from agent.files import PRIVATE_FILE, ensure_private_dir
+from agent.withdrawals.ledger import Ledger, Status
+
+#: Bumped whenever the index's shape changes: a mismatch drops the tables and rebuilds from the log.
+INDEX_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL,
-                                     record TEXT NOT NULL, signed_at INTEGER, history TEXT);
-CREATE TABLE IF NOT EXISTS counters (slot_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS suspended (operator_id TEXT PRIMARY KEY, at INTEGER NOT NULL, reason TEXT NOT NULL);
+                                     expires_at INTEGER NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-
-#: Columns added after the first release of the table: (name, SQL type).
-_ADDED_COLUMNS = (("signed_at", "INTEGER"), ("history", "TEXT"))
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a queue written by an earlier version up to date, in place and idempotently."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-    for name, kind in _ADDED_COLUMNS:
-        if name not in have:
-            db.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
-    db.execute("CREATE INDEX IF NOT EXISTS requests_signed ON requests (signed_at) WHERE signed_at IS NOT NULL")
+#: Fields compared when checking the index against the evidence (what an edit could change to mislead).
+COMPARED = ("status", "tx", "payload", "initiator", "initiator_id", "signature_id", "index", "approvals", "rejections")
 
 
 class Queue:
@@ -49,81 +46,122 @@ class Queue:
             ensure_private_dir(self.path.parent)
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the withdrawal queue {self.path}: {exc}") from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            _migrate(db)
+            db.execute("PRAGMA synchronous=NORMAL")  # an index: a lost write is rebuilt from the log
+            if db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
+                _reset(db)
             yield db
         except sqlite3.Error as exc:
             raise StateError(f"the withdrawal queue {self.path} failed: {exc}") from None
         finally:
             db.close()
 
-    def put(self, record: Mapping[str, Any]) -> None:
-        signed_at = (record.get("signed") or {}).get("signed_at")
-        history = json.dumps(record["history"], sort_keys=True) if record.get("history") else None
+    # --- keeping level with the audit log ------------------------------------------------------
+    def sync(self, ledger: Ledger) -> int:
+        """Re-derive every request with audit rows the index has not seen; returns how many."""
+        head = ledger.audit.last_seq()
         with self._db() as db:
+            if _applied(db) == head:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                applied = _applied(db)
+                if applied > head:  # the log is shorter than what we indexed: start over
+                    db.execute("DELETE FROM requests")
+                    applied = 0
+                ids = ledger.request_ids_since(applied)
+                for rid in ids:
+                    self._put_derived(db, ledger, rid)
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('applied_seq', ?)", (head,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return len(ids)
+
+    @staticmethod
+    def _put_derived(db: sqlite3.Connection, ledger: Ledger, rid: str) -> None:
+        try:
+            state = ledger.request(rid)
+        except UsageError:
+            return  # a policy change, an unlock: audit rows with a request id that are not withdrawals
+        except KmsAgentError as exc:
+            # Unreadable evidence: keep it visible in listings, never signable (decisions re-derive).
             db.execute(
-                "INSERT OR REPLACE INTO requests (id, created_at, status, record, signed_at, history) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record["id"],
-                    record["created_at"],
-                    record["status"],
-                    json.dumps(record, sort_keys=True),
-                    signed_at,
-                    history,
-                ),
+                "INSERT OR REPLACE INTO requests (id, created_at, status, expires_at, record) VALUES (?, 0, ?, 0, ?)",
+                (rid, "unreadable", json.dumps({"id": rid, "status": "unreadable", "error": exc.message})),
             )
+            return
+        _put(db, state.to_record())
 
-    def history(self, since: int) -> list[tuple[int, dict[str, Any]]]:
-        """(signed_at, velocity record) of withdrawals signed since ``since``: what velocity limits read."""
+    def put(self, record: Mapping[str, Any]) -> None:
         with self._db() as db:
-            rows = db.execute(
-                "SELECT signed_at, history FROM requests WHERE signed_at >= ? AND history IS NOT NULL "
-                "ORDER BY signed_at",
-                (since,),
-            ).fetchall()
-        return [(int(at), json.loads(h)) for at, h in rows]
+            _put(db, record)
 
-    def get(self, request_id: str) -> dict[str, Any]:
+    def reset(self) -> None:
+        """Forget everything: the next :meth:`sync` rebuilds the index from the audit log."""
+        with self._db() as db:
+            _reset(db)
+
+    # --- reading -------------------------------------------------------------------------------
+    def get(self, request_id: str) -> dict[str, Any] | None:
         with self._db() as db:
             row = db.execute("SELECT record FROM requests WHERE id = ?", (request_id.lower(),)).fetchone()
-        if row is None:
-            raise UsageError(f"no withdrawal request {request_id!r} (see `kms-agent request list`)")
-        record: dict[str, Any] = json.loads(row[0])
-        return record
+        return None if row is None else _as_of(json.loads(row[0]))
 
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
+        now = int(time.time())
         with self._db() as db:
-            if status:
+            if status in (Status.PENDING, Status.EXPIRED):
+                rows = db.execute(
+                    "SELECT record FROM requests WHERE status = 'pending' AND (expires_at > ?) = ? ORDER BY created_at",
+                    (now, status == Status.PENDING),
+                )
+            elif status:
                 rows = db.execute("SELECT record FROM requests WHERE status = ? ORDER BY created_at", (status,))
             else:
                 rows = db.execute("SELECT record FROM requests ORDER BY created_at")
-            return [json.loads(r[0]) for r in rows.fetchall()]
+            return [_as_of(json.loads(r[0]), now) for r in rows.fetchall()]
 
-    def counters(self) -> dict[bytes, int]:
-        with self._db() as db:
-            return {bytes.fromhex(s): c for s, c in db.execute("SELECT slot_id, count FROM counters").fetchall()}
 
-    def update_counters(self, updates: Mapping[bytes, int]) -> None:
-        with self._db() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO counters (slot_id, count) VALUES (?, ?)",
-                [(k.hex(), int(v)) for k, v in updates.items()],
-            )
+def differences(indexed: Mapping[str, Any] | None, derived: Mapping[str, Any]) -> list[str]:
+    """Fields where the index disagrees with the evidence (an edited or stale queue)."""
+    if indexed is None:
+        return ["missing"]
+    return [k for k in COMPARED if indexed.get(k) != derived.get(k)]
 
-    def suspended(self) -> set[bytes]:
-        with self._db() as db:
-            return {bytes.fromhex(r[0]) for r in db.execute("SELECT operator_id FROM suspended").fetchall()}
 
-    def suspend(self, operator_id: bytes, at: int, reason: str) -> None:
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO suspended (operator_id, at, reason) VALUES (?, ?, ?)",
-                (operator_id.hex(), at, reason),
-            )
+def _as_of(record: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    now = int(time.time()) if now is None else now
+    if record.get("status") == Status.PENDING and now >= int(record.get("expires_at", now + 1)):
+        record["status"] = Status.EXPIRED.value
+    return record
+
+
+def _applied(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _put(db: sqlite3.Connection, record: Mapping[str, Any]) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO requests (id, created_at, status, expires_at, record) VALUES (?, ?, ?, ?, ?)",
+        (
+            record["id"],
+            record["created_at"],
+            record["status"],
+            record.get("expires_at", 0),
+            json.dumps(record, sort_keys=True),
+        ),
+    )
+
+
+def _reset(db: sqlite3.Connection) -> None:
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        db.execute(f'DROP TABLE IF EXISTS "{name}"')
+    db.executescript(SCHEMA)
+    db.execute(f"PRAGMA user_version = {INDEX_VERSION}")

@@ -1,17 +1,25 @@
 """Withdrawals end to end: decode -> policy -> touch approvals bound to the bytes -> sign -> audit.
 
 Everything downstream of :meth:`Withdrawals.create` works from the chain module's decode of the
-exact bytes that will be signed, never from request metadata. Every step writes its audit row
-*before* its effect is visible, and the signed transaction is released only after its
-``signature`` row is durable (fail closed).
+exact bytes that will be signed, never from request metadata, and every decision is derived from
+evidence (docs/withdrawals.md §3): the signed vault header, the token-signed approvals, the payload
+they sign and the hash-chained audit log. The queue is only an index.
+
+Concurrency and crashes (docs/withdrawals.md §4). Touches happen outside any lock; then each
+decision (record approvals, veto, expire, sign) runs under the data directory's writer lock as one
+audit transaction, which is the single point of commit: a crash leaves the old state or the new
+one. A signature is computed under that lock only after checking that no ``signature`` row
+exists, and released only once its row is durable, so a request is signed at most once.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +28,7 @@ from typing import Any
 from agent.approvals import (
     ApprovalPayload,
     ApprovalRequest,
+    QuorumDecision,
     QuorumRule,
     RecordedApproval,
     Rejection,
@@ -29,21 +38,31 @@ from agent.approvals import (
     find_slot,
     roster_from_header,
 )
-from agent.audit import AuditLog
+from agent.audit import AuditKind, AuditLog
+from agent.audit.log import AuditTransaction
 from agent.chains import Owned, get_chain
-from agent.errors import ApprovalError, ChainError, KmsAgentError, PolicyDenied, UsageError
-from agent.policy import HistoryEntry, evaluate, from_tx_summary, withdrawal_payload
+from agent.errors import (
+    ApprovalError,
+    ApprovalInvalid,
+    ChainError,
+    PolicyDenied,
+    QuorumNotMet,
+    UsageError,
+)
+from agent.faults import crash_point
+from agent.locks import OperatorLocks, writer_lock
+from agent.policy import Decision, HistoryEntry, RequestSummary, SummaryOutput, evaluate, from_tx_summary
+from agent.policy import withdrawal_payload as _withdrawal_payload
 from agent.tokens.base import Prompts
 from agent.vault.primitives import wipe
 from agent.vault.vault import Collected, PublicVault, TokenFinder
-from agent.withdrawals.queue import Queue
+from agent.withdrawals.ledger import VELOCITY_HORIZON, DecisionStage, Ledger, RequestState, Status
+from agent.withdrawals.queue import Queue, differences
 
 #: Simulated tokens keep their secrets in files: mainnet withdrawals need this set to "1".
 ALLOW_SIM_MAINNET_ENV = "KMS_AGENT_ALLOW_SIMULATED_MAINNET"
 
 PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
-#: Quorum outcomes after which a request can never be signed.
-TERMINAL = (EXPIRED, REJECTED, "stale", "consumed")
 
 
 def tx_bytes(tx: str | bytes) -> bytes:
@@ -61,21 +80,98 @@ def tx_bytes(tx: str | bytes) -> bytes:
         raise UsageError("the transaction must be hex or base64 (PSBT)") from None
 
 
+def _warn(message: str) -> None:
+    print(f"kms-agent: warning: {message}", file=sys.stderr, flush=True)
+
+
 class Withdrawals:
     """The agent's withdrawal service over one data directory."""
 
     def __init__(self, home: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.home = home
         self.state = home / "state"
-        self.queue = Queue(self.state)
         self.audit = AuditLog(self.state)
+        self.ledger = Ledger(self.audit)
+        self.queue = Queue(self.state)
         self.clock = clock
+        self.sync()
 
     def vault(self) -> PublicVault:
         return PublicVault.load(self.home / "wallet.dat", self.state / "vault-pin.json")
 
     def _now(self) -> int:
         return int(self.clock())
+
+    def sync(self) -> int:
+        """Bring the queue index level with the audit log (after a crash, or a deleted queue)."""
+        return self.queue.sync(self.ledger)
+
+    # --- reading --------------------------------------------------------------------------------
+    def request(self, request_id: str) -> RequestState:
+        """The request as the audit log proves it (expiry applied at the current time)."""
+        state = self.ledger.request(request_id)
+        status = state.status_at(self._now())
+        return state if status is state.status else dataclasses.replace(state, status=status)
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        return self.request(request_id).to_record()
+
+    def check_index(self, state: RequestState) -> list[str]:
+        """Compare the queue's record with the evidence; report and repair a disagreement.
+
+        Only a record indexed from the same audit row as ``state`` is compared: one from an older
+        row is merely behind (another process committed since), one from a newer row is ahead of us.
+        """
+        derived = state.to_record()
+        indexed = self.queue.get(state.request_id)
+        if indexed is not None and indexed.get("audit_seq") != state.last_seq:
+            if int(indexed.get("audit_seq") or 0) < state.last_seq:
+                self.queue.put(derived)
+            return []
+        if indexed is not None and indexed.get("status") == Status.EXPIRED and state.status is Status.PENDING:
+            indexed = {**indexed, "status": Status.PENDING.value}
+        found = differences(indexed, derived)
+        if found and found != ["missing"]:
+            _warn(
+                f"request {state.request_id}: queue.sqlite disagrees with the audit log ({', '.join(found)}); "
+                "the queue was edited: deciding from the audit log"
+            )
+            self.audit.append(
+                AuditKind.ALERT,
+                {"rule": "queue-tampered", "detail": f"queue.sqlite disagreed on {', '.join(found)}"},
+                request_id=state.request_id,
+            )
+        if found:
+            self.queue.put(derived)
+        return found
+
+    def history(self, now: int | None = None) -> list[HistoryEntry]:
+        """Withdrawals signed in the last day, from the audit log's ``signature`` rows."""
+        now = self._now() if now is None else now
+        out = []
+        for row in self.ledger.signature_rows(now - VELOCITY_HORIZON):
+            velocity = row.payload.get("velocity")
+            if velocity is None and row.request_id:
+                # A signature row from before velocity was recorded: judge it from the request's bytes.
+                state = self.ledger.request(row.request_id)
+                out.append(HistoryEntry(row.ts, self._decode(state)))
+                continue
+            outputs = tuple(
+                SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in velocity["outputs"]
+            )
+            summary = RequestSummary(
+                velocity["chain"],
+                velocity["network"],
+                velocity["signature_id"],
+                outputs,
+                int(velocity["fee"]),
+                velocity["fee_asset"],
+                bool(velocity["opaque"]),
+            )
+            out.append(HistoryEntry(row.ts, summary))
+        return out
+
+    _history = history  # reports call it by its old name
 
     # --- create ---------------------------------------------------------------------------------
     def create(
@@ -90,8 +186,8 @@ class Withdrawals:
         impl = get_chain(chain)
         if impl.name != wallet["chain"]:
             raise UsageError(f"wallet {signature_id} is a {wallet['chain']} wallet, not {impl.name}")
-        if index < 0 or (wallet.get("address") and index != 0):
-            raise UsageError("bad derivation index for this wallet")
+        if not 0 <= index < 2**31 or (wallet.get("address") and index != 0):
+            raise UsageError("bad derivation index for this wallet (0 to 2^31-1; 0 for a private-key wallet)")
         if vault.simulated and not wallet["testnet"] and os.environ.get(ALLOW_SIM_MAINNET_ENV) != "1":
             raise UsageError(
                 "this vault is enrolled with SIMULATED tokens: refusing a mainnet withdrawal",
@@ -103,79 +199,47 @@ class Withdrawals:
         req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)
         policy = vault.policy()
         now = self._now()
-        decision = evaluate(req_summary, policy, self._history(), now)
+        decision = evaluate(req_summary, policy, self.history(now), now)
         initiator_id = _operator_id(vault, initiator)
         request_id = os.urandom(16)
-        payload = withdrawal_payload(
-            req_summary,
-            vault_id=vault.header["vault_id"],
-            request_id=request_id,
-            derivation_index=index,
-            unsigned_tx_sha256=hashlib.sha256(raw).digest(),
-            nonce=summary.nonce,
-            expires_at=now + decision.rule.approval_ttl,
-            policy_generation=policy.generation,
+        payload = dataclasses.replace(
+            _withdrawal_payload(
+                req_summary,
+                vault_id=vault.header["vault_id"],
+                request_id=request_id,
+                derivation_index=index,
+                unsigned_tx_sha256=hashlib.sha256(raw).digest(),
+                nonce=summary.nonce,
+                expires_at=now + decision.rule.approval_ttl,
+                policy_generation=policy.generation,
+            ),
+            initiator=initiator_id,
         )
         rid = request_id.hex()
-        record: dict[str, Any] = {
-            "id": rid,
-            "created_at": now,
-            "chain": impl.name,
-            "testnet": wallet["testnet"],
-            "signature_id": signature_id,
-            "index": index,
-            "tx": raw.hex(),
-            "initiator": initiator,
-            "initiator_id": initiator_id.hex() if initiator_id else None,
-            "payload": payload.canonical_bytes().hex(),
-            "summary": summary.to_json(),
-            "decision": decision.to_json(),
-            "approvals": [],
-            "rejections": [],
-            "rule": {
-                "approvals_required": decision.approvals_required,
-                "initiator_may_approve": decision.rule.initiator_may_approve,
-                "approval_ttl": decision.rule.approval_ttl,
-            },
-            "status": PENDING if decision.allowed else DENIED,
-            "signed": None,
-        }
-        self.audit.append(
-            "request",
-            {
-                "chain": impl.name,
-                "testnet": wallet["testnet"],
-                "signature_id": signature_id,
-                "index": index,
-                "tx": raw.hex(),
-                "initiator": initiator,
-                "summary": summary.to_json(),
-            },
-            request_id=rid,
-            actor=initiator,
-        )
-        self.audit.append("decision", decision.to_json(), request_id=rid)
-        self.queue.put(record)
-        if not decision.allowed:
-            raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}")
-        return record
-
-    def _history(self, *, window: int = 86_400) -> list[HistoryEntry]:
-        """Withdrawals signed in the last ``window`` seconds (the longest velocity limit is a day)."""
-        from agent.policy import RequestSummary, SummaryOutput
-
-        history = []
-        for signed_at, h in self.queue.history(self._now() - window):
-            outputs = tuple(SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in h["outputs"])
-            history.append(
-                HistoryEntry(
-                    signed_at,
-                    RequestSummary(
-                        h["chain"], h["network"], h["signature_id"], outputs, int(h["fee"]), h["fee_asset"], h["opaque"]
-                    ),
-                )
+        with self.audit.transaction() as tx_rows:
+            tx_rows.append(
+                AuditKind.REQUEST,
+                {
+                    "chain": impl.name,
+                    "testnet": wallet["testnet"],
+                    "signature_id": signature_id,
+                    "index": index,
+                    "tx": raw.hex(),
+                    "initiator": initiator,
+                    "initiator_id": initiator_id.hex() if initiator_id else None,
+                    "payload_cbor": payload.canonical_bytes().hex(),
+                    "summary": summary.to_json(),
+                },
+                request_id=rid,
+                actor=initiator,
+                ts=now,
             )
-        return history
+            tx_rows.append(AuditKind.DECISION, _policy_row(decision, DecisionStage.CREATE), request_id=rid, ts=now)
+        self.sync()
+        record = self.get(rid)
+        if not decision.allowed:
+            raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}", request_id=rid)
+        return record
 
     # --- approve and sign -----------------------------------------------------------------------
     def approve(
@@ -187,180 +251,302 @@ class Withdrawals:
         operators: Sequence[str] | None = None,
         vault: PublicVault | None = None,
     ) -> dict[str, Any]:
-        """Touch approvals over the request's digest; when the quorum is met, sign in the same process.
+        """Touch approvals over the request's digest; when the quorum is met, sign.
 
         Each touch signs the approval digest *and* unwraps that operator's share, so the operators
         present can approve and sign in one go; approvals given earlier still count.
         """
-        rec = self.queue.get(request_id)
-        if rec["status"] != PENDING:
-            raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to approve")
-        vault = vault or self.vault()  # a caller that already loaded (and pinned-checked) it passes it in
-        payload = ApprovalPayload.from_cbor(bytes.fromhex(rec["payload"]))
-        self._check_binding(rec, payload)
-        digest = approval_digest(payload)
-        roster = roster_from_header(vault.header, suspended=self.queue.suspended())
-        rule = _quorum_rule(rec, vault)
-        existing = [RecordedApproval.from_json(a) for a in rec["approvals"]]
-        rejections = [Rejection.from_json(r) for r in rec["rejections"]]
-        initiator = bytes.fromhex(rec["initiator_id"]) if rec["initiator_id"] else None
-        request = ApprovalRequest(payload, initiator=initiator)
-        # Nobody should touch a token for a request that is already dead (expired, vetoed, stale).
-        before = evaluate_quorum(request, existing, rejections, rule, roster, self._now(), self.queue.counters())
-        if before.outcome.value in TERMINAL:
-            rec["status"] = before.outcome.value
-            self.audit.append("decision", before.to_json(), request_id=rec["id"])
-            self.queue.put(rec)
-            raise ApprovalError(f"request {rec['id']} is {rec['status']}: {before.explain()}")
-        already = {a.operator_id for a in existing}
+        state = self.request(request_id)
+        self.check_index(state)
+        rid = state.request_id
+        if state.status is Status.SIGNED:
+            raise ApprovalError(f"request {rid} is already signed; nothing to approve", request_id=rid)
+        if state.status is Status.EXPIRED:
+            self._record_terminal(rid)
+        if not state.pending:
+            raise ApprovalError(f"request {rid} is {state.status.value}; nothing to approve", request_id=rid)
+        vault = vault or self.vault()
+        self._check_binding(state)
+        digest = approval_digest(state.payload)
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        now = self._now()
+        policy_decision = evaluate(self._decode(state, vault), vault.policy(), self.history(now), now)
+        rule = _quorum_rule(policy_decision, vault)
+        before = self._evaluate(state, [], rule, roster, now)
+        if before.outcome.value in ("expired", "rejected", "stale"):
+            self._record_terminal(rid)
+            raise ApprovalError(f"request {rid} is {before.outcome.value}: {before.explain()}", request_id=rid)
+        already = {a.operator_id for a in state.approvals if a.operator_id in before.approved_by}
         suspended = [op_id for op_id, op in roster.items() if op.suspended]
-        skip = [*already, *suspended, *([initiator] if initiator and not rule.initiator_may_approve else [])]
+        initiator = state.payload.initiator
+        excluded = [initiator] if initiator and not rule.initiator_may_approve else []
         want = max(rule.approvals_required - len(already), 0)
-        collected = vault.collect(finder, prompts, digest=digest, want=want, operators=operators, skip=skip)
-        try:
-            now = self._now()
-            fresh = [
-                RecordedApproval.from_token(
-                    t.approval,
-                    request_id=payload.request_id,
-                    operator_id=t.operator_id,
-                    slot_id=t.slot_id,
-                    approved_at=now,
-                )
-                for t in collected.touches
-            ]
-            decision = evaluate_quorum(
-                request, [*existing, *fresh], rejections, rule, roster, now, self.queue.counters()
+        with OperatorLocks(self.state) as held:
+            collected = vault.collect(
+                finder,
+                prompts,
+                digest=digest,
+                want=want,
+                operators=operators,
+                skip=[*already, *suspended, *excluded],
+                hold=held.acquire,
             )
-            fresh_sigs = {a.signature for a in fresh}
-            for approval in decision.accepted:
-                slot = find_slot(roster, approval.slot_id)
-                if approval.signature in fresh_sigs and slot is not None:
-                    self.audit.append(
-                        "approval",
-                        approval_audit_payload(payload, approval, slot),
-                        request_id=rec["id"],
-                        actor=vault.operator_name(approval.operator_id),
-                    )
-            for reason in decision.alerts:
-                self.audit.append("alert", {"rule": reason.rule, "detail": reason.detail}, request_id=rec["id"])
-            for op_id in decision.suspended:
-                self.queue.suspend(op_id, now, "signCount went back: possible cloned token")
-            self.audit.append("decision", decision.to_json(), request_id=rec["id"])
-            self.queue.update_counters(decision.counter_updates)
-            rec["approvals"] = [a.to_json() for a in decision.accepted]
-            rec["quorum"] = decision.to_json()
-            if decision.outcome.value in TERMINAL:
-                rec["status"] = decision.outcome.value
-            self.queue.put(rec)
-            if not decision.approved:
+            try:
+                crash_point("after-touch")
+                if len(already) + len(collected.touches) >= rule.approvals_required:
+                    # The quorum will be met: opening the vault to sign needs its own quorum of shares.
+                    self._more_shares(vault, collected, finder, prompts, digest, held, operators)
+                with writer_lock(self.state):
+                    return self._decide(rid, collected)
+            finally:
                 collected.wipe()
-                if rec["status"] != PENDING:
-                    raise ApprovalError(f"request {rec['id']} is {rec['status']}: {decision.explain()}")
-                return rec
-            self._ensure_shares(vault, collected, finder, prompts, digest, operators)
-            return self._sign(rec, vault, collected)
-        except BaseException:
-            collected.wipe()
-            raise
 
-    def _check_binding(self, rec: dict[str, Any], payload: ApprovalPayload) -> None:
-        """The queued bytes must still be exactly what the payload (and so every approval) names.
-
-        Approvers sign the payload; signing uses the queued bytes. Re-hash and re-decode them here so
-        a queue edited after the request was judged can never get a signature.
-        """
-        from agent.errors import ApprovalInvalid
-
-        raw = bytes.fromhex(rec["tx"])
-        impl = get_chain(rec["chain"])
-        decoded = from_tx_summary(
-            impl.decode(raw, testnet=rec["testnet"]), signature_id=rec["signature_id"], native_asset=impl.symbol
+    def _evaluate(
+        self,
+        state: RequestState,
+        fresh: Sequence[RecordedApproval],
+        rule: QuorumRule,
+        roster: Any,
+        now: int,
+    ) -> QuorumDecision:
+        request = ApprovalRequest(state.payload, initiator=state.payload.initiator, consumed=state.signed is not None)
+        return evaluate_quorum(
+            request, [*state.approvals, *fresh], state.rejections, rule, roster, now, self.ledger.counters()
         )
+
+    def _decide(self, rid: str, collected: Collected) -> dict[str, Any]:
+        """Under the writer lock: re-derive every input, record the touches, and sign at most once."""
+        state = self.request(rid)
+        vault = self.vault()
+        now = self._now()
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        fresh = [
+            RecordedApproval.from_token(
+                t.approval,
+                request_id=state.payload.request_id,
+                operator_id=t.operator_id,
+                slot_id=t.slot_id,
+                approved_at=now,
+            )
+            for t in collected.touches
+        ]
+        if state.status in (Status.REJECTED, Status.DENIED, Status.STALE):
+            raise ApprovalError(f"request {rid} was {state.status.value} meanwhile; nothing recorded", request_id=rid)
+        self._check_binding(state)
+        summary = self._decode(state, vault)
+        policy_decision = evaluate(summary, vault.policy(), self.history(now), now)
+        rule = _quorum_rule(policy_decision, vault)
+        decision = self._evaluate(state, fresh, rule, roster, now)
+        signing = decision.approved and state.signed is None
+        if signing and policy_decision.allowed and len(collected.shares) < vault.header["quorum"]:
+            signing = False
+            short = vault.header["quorum"] - len(collected.shares)
+        else:
+            short = 0
+        denied = decision.approved and state.signed is None and not policy_decision.allowed
+        with self.audit.transaction() as rows:
+            self._record(rows, rid, state.payload, decision, fresh, roster, vault, now)
+            if denied:
+                rows.append(
+                    AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=rid, ts=now
+                )
+            elif signing:
+                self._sign(rows, state, vault, collected, summary, policy_decision, now)
+            crash_point("before-commit")
+        crash_point("after-commit")
+        self.sync()
+        crash_point("after-queue")
+        result = self.request(rid)
+        if denied:
+            raise PolicyDenied(
+                f"request {rid} approved, but the policy denies it now: {policy_decision.explain()}", request_id=rid
+            )
+        if not decision.approved and decision.outcome.value not in ("pending", "consumed"):
+            raise ApprovalError(f"request {rid} is {decision.outcome.value}: {decision.explain()}", request_id=rid)
+        refused = [a for a in fresh if a.signature not in {x.signature for x in decision.accepted}]
+        if refused and result.status is Status.PENDING and not decision.approved:
+            raise ApprovalInvalid(f"request {rid}: the approval was refused: {decision.explain()}", request_id=rid)
+        if short:
+            raise QuorumNotMet(
+                f"request {rid} is approved, but opening the vault to sign needs {vault.header['quorum']} "
+                f"operators' touches and only {len(collected.shares)} were present",
+                hint="run `kms-agent approve` again when more operators' tokens are plugged in",
+                request_id=rid,
+            )
+        return result.to_record()
+
+    def _record(
+        self,
+        rows: AuditTransaction,
+        rid: str,
+        payload: ApprovalPayload,
+        decision: QuorumDecision,
+        fresh: Sequence[RecordedApproval],
+        roster: Any,
+        vault: PublicVault,
+        now: int,
+    ) -> None:
+        fresh_sigs = {a.signature for a in fresh}
+        for approval in decision.accepted:
+            slot = find_slot(roster, approval.slot_id)
+            if approval.signature in fresh_sigs and slot is not None:
+                rows.append(
+                    AuditKind.APPROVAL,
+                    approval_audit_payload(payload, approval, slot),
+                    request_id=rid,
+                    actor=vault.operator_name(approval.operator_id),
+                    ts=now,
+                )
+        for reason in decision.alerts:
+            rows.append(AuditKind.ALERT, {"rule": reason.rule, "detail": reason.detail}, request_id=rid, ts=now)
+        for op_id in decision.suspended:
+            rows.append(
+                AuditKind.SUSPENSION,
+                {"operator_id": op_id.hex(), "reason": "signCount went back: possible cloned token"},
+                request_id=rid,
+                actor=vault.operator_name(op_id),
+                ts=now,
+            )
+        rows.append(
+            AuditKind.DECISION, {**decision.to_json(), "stage": DecisionStage.QUORUM.value}, request_id=rid, ts=now
+        )
+
+    def _record_terminal(self, rid: str) -> None:
+        """Write the decision that a request died (expired) so the log, not only the clock, says so."""
+        with writer_lock(self.state):
+            state = self.ledger.request(rid)
+            now = self._now()
+            if state.status is Status.PENDING and now >= state.payload.expires_at:
+                self.audit.append(
+                    AuditKind.DECISION,
+                    {
+                        "stage": DecisionStage.QUORUM.value,
+                        "outcome": "expired",
+                        "reasons": [{"rule": "request-expired", "detail": f"expired at {state.payload.expires_at}"}],
+                    },
+                    request_id=rid,
+                    ts=now,
+                )
+                self.sync()
+
+    def _check_binding(self, state: RequestState) -> None:
+        """The request's bytes must still be exactly what its payload (and so every approval) names."""
+        decoded = self._decode(state)
+        payload = state.payload
         if (
-            hashlib.sha256(raw).digest() != payload.unsigned_tx_sha256
+            hashlib.sha256(state.tx).digest() != payload.unsigned_tx_sha256
             or tuple((o.address, o.amount, o.asset) for o in decoded.outputs)
             != tuple((o.address, o.amount, o.asset) for o in payload.outputs)
             or decoded.fee != payload.fee
-            or payload.request_id.hex() != rec["id"]
-            or payload.signature_id != rec["signature_id"]
-            or payload.derivation_index != rec["index"]
+            or payload.request_id.hex() != state.request_id
+            or payload.signature_id != state.signature_id
+            or payload.derivation_index != state.index
         ):
             raise ApprovalInvalid(
-                f"request {rec['id']}: the queued transaction no longer matches what was judged "
-                "and is being approved; refusing (was the queue edited?)"
+                f"request {state.request_id}: the recorded transaction does not match the payload approvers "
+                "sign; refusing",
+                request_id=state.request_id,
             )
 
-    def _ensure_shares(
+    def _decode(self, state: RequestState, vault: PublicVault | None = None) -> RequestSummary:
+        """The request's bytes decoded again; with the vault, change to the wallet's own addresses is recognised."""
+        impl = get_chain(state.chain)
+        owned = _owned(vault.wallet(state.signature_id)) if vault is not None else None
+        return from_tx_summary(
+            impl.decode(state.tx, testnet=state.testnet, owned=owned),
+            signature_id=state.signature_id,
+            native_asset=impl.symbol,
+        )
+
+    def _more_shares(
         self,
         vault: PublicVault,
         collected: Collected,
         finder: TokenFinder,
         prompts: Prompts,
         digest: bytes,
+        held: OperatorLocks,
         operators: Sequence[str] | None,
     ) -> None:
-        """Approvals given in earlier sessions carry no share: touch more operators until the vault opens."""
+        """Approvals given earlier carry no share: ask more operators present to touch (never blocking)."""
         need = vault.header["quorum"] - len(collected.shares)
-        if need > 0:
-            # Anyone present may lend a touch to open the vault: the approvals are already decided.
-            collected.merge(vault.collect(finder, prompts, digest=digest, want=need, skip=list(collected.shares)))
-        if len(collected.shares) < vault.header["quorum"]:
-            from agent.errors import QuorumNotMet
+        if need <= 0:
+            return
+        extra = vault.collect(
+            finder,
+            prompts,
+            digest=digest,
+            want=need,
+            operators=operators,
+            skip=list(collected.shares),
+            hold=lambda op_id: held.acquire(op_id, wait=False),
+        )
+        collected.merge(extra)
 
-            raise QuorumNotMet(
-                f"approved, but opening the vault to sign needs {vault.header['quorum']} operators' touches and "
-                f"only {len(collected.shares)} token(s) were present",
-                hint="run the same `kms-agent approve` again when more operators' tokens are plugged in",
-            )
-
-    def _sign(self, rec: dict[str, Any], vault: PublicVault, collected: Collected) -> dict[str, Any]:
-        impl = get_chain(rec["chain"])
-        raw = bytes.fromhex(rec["tx"])
+    def _sign(
+        self,
+        rows: AuditTransaction,
+        state: RequestState,
+        vault: PublicVault,
+        collected: Collected,
+        approved: RequestSummary,
+        policy_decision: Decision,
+        now: int,
+    ) -> None:
+        """Sign inside the decision's transaction: the signature row commits with it, or nothing does."""
+        impl = get_chain(state.chain)
+        wallet = vault.wallet(state.signature_id)
+        owned = _owned(wallet)
         with vault.open_with(collected) as opened:
-            wallet_type, secret = opened.read_secret(rec["signature_id"])
+            wallet_type, secret = opened.read_secret(state.signature_id)
             try:
                 text = secret.decode()
                 key = (
-                    impl.private_key_from_mnemonic(text, rec["index"], testnet=rec["testnet"])
+                    impl.private_key_from_mnemonic(text, state.index, testnet=state.testnet)
                     if wallet_type == "MNEMONIC"
-                    else impl.parse_private_key(text, testnet=rec["testnet"])
+                    else impl.parse_private_key(text, testnet=state.testnet)
                 )
                 del text
             finally:
                 wipe(secret)
-            owned = _owned(vault.wallet(rec["signature_id"]))
             try:
-                signed = impl.sign(raw, [bytes(key)], testnet=rec["testnet"], owned=owned)
+                signed = impl.sign(state.tx, [bytes(key)], testnet=state.testnet, owned=owned)
             finally:
                 wipe(key)
-        approved = from_tx_summary(
-            impl.decode(raw, testnet=rec["testnet"], owned=owned),
-            signature_id=rec["signature_id"],
+        after = from_tx_summary(signed.summary, signature_id=state.signature_id, native_asset=impl.symbol)
+        before = from_tx_summary(
+            impl.decode(state.tx, testnet=state.testnet, owned=owned),
+            signature_id=state.signature_id,
             native_asset=impl.symbol,
         )
-        after = from_tx_summary(signed.summary, signature_id=rec["signature_id"], native_asset=impl.symbol)
-        if (approved.outputs, approved.fee) != (after.outputs, after.fee):
+        if (before.outputs, before.fee) != (after.outputs, after.fee) or [
+            (o.address, o.amount, o.asset) for o in approved.outputs
+        ] != [(o.address, o.amount, o.asset) for o in after.outputs]:
             raise ChainError("the signed transaction does not decode to the approved summary; nothing released")
-        now = self._now()
-        signed_json = {**signed.to_json(), "signed_at": now}
-        # Fail closed: if this row cannot be made durable, the signature never leaves the agent.
-        self.audit.append(
-            "signature", {"txid": signed.txid, "raw": signed.raw_hex, "sender": signed.sender}, request_id=rec["id"]
+        rows.append(
+            AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=state.request_id, ts=now
         )
-        rec["status"], rec["signed"] = SIGNED, signed_json
-        # What velocity limits need later, as judged from the bytes that were signed.
-        rec["history"] = {
-            "chain": after.chain,
-            "network": after.network,
-            "signature_id": after.signature_id,
-            "outputs": [[o.address, str(o.amount), o.asset, o.is_change] for o in after.outputs],
-            "fee": str(after.fee),
-            "fee_asset": after.fee_asset,
-            "opaque": after.opaque,
-        }
-        self.queue.put(rec)
-        return rec
+        # Fail closed: if this row cannot be made durable, the signature never leaves the agent.
+        rows.append(
+            AuditKind.SIGNATURE,
+            {
+                "txid": signed.txid,
+                "raw": signed.raw_hex,
+                "sender": signed.sender,
+                # What velocity limits count later, as judged from the bytes that were signed.
+                "velocity": {
+                    "chain": after.chain,
+                    "network": after.network,
+                    "signature_id": after.signature_id,
+                    "outputs": [[o.address, str(o.amount), o.asset, o.is_change] for o in after.outputs],
+                    "fee": str(after.fee),
+                    "fee_asset": after.fee_asset,
+                    "opaque": after.opaque,
+                },
+            },
+            request_id=state.request_id,
+            ts=now,
+        )
 
     # --- policy changes -----------------------------------------------------------------------------
     def change_policy(
@@ -370,7 +556,6 @@ class Withdrawals:
 
         :raises QuorumNotMet: too few approvers present (nothing is written; the attempt is audited).
         """
-        from agent.errors import QuorumNotMet
         from agent.policy import policy_change_payload, policy_change_rule
 
         vault = self.vault()
@@ -386,72 +571,96 @@ class Withdrawals:
         )
         rid = payload.request_id.hex()
         self.audit.append(
-            "request",
+            AuditKind.REQUEST,
             {"action": "policy-change", "from_generation": current.generation, "policy": new.to_dict()},
             request_id=rid,
         )
         digest = approval_digest(payload)
-        roster = roster_from_header(vault.header, suspended=self.queue.suspended())
-        collected = vault.collect(finder, prompts, digest=digest, want=rule.approvals_required, operators=operators)
-        try:
-            fresh = [
-                RecordedApproval.from_token(
-                    t.approval,
-                    request_id=payload.request_id,
-                    operator_id=t.operator_id,
-                    slot_id=t.slot_id,
-                    approved_at=now,
-                )
-                for t in collected.touches
-            ]
-            decision = evaluate_quorum(ApprovalRequest(payload), fresh, [], rule, roster, now, self.queue.counters())
-            for approval in decision.accepted:
-                slot = find_slot(roster, approval.slot_id)
-                if slot is not None:
-                    self.audit.append(
-                        "approval",
-                        approval_audit_payload(payload, approval, slot),
-                        request_id=rid,
-                        actor=vault.operator_name(approval.operator_id),
-                    )
-            self.audit.append("decision", decision.to_json(), request_id=rid)
-            self.queue.update_counters(decision.counter_updates)
-            if not decision.approved:
-                raise QuorumNotMet(
-                    f"policy change needs {rule.approvals_required} distinct approvers: {decision.explain()}"
-                )
-            self._ensure_shares(vault, collected, finder, prompts, digest, operators)
-            with vault.open_with(collected) as opened:
-                opened.header["policy"] = new.to_dict()
-                self.audit.append(
-                    "policy_change",
+        with OperatorLocks(self.state) as held:
+            collected = vault.collect(
+                finder, prompts, digest=digest, want=rule.approvals_required, operators=operators, hold=held.acquire
+            )
+            try:
+                self._more_shares(vault, collected, finder, prompts, digest, held, operators)
+                with writer_lock(self.state):
+                    return self._decide_policy(rid, payload, new, collected, operators)
+            finally:
+                collected.wipe()
+
+    def _decide_policy(
+        self, rid: str, payload: ApprovalPayload, new: Any, collected: Collected, operators: Sequence[str] | None
+    ) -> dict[str, Any]:
+        from agent.policy import policy_change_rule
+
+        vault = self.vault()
+        current = vault.policy()
+        now = self._now()
+        if current.generation != payload.policy_generation:
+            raise ApprovalError(
+                f"the policy changed to generation {current.generation} while this change was being approved; "
+                "nothing was written",
+                hint="review the policy in force (`kms-agent policy show`) and submit the change again",
+                request_id=rid,
+            )
+        rule = policy_change_rule(current)
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        fresh = [
+            RecordedApproval.from_token(
+                t.approval,
+                request_id=payload.request_id,
+                operator_id=t.operator_id,
+                slot_id=t.slot_id,
+                approved_at=now,
+            )
+            for t in collected.touches
+        ]
+        decision = evaluate_quorum(ApprovalRequest(payload), fresh, [], rule, roster, now, self.ledger.counters())
+        with self.audit.transaction() as rows:
+            self._record(rows, rid, payload, decision, fresh, roster, vault, now)
+            if decision.approved and len(collected.shares) >= vault.header["quorum"]:
+                rows.append(
+                    AuditKind.POLICY_CHANGE,
                     {"generation": new.generation, "sha256": new.sha256().hex(), "policy": new.to_dict()},
                     request_id=rid,
+                    ts=now,
                 )
-                opened.save()
-        except BaseException:
-            collected.wipe()
-            raise
+        if not decision.approved:
+            raise QuorumNotMet(
+                f"policy change needs {rule.approvals_required} distinct approvers: {decision.explain()}",
+                request_id=rid,
+            )
+        if len(collected.shares) < vault.header["quorum"]:
+            raise QuorumNotMet(
+                f"the policy change is approved, but writing it needs {vault.header['quorum']} operators' "
+                f"touches and only {len(collected.shares)} were present",
+                request_id=rid,
+            )
+        with vault.open_with(collected) as opened:
+            opened.transact(lambda v: v.header.__setitem__("policy", new.to_dict()))
         return {
             "id": rid,
             "generation": new.generation,
             "approved_by": [vault.operator_name(a.operator_id) for a in decision.accepted],
         }
 
+    # --- veto -----------------------------------------------------------------------------------
     def reject(self, request_id: str, *, operator: str, reason: str = "") -> dict[str, Any]:
-        """Record an operator's veto: the request can no longer be signed."""
-        rec = self.queue.get(request_id)
-        if rec["status"] != PENDING:
-            raise ApprovalError(f"request {rec['id']} is {rec['status']}; nothing to reject")
+        """Record an operator's veto under the writer lock: once it is durable, nothing signs the request."""
         vault = self.vault()
         op_id = _operator_id(vault, operator)
-        assert op_id is not None
-        rejection = Rejection(bytes.fromhex(rec["id"]), op_id, self._now(), reason)
-        self.audit.append("rejection", rejection.to_json(), request_id=rec["id"], actor=operator)
-        rec["rejections"].append(rejection.to_json())
-        rec["status"] = REJECTED
-        self.queue.put(rec)
-        return rec
+        if op_id is None:
+            raise UsageError("only an operator can veto a request")
+        with writer_lock(self.state):
+            state = self.request(request_id)
+            rid = state.request_id
+            if state.status is Status.SIGNED:
+                raise ApprovalError(f"request {rid} is already signed; too late to veto", request_id=rid)
+            if not state.pending:
+                raise ApprovalError(f"request {rid} is {state.status.value}; nothing to reject", request_id=rid)
+            rejection = Rejection(bytes.fromhex(rid), op_id, self._now(), reason)
+            self.audit.append(AuditKind.REJECTION, rejection.to_json(), request_id=rid, actor=operator)
+            self.sync()
+            return self.get(rid)
 
 
 #: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a
@@ -481,14 +690,23 @@ def _operator_id(vault: PublicVault, name: str | None) -> bytes | None:
     raise UsageError(f"no operator named {name!r} (applications initiate as app:NAME)")
 
 
-def _quorum_rule(rec: dict[str, Any], vault: PublicVault) -> QuorumRule:
-    rule = rec["rule"]
-    try:
-        return QuorumRule(
-            int(rule["approvals_required"]),
-            initiator_may_approve=bool(rule["initiator_may_approve"]),
-            approval_ttl=int(rule["approval_ttl"]),
-            policy_generation=vault.policy().generation,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise KmsAgentError(f"request {rec['id']} has a malformed decision record ({exc})") from None
+def _quorum_rule(decision: Decision, vault: PublicVault) -> QuorumRule:
+    return QuorumRule(
+        decision.approvals_required,
+        initiator_may_approve=decision.rule.initiator_may_approve,
+        approval_ttl=decision.rule.approval_ttl,
+        policy_generation=vault.policy().generation,
+    )
+
+
+def _policy_row(decision: Decision, stage: DecisionStage) -> dict[str, Any]:
+    rule = decision.rule
+    return {
+        **decision.to_json(),
+        "stage": stage.value,
+        "rule": {
+            "approvals_required": decision.approvals_required,
+            "initiator_may_approve": rule.initiator_may_approve,
+            "approval_ttl": rule.approval_ttl,
+        },
+    }

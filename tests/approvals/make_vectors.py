@@ -22,6 +22,7 @@ from fido2.cose import ES256
 from tests.approvals import reference
 
 OUT = Path(__file__).parent / "vectors" / "approval-v1.json"
+OUT_V2 = Path(__file__).parent / "vectors" / "approval-v2.json"
 
 BASE: dict[str, Any] = {
     "vault_id": "000102030405060708090a0b0c0d0e0f",
@@ -133,6 +134,37 @@ def build() -> dict[str, Any]:
     }
 
 
+INITIATOR = "202122232425262728292a2b2c2d2e2f"
+PAYLOADS_V2 = {
+    "withdrawal-by-operator": {**BASE, "initiator": INITIATOR},
+    "withdrawal-by-application": {**BASE, "initiator": None},
+    "policy-change": {**PAYLOADS["policy-change"], "initiator": None},
+}
+
+
+def build_v2() -> dict[str, Any]:
+    """Version 2 payloads (docs/approvals.md §2.1): version 1 plus the signed initiator."""
+    payloads = {}
+    for name, fields in PAYLOADS_V2.items():
+        data, digest = reference.digest(fields)
+        payloads[name] = {"expect": "success", "fields": fields, "canonical_cbor": data.hex(), "digest": digest.hex()}
+    good = reference.payload_map(PAYLOADS_V2["withdrawal-by-operator"])
+    invalid = {
+        "missing-initiator-in-v2": reference.encode({k: v for k, v in good.items() if k != "initiator"}),
+        "initiator-in-v1": reference.encode({**good, "v": 1}),
+        "short-initiator": reference.encode({**good, "initiator": bytes(15)}),
+        "initiator-as-text": reference.encode({**good, "initiator": "alice"}),
+        "version-3": reference.encode({**good, "v": 3}),
+    }
+    return {
+        "spec": "docs/approvals.md",
+        "payloads": payloads,
+        "invalid_payloads": {k: {"expect": "format failure", "cbor": v.hex()} for k, v in invalid.items()},
+    }
+
+
 if __name__ == "__main__":
     OUT.write_text(json.dumps(build(), indent=2) + "\n")
     print(f"wrote {OUT}")
+    OUT_V2.write_text(json.dumps(build_v2(), indent=2) + "\n")
+    print(f"wrote {OUT_V2}")

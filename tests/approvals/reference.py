@@ -44,9 +44,16 @@ def encode(value: Any) -> bytes:
 
 
 def payload_map(fields: dict[str, Any]) -> dict[str, Any]:
-    """The payload map from a vector's JSON fields (hex for bytes, as in the vector files)."""
-    return {
-        "v": 1,
+    """The payload map from a vector's JSON fields (hex for bytes, as in the vector files).
+
+    Version 2 (§2.1) is version 1 plus ``initiator``: a vector with that field is a version 2 payload.
+    """
+    version2 = "initiator" in fields
+    extra: dict[str, Any] = {}
+    if version2:
+        extra["initiator"] = None if fields["initiator"] is None else bytes.fromhex(fields["initiator"])
+    return extra | {
+        "v": 2 if version2 else 1,
         "vault_id": bytes.fromhex(fields["vault_id"]),
         "request_id": bytes.fromhex(fields["request_id"]),
         "chain": fields["chain"],

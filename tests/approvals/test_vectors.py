@@ -31,6 +31,9 @@ from agent.errors import ApprovalInvalid
 from tests.approvals import reference
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "approval-v1.json").read_text())
+#: Version 2 payloads (docs/approvals.md §2.1): the same fields plus the signed initiator.
+VECTORS_V2 = json.loads((Path(__file__).parent / "vectors" / "approval-v2.json").read_text())
+ALL_PAYLOADS = {**VECTORS["payloads"], **{f"v2:{k}": v for k, v in VECTORS_V2["payloads"].items()}}
 h = bytes.fromhex
 
 
@@ -49,12 +52,14 @@ def product_payload(fields: dict[str, Any]) -> ApprovalPayload:
         expires_at=fields["expires_at"],
         policy_generation=fields["policy_generation"],
         action=Action(fields["action"]),
+        initiator=None if fields.get("initiator") is None else h(fields["initiator"]),
+        version=2 if "initiator" in fields else 1,
     )
 
 
-@pytest.mark.parametrize("name", sorted(VECTORS["payloads"]))
+@pytest.mark.parametrize("name", sorted(ALL_PAYLOADS))
 def test_payload_vector(name: str) -> None:
-    vector = VECTORS["payloads"][name]
+    vector = ALL_PAYLOADS[name]
     ref_bytes, ref_digest = reference.digest(vector["fields"])
     assert ref_bytes.hex() == vector["canonical_cbor"]
     assert ref_digest.hex() == vector["digest"]
@@ -66,9 +71,12 @@ def test_payload_vector(name: str) -> None:
     assert ApprovalPayload.from_cbor(ref_bytes) == payload
 
 
-@pytest.mark.parametrize("name", sorted(VECTORS["invalid_payloads"]))
+INVALID = {**VECTORS["invalid_payloads"], **{f"v2:{k}": v for k, v in VECTORS_V2["invalid_payloads"].items()}}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
 def test_invalid_payload_vector(name: str) -> None:
-    vector = VECTORS["invalid_payloads"][name]
+    vector = INVALID[name]
     assert vector["expect"] == "format failure"
     with pytest.raises(ApprovalInvalid):
         ApprovalPayload.from_cbor(h(vector["cbor"]))

@@ -253,7 +253,7 @@ def test_head_pin_write_failure_is_reported_and_heals(tmp_path: Path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(AuditLog, "_write_head", no_space)
-    with pytest.raises(StateError, match="committed but its head pin could not be written"):
+    with pytest.raises(StateError, match="committed but the head pin could not be written"):
         log.append("alert", {"n": 3})
     monkeypatch.undo()
     report = log.verify()

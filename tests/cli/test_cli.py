@@ -42,12 +42,23 @@ def test_init_reports_operators_fingerprint_and_test_recovered_words(cli: Cli, i
     assert status["generation"] == 1
 
 
-def test_recovery_out_file_is_private(cli: Cli, home: Path, tmp_path: Path) -> None:
-    out = tmp_path / "shares.txt"
+def test_recovery_out_writes_one_private_file_per_share(cli: Cli, home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shares"
     result = cli.json(*init_args(), "--recovery-out", str(out))
     assert "words" not in result["recovery"]
-    assert out.stat().st_mode & 0o777 == 0o600
-    assert out.read_text().count("recovery share") == 3
+    assert out.stat().st_mode & 0o777 == 0o700
+    files = sorted(out.iterdir())
+    assert [str(f) for f in files] == sorted(result["recovery"]["files"]) and len(files) == 3
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600
+        assert f.read_text().count("recovery share") == 1  # never a quorum of shares in one file
+    # Each file alone is one share; two of them (two officers) open the vault, and that is audited.
+    shares = "\n".join(f.read_text().splitlines()[1] for f in files[:2]).encode()
+    proc = cli("recovery", "verify", "--json", input=shares)
+    assert proc.returncode == 0, proc.stderr
+    assert "ALERT" in proc.stderr
+    kinds = [r["kind"] for r in cli.json("audit", "show")["rows"]]
+    assert kinds[-2:] == ["recovery", "alert"]
 
 
 def test_every_command_warns_about_simulated_tokens(cli: Cli, initialised: dict) -> None:  # type: ignore[type-arg]
@@ -116,10 +127,10 @@ def test_one_operator_cannot_unlock(cli: Cli, initialised: dict, home: Path) -> 
 )
 def test_touch_failures_exit_cleanly(
     cli: Cli,
-    initialised: dict,
+    initialised: dict,  # type: ignore[type-arg]
     home: Path,
     touch: str,
-    code: int,  # type: ignore[type-arg]
+    code: int,
     message: str,
 ) -> None:
     before = _files(home)

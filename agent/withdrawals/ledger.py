@@ -1,0 +1,250 @@
+"""A request's state, derived from the hash-chained audit log alone (docs/withdrawals.md §3).
+
+The audit log is the evidence; the queue is an index built from it. Everything a signing decision
+needs that is not in the signed vault header comes from here: the request's exact bytes and the
+payload approvers signed, the approvals (token-signed), vetoes, the signature if one exists,
+suspended operators, the signCounts already seen, and the velocity history. Every row read is
+checked against its own hash, so an edited row makes us refuse, never sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from agent.approvals import ApprovalPayload, RecordedApproval, Rejection
+from agent.audit import AuditKind, AuditLog, AuditRow
+from agent.audit.log import row_is_intact
+from agent.errors import ApprovalInvalid, AuditIntegrityError, UsageError
+
+#: The longest rolling velocity window (docs/policy.md): history older than this never matters.
+VELOCITY_HORIZON = 86_400
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    DENIED = "denied"
+    SIGNED = "signed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    #: Judged under a policy generation that is no longer in force.
+    STALE = "stale"
+
+
+#: Quorum outcomes recorded in ``decision`` rows after which a request can never be signed.
+_TERMINAL_QUORUM = {"rejected": Status.REJECTED, "expired": Status.EXPIRED, "stale": Status.STALE}
+
+
+class DecisionStage(StrEnum):
+    """Which step wrote a ``decision`` row (its ``stage`` key)."""
+
+    CREATE = "create"
+    QUORUM = "quorum"
+    SIGN = "sign"
+
+
+@dataclass(frozen=True)
+class Signed:
+    txid: str
+    raw: str
+    sender: str | None
+    signed_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"txid": self.txid, "raw": self.raw, "sender": self.sender, "signed_at": self.signed_at}
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """One withdrawal request as the audit log proves it."""
+
+    request_id: str
+    created_at: int
+    chain: str
+    testnet: bool
+    signature_id: str
+    index: int
+    tx: bytes
+    #: Free text as the caller gave it (display only: the signed ``payload.initiator`` is the evidence).
+    initiator: str | None
+    payload: ApprovalPayload
+    #: The chain decode at create time (for display; decisions decode ``tx`` again).
+    summary: Mapping[str, Any]
+    status: Status
+    approvals: tuple[RecordedApproval, ...]
+    rejections: tuple[Rejection, ...]
+    signed: Signed | None
+    #: The newest policy decision (create or sign stage) and its rule, as recorded.
+    decision: Mapping[str, Any]
+    rule: Mapping[str, Any]
+    last_seq: int
+
+    @property
+    def pending(self) -> bool:
+        return self.status is Status.PENDING
+
+    def status_at(self, now: int) -> Status:
+        """A pending request whose payload expired is expired, whether or not a row says so yet."""
+        if self.status is Status.PENDING and now >= self.payload.expires_at:
+            return Status.EXPIRED
+        return self.status
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON view kept in the queue index and printed by the CLI."""
+        return {
+            "id": self.request_id,
+            "created_at": self.created_at,
+            "status": self.status.value,
+            "chain": self.chain,
+            "testnet": self.testnet,
+            "signature_id": self.signature_id,
+            "index": self.index,
+            "tx": self.tx.hex(),
+            "initiator": self.initiator,
+            "initiator_id": self.payload.initiator.hex() if self.payload.initiator else None,
+            "payload": self.payload.canonical_bytes().hex(),
+            "expires_at": self.payload.expires_at,
+            "summary": dict(self.summary),
+            "decision": dict(self.decision),
+            "rule": dict(self.rule),
+            # One per operator (the first): who approved. Every touch is in the audit log.
+            "approvals": [a.to_json() for a in _first_per_operator(self.approvals)],
+            "rejections": [r.to_json() for r in self.rejections],
+            "signed": self.signed.to_json() if self.signed else None,
+            "audit_seq": self.last_seq,
+        }
+
+
+def _first_per_operator(approvals: Iterable[RecordedApproval]) -> list[RecordedApproval]:
+    seen: set[bytes] = set()
+    out = []
+    for approval in approvals:
+        if approval.operator_id not in seen:
+            seen.add(approval.operator_id)
+            out.append(approval)
+    return out
+
+
+def _intact(rows: Iterable[AuditRow]) -> list[AuditRow]:
+    checked = []
+    for row in rows:
+        if not row_is_intact(row):
+            raise AuditIntegrityError(
+                f"audit row {row.seq} ({row.kind}{f' of request {row.request_id}' if row.request_id else ''}) "
+                "does not match its hash: the log was edited; refusing to decide on it",
+                hint="run `kms-agent audit verify`",
+            )
+        checked.append(row)
+    return checked
+
+
+class Ledger:
+    """Read-side of the audit log for withdrawals: pure derivations over verified rows."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def rows(self, request_id: str) -> list[AuditRow]:
+        return _intact(self.audit.rows(request_id=request_id))
+
+    def request(self, request_id: str) -> RequestState:
+        """:raises UsageError: no such request. :raises AuditIntegrityError: an edited row."""
+        rid = request_id.lower()
+        rows = self.rows(rid)
+        if not rows or rows[0].kind != AuditKind.REQUEST.value or "payload_cbor" not in rows[0].payload:
+            if rows and rows[0].kind == AuditKind.REQUEST.value and rows[0].payload.get("action"):
+                raise UsageError(f"{rid} is a {rows[0].payload['action']} request, not a withdrawal")
+            if rows:
+                raise ApprovalInvalid(
+                    f"request {rid} was recorded by an older kms-agent without its signed payload; "
+                    "it cannot be signed (create it again)"
+                )
+            raise UsageError(f"no withdrawal request {request_id!r} (see `kms-agent request list`)")
+        return derive(rows)
+
+    def request_ids_since(self, seq: int) -> list[str]:
+        return self.audit.request_ids_after(seq)
+
+    def suspended(self) -> set[bytes]:
+        """Operators with a ``suspension`` row (cloned-token evidence); reinstatement is a later row kind."""
+        return {
+            bytes.fromhex(row.payload["operator_id"]) for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION]))
+        }
+
+    def counters(self) -> dict[bytes, int]:
+        """The highest signCount recorded per token slot, from every approval row."""
+        out: dict[bytes, int] = {}
+        for row in _intact(self.audit.rows(kinds=[AuditKind.APPROVAL])):
+            approval = row.payload.get("approval") or {}
+            slot, count = approval.get("slot_id"), approval.get("sign_count")
+            if isinstance(slot, str) and isinstance(count, int):
+                key = bytes.fromhex(slot)
+                out[key] = max(out.get(key, 0), count)
+        return out
+
+    def signature_rows(self, since: int) -> list[AuditRow]:
+        return _intact(self.audit.rows(kinds=[AuditKind.SIGNATURE], since=since))
+
+
+def derive(rows: Sequence[AuditRow]) -> RequestState:
+    """Fold one request's rows (oldest first) into its state."""
+    first = rows[0].payload
+    payload = ApprovalPayload.from_cbor(bytes.fromhex(first["payload_cbor"]))
+    tx = bytes.fromhex(first["tx"])
+    if hashlib.sha256(tx).digest() != payload.unsigned_tx_sha256 or payload.request_id.hex() != rows[0].request_id:
+        raise ApprovalInvalid(f"request {rows[0].request_id}: its audit row does not match its own payload")
+    status = Status.PENDING
+    approvals: dict[tuple[bytes, bytes], RecordedApproval] = {}
+    rejections: list[Rejection] = []
+    signed: Signed | None = None
+    decision: Mapping[str, Any] = {}
+    rule: Mapping[str, Any] = {}
+    for row in rows[1:]:
+        body = row.payload
+        if row.kind == AuditKind.DECISION.value:
+            stage = body.get("stage")
+            if stage in (DecisionStage.CREATE, DecisionStage.SIGN) or body.get("outcome") in (
+                "allow",
+                "deny",
+                "escalate",
+            ):
+                decision, rule = body, body.get("rule") or rule
+                if body.get("outcome") == "deny" and status is Status.PENDING:
+                    status = Status.DENIED
+            elif body.get("outcome") in _TERMINAL_QUORUM and status is Status.PENDING:
+                status = _TERMINAL_QUORUM[body["outcome"]]
+        elif row.kind == AuditKind.APPROVAL.value:
+            if body.get("payload_cbor") != first["payload_cbor"]:
+                continue  # an approval of other bytes proves nothing about these
+            approval = RecordedApproval.from_json(body["approval"])
+            approvals[(approval.slot_id, approval.signature)] = approval
+        elif row.kind == AuditKind.REJECTION.value:
+            rejections.append(Rejection.from_json(body))
+            if status is Status.PENDING:
+                status = Status.REJECTED
+        elif row.kind == AuditKind.SIGNATURE.value and signed is None:
+            signed = Signed(str(body["txid"]), str(body["raw"]), body.get("sender"), row.ts)
+    if signed is not None:
+        status = Status.SIGNED
+    return RequestState(
+        request_id=str(rows[0].request_id),
+        created_at=rows[0].ts,
+        chain=str(first["chain"]),
+        testnet=bool(first["testnet"]),
+        signature_id=str(first["signature_id"]),
+        index=int(first["index"]),
+        tx=tx,
+        initiator=first.get("initiator"),
+        payload=payload,
+        summary=first.get("summary") or {},
+        status=status,
+        approvals=tuple(approvals.values()),
+        rejections=tuple(rejections),
+        signed=signed,
+        decision=decision,
+        rule=rule,
+        last_seq=rows[-1].seq,
+    )
