@@ -56,7 +56,7 @@ def _acquire(fd: int, deadline: float | None) -> bool:
             if deadline is None or time.monotonic() >= deadline:
                 return False
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.01)
 
 
 _held = threading.local()

@@ -56,8 +56,8 @@ def render_request(
         f"initiated by {e(initiator) if initiator else 'unknown'}",
     ]
     lines += _movements(summary)
-    lines += _fee_lines(summary, max_fee_percent)
-    flagged = any(line.startswith("  WARNING: HIGH FEE") for line in lines)
+    fee_lines, flagged = _fee_lines(summary, max_fee_percent)
+    lines += fee_lines
     for warning in summary.warnings:
         if flagged and warning.startswith(HIGH_FEE_WARNING):
             continue  # replaced by the line above, which applies the policy's threshold
@@ -134,7 +134,8 @@ def _movements(s: TxSummary) -> list[str]:
     return lines
 
 
-def _fee_lines(s: TxSummary, max_fee_percent: int | None) -> list[str]:
+def _fee_lines(s: TxSummary, max_fee_percent: int | None) -> tuple[list[str], bool]:
+    """The fee line, and a HIGH FEE warning line above ``max_fee_percent`` (True if there is one)."""
     base = s.fee_base
     moved = "sent" if s.spent else "moved within the wallet"
     parts: list[str] = []
@@ -157,4 +158,4 @@ def _fee_lines(s: TxSummary, max_fee_percent: int | None) -> list[str]:
         if s.inputs:
             what += f", {percent_text(s.fee, s.total_in)} of the coins spent"
         lines.append(f"  WARNING: HIGH FEE: the fee is {what} (threshold {max_fee_percent} %)")
-    return lines
+    return lines, len(lines) > 1

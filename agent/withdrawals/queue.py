@@ -33,7 +33,21 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 #: Fields compared when checking the index against the evidence (what an edit could change to mislead).
-COMPARED = ("status", "tx", "payload", "initiator", "initiator_id", "signature_id", "index", "approvals", "rejections")
+COMPARED = (
+    "status",
+    "tx",
+    "payload",
+    "initiator",
+    "initiator_id",
+    "signature_id",
+    "index",
+    "chain",
+    "testnet",
+    "approvals",
+    "rejections",
+    "rule",
+    "signed",
+)
 
 
 class Queue:
