@@ -9,6 +9,7 @@ start-up is skipped, none of our code.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -72,10 +73,8 @@ class CliProcess:
 
     def kill(self) -> None:
         if self.process.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def wait(self, timeout: float = 120) -> int:
         self.process.join(timeout)

@@ -184,3 +184,33 @@ def test_audit_record_reverifies(team: Team) -> None:
         verify_approval_record(approval_audit_payload(p, approval, swapped_key), team.roster)
     with pytest.raises(ApprovalInvalid):
         approval_row_verifier(team.roster)(type("Row", (), {"request_id": None, "payload": {"junk": 1}})())
+
+
+def test_an_approval_without_the_up_flag_is_refused_even_if_the_record_says_touched(team: Team) -> None:
+    """A correctly signed authData without UP: no touch happened, whatever the record claims."""
+    p = payload()
+    slot = slot_of(team, 0x21)
+    untouched = team.approve(p, 2, 0x21, flags=UV)
+    assert untouched.auth_data[32] & UP == 0
+    for approval in (untouched, dataclasses.replace(untouched, user_present=True)):
+        with pytest.raises(ApprovalInvalid) as refused:
+            verify_approval(approval, slot, approval_digest(p))
+        assert "user presence" in refused.value.message
+
+
+def test_uv_is_required_exactly_when_the_slot_enrolled_uv(team: Team) -> None:
+    p = payload()
+    slot = slot_of(team, 0x21)
+    no_uv = team.approve(p, 2, 0x21, flags=UP)
+    with pytest.raises(ApprovalInvalid) as refused:
+        verify_approval(no_uv, slot, approval_digest(p))
+    assert "user verification" in refused.value.message
+    # A slot that enrolled without UV accepts a touch-only approval, but never one without UP.
+    touch_only = dataclasses.replace(slot, public={**slot.public, "uv": False})
+    verify_approval(team.approve(p, 2, 0x21, flags=UP), touch_only, approval_digest(p))
+    with pytest.raises(ApprovalInvalid):
+        verify_approval(team.approve(p, 2, 0x21, flags=UV), touch_only, approval_digest(p))
+    # A slot that says it was enrolled without user presence cannot approve at all.
+    no_presence = dataclasses.replace(slot, public={**slot.public, "up": False})
+    with pytest.raises(ApprovalInvalid):
+        verify_approval(team.approve(p, 2, 0x21), no_presence, approval_digest(p))

@@ -101,7 +101,20 @@ def test_erc20_transfer_decoded_to_the_real_recipient() -> None:
     )
     assert s.outputs[0].address == token and s.outputs[0].amount == 0
     j = s.to_json()
-    assert j["token"] == {"method": "transfer", "token": token, "recipient": recipient, "amount": "12345"}
+    assert j["token"] == {
+        "method": "transfer",
+        "token": token,
+        "recipient": recipient,
+        "amount": "12345",
+        # USDT on mainnet is in the bundled list: 6 decimals, so 12345 base units are 0.012345 USDT.
+        "known": True,
+        "symbol": "USDT",
+        "decimals": 6,
+        "amountHuman": "0.012345",
+    }
+    assert j["coin"] == {"symbol": "ETH", "decimals": 18, "baseUnit": "wei"}
+    assert j["feeHuman"] == "0.003" and j["fee"] == str(100_000 * 30 * GWEI)
+    assert j["feeBase"] is None and j["highFee"] is False  # a fee in ETH has no price in USDT to compare with
     assert json.loads(json.dumps(j)) == j
 
 

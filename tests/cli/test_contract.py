@@ -40,7 +40,7 @@ def test_every_exit_code_is_documented_in_the_readme() -> None:
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", readme, flags=re.M)}
     assert documented == set(EXIT_CODES)
 
-    def classes(cls: type) -> list[type]:
+    def classes(cls: type[Any]) -> list[type[Any]]:
         return [cls, *[c for sub in cls.__subclasses__() for c in classes(sub)]]
 
     assert {c.exit_code for c in classes(KmsAgentError)} <= set(EXIT_CODES)  # type: ignore[attr-defined]

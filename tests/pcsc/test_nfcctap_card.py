@@ -10,6 +10,7 @@ import pytest
 from fido2.pcsc import CtapPcscDevice
 
 from agent.errors import TokenRemoved, TouchDenied
+from agent.tokens.discovery import simulator_anchors
 from agent.tokens.fido2_token import Fido2Token
 from agent.tokens.sim import FixedTouch, TouchResult, create_sim_token
 from agent.tokens.sim.pcsc_server import FidoCard
@@ -50,7 +51,8 @@ def open_card(tmp_path: Path, touch: FixedTouch) -> tuple[FakeReaderConnection, 
     home = tmp_path / "kms"
     create_sim_token(home, "nfc")
     conn = FakeReaderConnection(FidoCard(home, "nfc", touch=touch))
-    return conn, Fido2Token(CtapPcscDevice(conn, "fake reader"), "fido2:nfc")  # type: ignore[arg-type]
+    device = CtapPcscDevice(conn, "fake reader")  # type: ignore[arg-type]
+    return conn, Fido2Token(device, "fido2:nfc", anchors=simulator_anchors(home))
 
 
 def test_enrol_unwrap_with_chaining_get_response_and_keepalive(tmp_path: Path) -> None:

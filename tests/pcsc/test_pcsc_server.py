@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import TokenNotFound, TouchDenied, UsageError
+from agent.tokens.discovery import simulator_anchors
 from agent.tokens.fido2_token import Fido2Token
 from agent.tokens.piv_token import list_pcsc_piv_cards
 from agent.tokens.sim import FixedTouch, TouchResult, create_sim_token
@@ -82,12 +83,15 @@ def test_serve_puts_piv_and_fido2_cards_in_the_vpcd_slots(
         assert _wait(lambda: bool(_fido_devices(pcscd.reader2 or "")), 10)
         assert [c[0] for c in list_pcsc_piv_cards()] == [pcscd.reader]  # the FIDO2 card is no PIV card
         device = _fido_devices(pcscd.reader2)[0]
-        token = Fido2Token(device, "fido2:pcsc")  # type: ignore[arg-type]
+        token = Fido2Token(device, "fido2:pcsc", anchors=simulator_anchors(home))  # type: ignore[arg-type]
         try:
             prompts = Prompts()
             enrolment = token.enrol(
                 rp_id="kms.test", user_id=b"op", user_name="bob", salt=bytes(range(32)), prompts=prompts
             )
+            # Served over PC/SC the simulator says NFC, and its chain to the test CA marks it simulated.
+            assert enrolment.slot_public["transports"] == ["nfc"] and token.info.transports == ["nfc"]
+            assert enrolment.simulated and enrolment.slot_public["attestation_root"] == "simulator"
             assert token.holds(enrolment.slot_public)
             assert token.unwrap(enrolment.slot_public, digest=bytes(32), prompts=prompts).ikm == enrolment.ikm
         finally:
@@ -109,9 +113,10 @@ def test_fido2_keepalive_and_cancel_over_nfcctap(pcscd: Pcscd, tmp_path: Path) -
     if pcscd.reader2 is None:
         _unavailable("this pcscd's vpcd reader has a single slot")
     touch = FixedTouch(TouchResult.GRANTED, delay=0.4)
-    with fido_card(tmp_path / "kms", pcscd, touch) as reader:
+    home = tmp_path / "kms"
+    with fido_card(home, pcscd, touch) as reader:
         device = _fido_devices(reader)[0]
-        token = Fido2Token(device, "fido2:pcsc")  # type: ignore[arg-type]
+        token = Fido2Token(device, "fido2:pcsc", anchors=simulator_anchors(home))  # type: ignore[arg-type]
         try:
             prompts = Prompts()
             enrolment = token.enrol(rp_id="kms.test", user_id=b"op", user_name="carol", salt=bytes(32), prompts=prompts)

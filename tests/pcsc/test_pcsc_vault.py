@@ -35,13 +35,20 @@ def test_mixed_piv_and_fido2_quorum_over_pcscd(pcscd: Pcscd, tmp_path: Path, mon
     with serving(cards, pcscd, piv=["alice-piv"], fido2=["bob-fido"]):
         assert _wait(lambda: reader_serial(pcscd.reader) == serial, 10)
         assert _wait(lambda: bool(_fido_devices(pcscd.reader2 or "")), 10)
-        tokens = [("alice", open_token(f"piv:{serial}", home)), ("bob", open_token("fido2", home))]
+        # bob's simulator chains to the test CA of *another* home (``cards``): to this agent that is an
+        # unknown root, so it enrols only with the operator's explicit allow_unattested.
+        tokens = [
+            ("alice", open_token(f"piv:{serial}", home)),
+            ("bob", open_token("fido2", home, allow_unattested=True)),
+        ]
         assert [t.kind for _, t in tokens] == ["piv", "fido2-hmac"]
         pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts)
         pending.commit().close()
 
         vault = PublicVault.load(paths.vault, paths.pin)
         assert [s["kind"] for s in vault.header["slots"]] == ["piv", "fido2-hmac"]
+        roots = [s["public"]["attestation_root"] for s in vault.header["slots"]]
+        assert roots == ["simulator", "none"]
         digest = hashlib.sha256(b"an approval digest").digest()
         with vault.unlock(lambda slot: find_token(slot, home), prompts, digest=digest) as opened:
             touched = {t.operator: t for t in opened.touches}

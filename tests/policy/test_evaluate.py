@@ -72,7 +72,10 @@ def test_per_transaction_limit() -> None:
     d = evaluate(tx(BTC + 1), POLICY, [], MONDAY_10)
     assert d.outcome is Outcome.DENY
     reason = next(r for r in d.reasons if r.rule == "per-tx-limit")
-    assert "100000001 BTC exceeds the per-transaction limit of 100000000" in reason.detail
+    # No units in this hand-built summary: amounts are named as what they are, base units.
+    assert "100000001 base units of BTC exceeds the per-transaction limit of 100000000 base units of BTC" in (
+        reason.detail
+    )
     assert d.approvals_required == 2  # never 0 on deny
     with pytest.raises(PolicyDenied, match="per-tx-limit"):
         d.raise_if_denied()
@@ -94,7 +97,7 @@ def test_hourly_velocity_is_rolling() -> None:
     past = history((3599, BTC), (1800, BTC // 2))  # 1.5 BTC within the last hour
     d = evaluate(tx(BTC // 2 + 1), POLICY, past, MONDAY_10)
     assert d.outcome is Outcome.DENY and rules_of(d, Outcome.DENY) == ["velocity-hour"]
-    assert "150000000 BTC already signed in the last hour" in d.explain()
+    assert "150000000 base units of BTC already signed in the last hour" in d.explain()
     # One second later the oldest entry has left the window.
     assert evaluate(tx(BTC // 2 + 1), POLICY, past, MONDAY_10 + 1).outcome is Outcome.ALLOW
     # Exactly at the limit is allowed (but reported as near it).

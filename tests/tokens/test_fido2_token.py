@@ -9,6 +9,7 @@ import pytest
 from fido2.ctap import CtapError
 
 from agent.errors import TokenError, TouchDenied, WrongToken
+from agent.tokens.discovery import simulator_anchors
 from agent.tokens.fido2_errors import CTAP_ERRORS, describe
 from agent.tokens.fido2_token import Fido2Token, verify_assertion
 from agent.tokens.sim import FixedTouch, TouchResult, create_sim_token, open_sim_hid_device
@@ -53,7 +54,9 @@ def test_every_ctap_status_a_token_can_return_has_a_specific_message() -> None:
 
 def _token(home: Path, name: str, touch=None) -> Fido2Token:  # type: ignore[no-untyped-def]
     create_sim_token(home, name)
-    return Fido2Token(open_sim_hid_device(home, name, touch=touch), f"sim:{name}", simulated=True)
+    return Fido2Token(
+        open_sim_hid_device(home, name, touch=touch), f"sim:{name}", simulated=True, anchors=simulator_anchors(home)
+    )
 
 
 def _enrolled(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]

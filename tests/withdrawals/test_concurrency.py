@@ -79,8 +79,7 @@ def test_sixteen_parallel_wallet_writers_lose_nothing(ready: Ready, tmp_path: Pa
     before = {w["signatureId"] for w in load(home_paths(ready.home)).wallets()}
     commands = []
     for i in range(16):
-        pair = _operators(PAIRS[i % 3]).__iter__()
-        approvers = [a.replace("--operator", "--approver") for a in pair]
+        approvers = [a.replace("--operator", "--approver") for a in _operators(PAIRS[i % 3])]
         if i % 2:
             commands.append(["wallet", "generate", "ETH", "--testnet", "--json", *approvers])
         else:
@@ -111,7 +110,7 @@ def test_token_removal_and_policy_change_racing_wallet_writes_hold(
     (tmp_path / "freeze.json").write_text(json.dumps(policy))
     children = [runner.start("token", "remove", "sim:alice2", "--approver", "bob", "--approver", "carol")]
     children.append(runner.start("policy", "set", str(tmp_path / "freeze.json"), *_operators(("bob", "carol"))))
-    for i in range(6):
+    for _ in range(6):
         children.append(
             runner.start("wallet", "generate", "ETH", "--testnet", "--approver", "alice", "--approver", "carol")
         )

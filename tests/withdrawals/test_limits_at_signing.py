@@ -47,7 +47,10 @@ def test_pending_requests_approved_in_parallel_never_pass_the_hourly_limit(
     runner = CliRunner(home, tmp_path / "procs")
     pairs = (("alice", "bob"), ("bob", "carol"), ("alice", "carol"), ("alice", "bob"))
     results = runner.run_all(
-        [["approve", rid, *[a for name in pair for a in ("--operator", name)]] for rid, pair in zip(ids, pairs)]
+        [
+            ["approve", rid, *[a for name in pair for a in ("--operator", name)]]
+            for rid, pair in zip(ids, pairs, strict=True)
+        ]
     )
     assert sorted(code for code, _, _ in results) == [0, 0, 5, 5], [err for _, _, err in results]
     assert _signed_value(ready.service) == 2 * NINE_TENTHS

@@ -268,6 +268,7 @@ def test_specs_open_and_find(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setenv("KMS_AGENT_SIM_TOUCH", "auto")
     monkeypatch.setattr(piv_token, "list_pcsc_piv_cards", lambda: [])  # stay off a shared pcscd
+    monkeypatch.setattr("agent.tokens.inventory.list_piv_cards", lambda: [])
     home = tmp_path / "kms"
     with pytest.raises(UsageError):
         open_piv_token("yubikey", home)
@@ -304,6 +305,7 @@ def test_missing_sim_and_no_pcsc_card(tmp_path: Path, monkeypatch: pytest.Monkey
     import agent.tokens.piv_token as piv_token
 
     monkeypatch.setattr(piv_token, "list_pcsc_piv_cards", lambda: [])
+    monkeypatch.setattr("agent.tokens.inventory.list_piv_cards", lambda: [])
     with pytest.raises(TokenNotFound):
         open_piv_token("piv", tmp_path)
     with pytest.raises(TokenNotFound):
@@ -317,5 +319,11 @@ def test_missing_sim_and_no_pcsc_card(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_enrolment_is_a_plain_record(card: SimCard) -> None:
     enrolment = enrol(token_for(card))
-    assert dataclasses.asdict(enrolment)["extra"] == {"pin_is_default": True, "attestation_root": "simulator"}
+    assert dataclasses.asdict(enrolment)["extra"] == {
+        "pin_is_default": True,
+        "attestation_root": "simulator",
+        "model": "YubiKey PIV 5.7.2, Keychain (USB-A)",
+    }
+    assert enrolment.slot_public["attestation_root"] == "simulator"
+    assert enrolment.slot_public["model"] == "YubiKey PIV 5.7.2, Keychain (USB-A)"
     assert SLOT(enrolment.slot_public["wrap_slot"]) == SLOT.RETIRED1
