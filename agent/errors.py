@@ -41,12 +41,16 @@ class KmsAgentError(Exception):
     exit_code: int = 1
     #: Optional advice printed as ``hint:`` lines under the message.
     hint: str | None = None
+    #: The withdrawal or policy request the error concerns, when there is one (``--json`` reports it).
+    request_id: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, request_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if hint is not None:
             self.hint = hint
+        if request_id is not None:
+            self.request_id = request_id
 
 
 class UsageError(KmsAgentError):
@@ -176,6 +180,25 @@ EXIT_CODES: dict[int, str] = {
     8: "chain: transaction could not be decoded or signed",
     9: "agent state or audit store unusable",
 }
+
+#: The machine-readable ``error.code`` that ``--json`` prints for each exit code.
+ERROR_CODES: dict[int, str] = {
+    1: "internal",
+    2: "usage",
+    3: "token",
+    4: "pin",
+    5: "approval",
+    6: "vault",
+    7: "vault-not-found",
+    8: "chain",
+    9: "state",
+    130: "interrupted",
+}
+
+
+def error_code(exit_code: int) -> str:
+    """The ``--json`` error code for an exit code (``internal`` for any code not documented)."""
+    return ERROR_CODES.get(exit_code, "internal")
 
 
 # --- approvals, policy and audit (issue #5) -------------------------------------------------------

@@ -1,13 +1,42 @@
-"""Reports of withdrawals and anomalies, built from the queue and the audit log (read-only)."""
+"""Reports of withdrawals and anomalies, built from the queue and the audit log (read-only).
+
+Free text in a row (an initiator, a rejection reason, an error message, an address as the request
+wrote it) is escaped with :func:`agent.text.escape_text` when the row is built, so no report format
+carries a terminal control sequence. :func:`write_csv` also neutralises spreadsheet formulas
+(OWASP "CSV injection"): a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return gets a leading apostrophe, so a spreadsheet shows it as text instead of running it.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from agent.cli.context import Paths
+from agent.text import escape_text
+
+#: Characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell as text, with a leading apostrophe if a spreadsheet would read it as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """Rows as CSV (header from the union of keys, in order of appearance), every cell through :func:`csv_cell`."""
+    rows = list(rows)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.writer(out)
+    writer.writerow([csv_cell(c) for c in columns])
+    for r in rows:
+        writer.writerow([csv_cell(r.get(c, "")) for c in columns])
 
 
 def _day(ts: int) -> str:
@@ -41,13 +70,15 @@ def withdrawals_report(paths: Paths, *, since: int | None = None) -> list[dict[s
                 "network": "testnet" if rec["testnet"] else "mainnet",
                 "wallet": rec["signature_id"],
                 "status": rec["status"],
-                "asset": token["token"] if token else s["asset"],
+                "asset": escape_text(token["token"] if token else s["asset"]),
                 "amount": token["amount"] if token else str(sum(int(o["amount"]) for o in spent)),
-                "to": token["recipient"] if token else ",".join(str(o["address"]) for o in spent),
+                "to": escape_text(token["recipient"] if token else ",".join(str(o["address"]) for o in spent)),
                 "fee": s["fee"],
-                "initiator": rec["initiator"] or "",
-                "approved_by": ",".join(names.get(a["operator_id"], a["operator_id"]) for a in rec["approvals"]),
-                "txid": (rec["signed"] or {}).get("txid", ""),
+                "initiator": escape_text(rec["initiator"] or ""),
+                "approved_by": escape_text(
+                    ",".join(names.get(a["operator_id"], a["operator_id"]) for a in rec["approvals"])
+                ),
+                "txid": escape_text((rec["signed"] or {}).get("txid", "")),
             }
         )
     return rows
@@ -77,7 +108,7 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
                         "day": _day(row.ts),
                         "kind": f"policy-{outcome}",
                         "request": row.request_id or "",
-                        "detail": detail,
+                        "detail": escape_text(detail),
                     }
                 )
             continue
@@ -85,8 +116,10 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
             {
                 "day": _day(row.ts),
                 "kind": row.kind,
-                "request": row.request_id or "",
-                "detail": payload.get("detail") or payload.get("reason") or json.dumps(payload, sort_keys=True),
+                "request": escape_text(row.request_id or ""),
+                "detail": escape_text(
+                    payload.get("detail") or payload.get("reason") or json.dumps(payload, sort_keys=True)
+                ),
             }
         )
     from agent.events import read
@@ -104,7 +137,7 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
                 "day": _day(int(event["ts"])),
                 "kind": kind,
                 "request": "",
-                "detail": f"{event['command']}: {event['message']}",
+                "detail": escape_text(f"{event['command']}: {event['message']}"),
             }
         )
     rows += _new_destinations(paths, since)
@@ -123,10 +156,13 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
 
 
 def _destinations(rec: dict[str, Any]) -> set[str]:
+    """Destinations in comparison spelling (base58 stays case-sensitive, hex and bech32 are folded)."""
+    from agent.policy import canonical_ref
+
     s = rec["summary"]
     if s.get("token"):
-        return {str(s["token"]["recipient"]).lower()}
-    return {str(o["address"]).lower() for o in s["outputs"] if not o["isChange"]}
+        return {canonical_ref(str(s["token"]["recipient"]))}
+    return {canonical_ref(str(o["address"])) for o in s["outputs"] if not o["isChange"]}
 
 
 def _new_destinations(paths: Paths, since: int | None) -> list[dict[str, Any]]:
@@ -143,7 +179,7 @@ def _new_destinations(paths: Paths, since: int | None) -> list[dict[str, Any]]:
                     "day": _day(rec["created_at"]),
                     "kind": "new-destination",
                     "request": rec["id"],
-                    "detail": f"{rec['chain']} {rec['status']}: first payment to {', '.join(fresh)}",
+                    "detail": escape_text(f"{rec['chain']} {rec['status']}: first payment to {', '.join(fresh)}"),
                 }
             )
         if rec["status"] == "signed":

@@ -105,6 +105,8 @@ class CliRunner:
     def start(self, *argv: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> CliProcess:
         self._n += 1
         out, err = self.scratch / f"{self._n}.out", self.scratch / f"{self._n}.err"
+        out.touch()  # a child killed before it opened its files still leaves them to read
+        err.touch()
         child_env = {"KMS_AGENT_HOME": str(self.home), "KMS_AGENT_SIM_TOUCH": "auto", **(env or {})}
         process = _CTX.Process(target=_child, args=(list(argv), child_env, str(out), str(err), stdin))
         process.start()

@@ -4,10 +4,12 @@ Pure: no token, no disk. The same checks run when the agent accepts an approval,
 evaluated, and when ``kms-agent audit verify`` re-checks every approval row years later
 (docs/approvals.md §3).
 
-* FIDO2 (``fido2-hmac``): :func:`agent.tokens.fido2_token.verify_assertion` unchanged: the COSE
-  key from the slot verifies the signature over ``authData || digest``, ``rp_id_hash`` must be
-  SHA-256 of the slot's rp id, and both UP (touch) and UV (PIN) flags must be set. The recorded
-  ``sign_count`` and flags must equal what the signed ``authData`` says.
+* FIDO2 (``fido2-hmac``): the UP (touch) flag must be set in the signed ``authData``, always, and
+  the UV (PIN) flag whenever the slot enrolled UV (``slot.public["uv"]``; slots from before that
+  field existed were all UV slots). A slot that records ``up: false`` cannot approve at all.
+  Then :func:`agent.tokens.fido2_token.verify_assertion`: the COSE key from the slot verifies the
+  signature over ``authData || digest`` and ``rp_id_hash`` must be SHA-256 of the slot's rp id.
+  The recorded ``sign_count`` and flags must equal what the signed ``authData`` says.
 * PIV (``piv``): the card's signing key signs the 32-byte digest as an already-hashed message
   (``Prehashed(SHA256)``), exactly as :mod:`agent.tokens.piv_token` asks the card to; we verify
   with ``cryptography`` under the slot's ``sign_pub`` (compressed SEC1 P-256 point). PIV proves
@@ -39,6 +41,9 @@ _PIV_TOUCH_ALWAYS = 2
 #: yubikit ``PIN_POLICY`` ONCE, ALWAYS, MATCH_ONCE, MATCH_ALWAYS: the PIN (or a fingerprint) is required.
 _PIV_PIN_REQUIRED = frozenset({2, 3, 4, 5})
 _AUTH_DATA_MIN = 37  # rp_id_hash(32) | flags(1) | counter(4)
+_FLAGS_OFFSET = 32
+_FLAG_UP = 0x01  # WebAuthn §6.1 authenticator data flags
+_FLAG_UV = 0x04
 
 
 def verify_approval(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
@@ -68,6 +73,17 @@ def _verify_fido2(approval: RecordedApproval, slot: Slot, digest: bytes) -> None
 
     if len(approval.auth_data) < _AUTH_DATA_MIN:
         raise ApprovalInvalid(f"the approval by {slot.label!r} has truncated authenticator data")
+    if slot.public.get("up") is False:
+        raise ApprovalInvalid(f"slot {slot.label!r} was enrolled without user presence and cannot approve")
+    flags = approval.auth_data[_FLAGS_OFFSET]
+    if not flags & _FLAG_UP:
+        raise ApprovalInvalid(
+            f"the approval by {slot.label!r} carries no user presence (UP flag): nothing shows a touch"
+        )
+    if slot.public.get("uv", True) and not flags & _FLAG_UV:
+        raise ApprovalInvalid(
+            f"the approval by {slot.label!r} carries no user verification (UV flag) although its slot enrolled UV"
+        )
     try:
         evidence = verify_assertion(slot.public, digest, approval.auth_data, approval.signature, slot.label)
     except KmsAgentError as exc:

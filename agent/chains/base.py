@@ -8,7 +8,9 @@ Libraries are imported lazily inside the chain modules' functions so that ``impo
 stays cheap; the CLI must answer in well under 0.3 s.
 
 Amounts are integers in the chain's smallest unit (satoshi, wei). ``to_json()`` renders them as
-decimal *strings*, because wei amounts do not fit a JSON number that JavaScript reads exactly.
+decimal *strings*, because wei amounts do not fit a JSON number that JavaScript reads exactly, and
+beside each one the same amount in the coin's (or a known token's) units (``amountHuman``,
+``feeHuman``), so nobody has to count eighteen zeros.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+#: A fee above this share (percent) of the value it moves is "high": flagged in the summary's
+#: warnings, and a consolidation with such a fee is not called an ordinary move within the wallet.
+#: The policy's ``max_fee_percent`` (same default) decides escalation (docs/policy.md §3).
+HIGH_FEE_PERCENT = 10
+#: Every high-fee warning starts with this, so a renderer that applies the policy's own threshold
+#: can replace it.
+HIGH_FEE_WARNING = "high fee:"
 
 
 class Family(StrEnum):
@@ -52,14 +62,17 @@ class TxInput:
     #: Script type: ``p2wpkh``, ``p2sh-p2wpkh``, ``p2pkh`` or ``unknown``.
     script_type: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, decimals: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "txid": self.txid,
             "vout": self.vout,
             "amount": str(self.amount),
             "address": self.address,
             "scriptType": self.script_type,
         }
+        if decimals is not None:
+            out["amountHuman"] = _units(self.amount, decimals)
+        return out
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,12 @@ class TxOutput:
     #: Hex scriptPubKey for UTXO outputs (an address cannot express every script); None for EVM.
     script: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, decimals: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"address": self.address, "amount": str(self.amount), "isChange": self.is_change}
         if self.script is not None:
             out["script"] = self.script
+        if decimals is not None:
+            out["amountHuman"] = _units(self.amount, decimals)
         return out
 
 
@@ -90,6 +105,14 @@ class TokenCall:
     amount: int
     #: The owner being debited, for ``transferFrom`` only.
     sender: str | None = None
+    #: Symbol and decimals from the bundled list of known tokens (:mod:`agent.chains.tokens`);
+    #: None for any other contract, whose amount can only be shown in raw base units.
+    symbol: str | None = None
+    decimals: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.symbol is not None and self.decimals is not None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,6 +123,10 @@ class TokenCall:
         }
         if self.sender is not None:
             out["sender"] = self.sender
+        out["known"] = self.known
+        out["symbol"] = self.symbol
+        out["decimals"] = self.decimals
+        out["amountHuman"] = _units(self.amount, self.decimals) if self.decimals is not None else None
         return out
 
 
@@ -132,6 +159,11 @@ class TxSummary:
     #: Hex calldata for EVM calls we could not decode (``kind == CONTRACT_CALL``), else None.
     data: str | None = None
     warnings: tuple[str, ...] = ()
+    #: The native coin: ticker, decimals and the name of its base unit (``BTC``, 8, ``sat``;
+    #: ``ETH``, 18, ``wei``). Outputs, inputs and the fee are always in this coin.
+    symbol: str = ""
+    decimals: int | None = None
+    base_unit: str = ""
 
     @property
     def total_out(self) -> int:
@@ -146,15 +178,36 @@ class TxSummary:
         """Outputs that leave the wallet (everything but change)."""
         return tuple(o for o in self.outputs if not o.is_change)
 
+    @property
+    def fee_base(self) -> int | None:
+        """The native value the fee is judged against (see :func:`fee_is_high`).
+
+        What leaves the wallet; when nothing does (every output is change), what moves within it.
+        None when the value moved is not in the native coin (token calls: there is no price to
+        compare a fee in ETH with an amount in USDT) or cannot be read (contract calls, creations).
+        """
+        if self.token is not None or self.kind in (TxKind.CONTRACT_CALL, TxKind.CONTRACT_CREATION):
+            return None
+        sent = sum(o.amount for o in self.spent)
+        return sent if sent else self.total_out
+
+    @property
+    def high_fee(self) -> bool:
+        """True when the fee exceeds :data:`HIGH_FEE_PERCENT` of :attr:`fee_base`."""
+        base = self.fee_base
+        return base is not None and fee_is_high(self.fee, base, HIGH_FEE_PERCENT)
+
     def to_json(self) -> dict[str, Any]:
+        d = self.decimals
+        base = self.fee_base
         return {
             "chain": self.chain,
             "network": self.network,
             "kind": self.kind.value,
             "txType": self.tx_type,
             "asset": self.asset,
-            "inputs": [i.to_json() for i in self.inputs],
-            "outputs": [o.to_json() for o in self.outputs],
+            "inputs": [i.to_json(d) for i in self.inputs],
+            "outputs": [o.to_json(d) for o in self.outputs],
             "fee": str(self.fee),
             "nonce": self.nonce,
             "chainId": self.chain_id,
@@ -163,7 +216,38 @@ class TxSummary:
             "size": self.size,
             "data": self.data,
             "warnings": list(self.warnings),
+            "coin": None if d is None else {"symbol": self.symbol, "decimals": d, "baseUnit": self.base_unit},
+            "feeHuman": None if d is None else _units(self.fee, d),
+            "feeBase": None if base is None else str(base),
+            "highFee": self.high_fee,
         }
+
+
+def _units(amount: int, decimals: int) -> str:
+    from agent.text import format_units  # here, not at import: ``import agent.chains`` stays minimal
+
+    return format_units(amount, decimals)
+
+
+def high_fee_warning(summary: TxSummary) -> str:
+    """The ``high fee:`` warning for a summary whose :attr:`TxSummary.high_fee` is True."""
+    from agent.text import percent_text
+
+    def coins(amount: int) -> str:
+        return f"{_units(amount, summary.decimals or 0)} {summary.symbol} ({amount} {summary.base_unit})"
+
+    base = summary.fee_base or 0
+    up_to = "up to " if summary.chain_id is not None else ""  # EVM: gas limit x max fee, the most it costs
+    moved = "sent" if summary.spent else "moved within the wallet"
+    what = (
+        "all the value that moves" if base == 0 else f"{percent_text(summary.fee, base)} of the {coins(base)} {moved}"
+    )
+    return f"{HIGH_FEE_WARNING} {up_to}{coins(summary.fee)} is {what} (over {HIGH_FEE_PERCENT} %)"
+
+
+def fee_is_high(fee: int, base: int, percent: int) -> bool:
+    """``fee > percent % of base``, in integers. With nothing else moving (``base == 0``) any fee is high."""
+    return fee * 100 > percent * base
 
 
 @dataclass(frozen=True)
@@ -226,6 +310,9 @@ class Chain(abc.ABC):
     family: Family
     #: Ticker of the native coin (``asset`` in summaries).
     symbol: str
+    #: Decimals of the native coin and the name of its base unit (8 and ``sat``; 18 and ``wei``).
+    decimals: int
+    base_unit: str
 
     # --- keys and addresses ----------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.chains import _hd
@@ -38,7 +38,9 @@ from agent.chains.base import (
     TxKind,
     TxOutput,
     TxSummary,
+    high_fee_warning,
 )
+from agent.chains.tokens import known_token
 from agent.errors import ChainError, UsageError
 
 GWEI = 10**9
@@ -79,6 +81,9 @@ class EvmChain(Chain):
     prefix: str = "0x"
     #: Fee ceiling: a max fee per gas (or gas price) above this is "absurd" and refused.
     max_gas_price: int = 10_000 * GWEI
+    #: Every chain here has an 18-decimal native coin; its base unit is called wei.
+    decimals: int = 18
+    base_unit: str = "wei"
     family: Family = field(default=Family.EVM, init=False)
 
     def __repr__(self) -> str:
@@ -234,7 +239,7 @@ class EvmChain(Chain):
         if not to:
             kind = TxKind.CONTRACT_CREATION
         elif data:
-            token = self._decode_erc20(to, data)
+            token = self._decode_erc20(to, data, chain_id)
             if token is None:
                 kind = TxKind.CONTRACT_CALL
                 warnings.append("unknown calldata: the contract call cannot be inspected")
@@ -270,11 +275,19 @@ class EvmChain(Chain):
             tx_type="eip1559" if typed else "legacy",
             data="0x" + data.hex() if kind in (TxKind.CONTRACT_CALL, TxKind.CONTRACT_CREATION) else None,
             warnings=tuple(warnings),
+            symbol=self.symbol,
+            decimals=self.decimals,
+            base_unit=self.base_unit,
         )
+        if summary.high_fee:
+            summary = replace(summary, warnings=(*warnings, high_fee_warning(summary)))
         return summary, items
 
-    def _decode_erc20(self, token: bytes, data: bytes) -> TokenCall | None:
-        """ERC-20 transfer/approve/transferFrom with canonical ABI encoding, else None (opaque call)."""
+    def _decode_erc20(self, token: bytes, data: bytes, chain_id: int) -> TokenCall | None:
+        """ERC-20 transfer/approve/transferFrom with canonical ABI encoding, else None (opaque call).
+
+        Symbol and decimals come from the bundled list of known tokens, never from the contract.
+        """
         sel, args = data[:4], data[4:]
         nargs = {SEL_TRANSFER: 2, SEL_APPROVE: 2, SEL_TRANSFER_FROM: 3}.get(sel)
         if nargs is None or len(args) != 32 * nargs:
@@ -285,12 +298,19 @@ class EvmChain(Chain):
             return None
         amount = int.from_bytes(words[-1], "big")
         tok = self.format_address(token)
+        info = known_token(chain_id, token.hex())
+        label: dict[str, Any] = {} if info is None else {"symbol": info.symbol, "decimals": info.decimals}
         if sel == SEL_TRANSFER:
-            return TokenCall("transfer", tok, self.format_address(addrs[0][12:]), amount)
+            return TokenCall("transfer", tok, self.format_address(addrs[0][12:]), amount, **label)
         if sel == SEL_APPROVE:
-            return TokenCall("approve", tok, self.format_address(addrs[0][12:]), amount)
+            return TokenCall("approve", tok, self.format_address(addrs[0][12:]), amount, **label)
         return TokenCall(
-            "transferFrom", tok, self.format_address(addrs[1][12:]), amount, sender=self.format_address(addrs[0][12:])
+            "transferFrom",
+            tok,
+            self.format_address(addrs[1][12:]),
+            amount,
+            sender=self.format_address(addrs[0][12:]),
+            **label,
         )
 
     # --- signing ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from agent.chains.base import (
     TxKind,
     TxOutput,
     TxSummary,
+    high_fee_warning,
 )
 from agent.errors import ChainError, UsageError
 
@@ -199,6 +200,9 @@ class UtxoChain(Chain):
     """A Bitcoin-like chain parameterised by its networks. One instance per chain."""
 
     family = Family.UTXO
+    #: Every chain here counts in units of 10^-8 coin, called satoshi (sat) for all of them.
+    decimals = 8
+    base_unit = "sat"
     #: Grind RFC 6979 nonces for a low R (71-byte signatures), as Bitcoin Core does since 0.17.
     grind_low_r = True
 
@@ -461,9 +465,19 @@ class UtxoChain(Chain):
             raise ChainError(f"unsupported PSBT version {psbt.version}")
         if not psbt.inputs or not psbt.outputs:
             raise ChainError("PSBT has no inputs or no outputs")
+        seen: dict[tuple[bytes, int], int] = {}
         for i, inp in enumerate(psbt.inputs):
             if inp.txid is None or inp.vout is None:
                 raise ChainError(f"PSBT input {i} has no previous outpoint")
+            outpoint = (bytes(inp.txid), int(inp.vout))
+            if outpoint in seen:
+                # Consensus refuses such a transaction; before that, its amount would be counted twice
+                # in the fee and in what the approvers see.
+                raise ChainError(
+                    f"PSBT inputs {seen[outpoint]} and {i} spend the same coin "
+                    f"{outpoint[0].hex()}:{outpoint[1]}: invalid transaction"
+                )
+            seen[outpoint] = i
         for o, out in enumerate(psbt.outputs):
             if out.value is None or out.script_pubkey is None:
                 raise ChainError(f"PSBT output {o} has no amount or script")
@@ -605,8 +619,6 @@ class UtxoChain(Chain):
             )
         if fee < self.min_fee_rate * size:
             warnings.append(f"fee rate {fee / size:.2f} sat/vB is below the relay minimum ({self.min_fee_rate})")
-        if all(o.is_change for o in outputs):
-            warnings.append("every output is change: this only moves coins within the wallet")
         summary = TxSummary(
             chain=self.name,
             network=net.name,
@@ -619,8 +631,17 @@ class UtxoChain(Chain):
             size=size,
             tx_type="psbt-v2" if psbt.version == 2 else "psbt-v0",
             warnings=tuple(warnings),
+            symbol=self.symbol,
+            decimals=self.decimals,
+            base_unit=self.base_unit,
         )
-        return summary, kinds
+        if summary.high_fee:
+            warnings.append(high_fee_warning(summary))
+        elif all(o.is_change for o in outputs):
+            # Only with an ordinary fee: a consolidation that burns most of the coins in fees is not
+            # "just moving coins around", whatever its outputs say.
+            warnings.append("every output is change: this only moves coins within the wallet")
+        return replace(summary, warnings=tuple(warnings)), kinds
 
     @staticmethod
     def _txid_before_signing(psbt: PSBT, kinds: list[AddressKind]) -> str | None:

@@ -1,26 +1,101 @@
 """kms-agent command line: a thin typer layer. Commands parse, prompt and print; the work is elsewhere.
 
 Every error an operator can cause is a :class:`agent.errors.KmsAgentError`; :func:`main` prints it as
-``kms-agent: error: ...`` (plus ``hint:`` lines) and exits with its documented code. Only bugs show a
+``kms-agent: error: ...`` (plus ``hint:`` lines) and exits with its documented code. Command-line
+mistakes (typer's and click's usage errors) become the same one line and exit 2. With ``--json``
+anywhere in argv, the error also goes to stdout as one document::
+
+    {"error": {"code": "usage", "exit": 2, "message": "...", "hint": "..." | null}}
+
+(plus ``"request_id"`` inside ``"error"`` when the error concerns a request). Only bugs show a
 traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from agent.errors import KmsAgentError
+from agent.errors import KmsAgentError, PinRequired, error_code
+
+PROG = "kms-agent"
+LOG_LEVEL_ENV = "KMS_AGENT_LOG_LEVEL"
 
 app = typer.Typer(
-    name="kms-agent",
+    name=PROG,
     help="Self-custodial key management: a vault that opens only for a quorum of hardware tokens.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    # --install-completion / --show-completion. typer imports its completion module either way, so
+    # this costs --help nothing measurable (the completion scripts are only built when asked for).
+    add_completion=True,
 )
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own when it runs from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(PROG)
+    except PackageNotFoundError:
+        from agent import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"{PROG} {version()}")
+        raise typer.Exit()
+
+
+def configure_logging(level: LogLevel) -> None:
+    """The ``agent`` logger (every module's ``getLogger(__name__)``) to stderr at ``level``."""
+    import logging
+
+    logger = logging.getLogger("agent")
+    logger.setLevel(level.value.upper())
+    if not any(getattr(h, "_kms_agent", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+        handler._kms_agent = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+@app.callback()
+def _global_options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, expose_value=False, callback=_print_version, help="print the version and exit"
+        ),
+    ] = False,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "-l",
+            "--log-level",
+            envvar=LOG_LEVEL_ENV,
+            case_sensitive=False,
+            help="diagnostics on stderr from this level up",
+        ),
+    ] = LogLevel.warning,
+) -> None:
+    configure_logging(log_level)
 
 
 def _register() -> None:
@@ -62,17 +137,31 @@ def _register() -> None:
 
 _register()
 
+#: Global options that take a value, skipped when naming the command for the events log.
+_GLOBAL_WITH_VALUE = ("-l", "--log-level")
 
-def _record_event(argv: list[str] | None, exc: KmsAgentError) -> None:
-    from agent.cli.context import Paths
-    from agent.events import record
 
+def _command_words(args: list[str]) -> str:
+    """``wallet address`` for ``-l debug wallet address ID 0``: at most two words, global options skipped."""
     words: list[str] = []
-    for arg in argv if argv is not None else sys.argv[1:]:
+    rest = iter(args)
+    for arg in rest:
+        if not words and arg in _GLOBAL_WITH_VALUE:
+            next(rest, None)
+            continue
+        if not words and arg.startswith("--log-level="):
+            continue
         if arg.startswith("-") or len(words) == 2:
             break
         words.append(arg)
-    record(Paths.resolve().state, " ".join(words), exc)
+    return " ".join(words)
+
+
+def _record_event(args: list[str], exc: KmsAgentError) -> None:
+    from agent.cli.context import Paths
+    from agent.events import record
+
+    record(Paths.resolve().state, _command_words(args), exc)
 
 
 def _no_core_dumps() -> None:
@@ -85,28 +174,141 @@ def _no_core_dumps() -> None:
         pass
 
 
+def _fail(
+    exit_code: int,
+    message: str,
+    hint: str | None = None,
+    *,
+    as_json: bool,
+    request_id: str | None = None,
+    code: str | None = None,
+) -> NoReturn:
+    """Print the one-line error (and hints) on stderr, the JSON document on stdout with ``--json``; exit."""
+    if as_json:
+        import json
+
+        error: dict[str, Any] = {
+            "code": code or error_code(exit_code),
+            "exit": exit_code,
+            "message": message,
+            "hint": hint,
+        }
+        if request_id is not None:
+            error["request_id"] = request_id
+        print(json.dumps({"error": error}, indent=2), flush=True)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    for line in (hint or "").splitlines():
+        print(f"{PROG}: hint: {line}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """``name`` (``ClickException``, ``UsageError``, ``Abort``, ``Exit``) from every click copy in use.
+
+    typer >= 0.28 bundles its own click as ``typer._click`` and raises those classes; older typer
+    raises the ``click`` package's. Found through what typer exports (``BadParameter``, ``Abort``,
+    ``Exit``), plus the ``click`` package when something has imported it.
+    """
+    found: list[type[BaseException]] = []
+    for exported in (typer.BadParameter, typer.Abort, typer.Exit):
+        found += [c for c in exported.__mro__ if c.__name__ == name]
+    click = sys.modules.get("click")
+    exceptions = getattr(click, "exceptions", None)
+    if exceptions is not None and isinstance(getattr(exceptions, name, None), type):
+        found.append(getattr(exceptions, name))
+    return tuple(dict.fromkeys(found))
+
+
+def _usage_hint(exc: BaseException) -> str | None:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return None
+    lines = [ctx.get_usage().strip()]
+    if ctx.command.get_help_option(ctx) is not None:
+        lines.append(f"try '{ctx.command_path} {ctx.help_option_names[0]}' for help")
+    return "\n".join(lines)
+
+
+def _pin_prompt_label(exc: BaseException) -> str | None:
+    """The token label when end of input hit :meth:`CliPrompts.pin`'s prompt; None for any other prompt."""
+    from agent.cli.context import CliPrompts
+
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is CliPrompts.pin.__code__:
+            return str(tb.tb_frame.f_locals.get("token_label", "the token"))
+        tb = tb.tb_next
+    return None
+
+
+def _interrupted(as_json: bool) -> NoReturn:
+    _fail(130, "interrupted; nothing was written", as_json=as_json)
+
+
+def _handle_abort(exc: BaseException, args: list[str], as_json: bool) -> NoReturn:
+    """typer turns EOF and Ctrl-C at a prompt into ``Abort``; the original is its cause or context."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, EOFError):
+        cause = exc
+    if isinstance(cause, KeyboardInterrupt):
+        _interrupted(as_json)
+    if isinstance(cause, EOFError):
+        label = _pin_prompt_label(cause)
+        if label is not None:
+            pin_error = PinRequired(f"no PIN for {label}: end of input at the prompt")
+            _record_event(args, pin_error)
+            _fail(pin_error.exit_code, pin_error.message, as_json=as_json)
+        _fail(2, "end of input at a prompt: nothing was entered", as_json=as_json)
+    _fail(1, "aborted", as_json=as_json, code="aborted")
+
+
+def _operator_file(exc: OSError, args: list[str]) -> bool:
+    """True when the file that failed is one the operator named on the command line."""
+    names = (exc.filename, exc.filename2)
+    failed = {os.path.normpath(os.fsdecode(n)) for n in names if isinstance(n, str | bytes | os.PathLike)}
+    named = {os.path.normpath(a.partition("=")[2] if a.startswith("--") else a) for a in args if a.strip("-=")}
+    return bool(failed & named)
+
+
 def main(argv: list[str] | None = None) -> None:
     _no_core_dumps()
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=args, prog_name=PROG, standalone_mode=False)
     except KmsAgentError as exc:
-        _record_event(argv, exc)
-        print(f"kms-agent: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            for line in exc.hint.splitlines():
-                print(f"kms-agent: hint: {line}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _record_event(args, exc)
+        _fail(exc.exit_code, exc.message, exc.hint, as_json=as_json, request_id=exc.request_id)
     except KeyboardInterrupt:
-        print("kms-agent: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(as_json)
+    except EOFError as exc:
+        _handle_abort(exc, args, as_json)
     except Exception as exc:
-        import click
+        if isinstance(exc, _click_classes("Abort")):
+            _handle_abort(exc, args, as_json)
+        if isinstance(exc, _click_classes("Exit")):
+            sys.exit(getattr(exc, "exit_code", 0))
+        if isinstance(exc, _click_classes("UsageError")):
+            message = exc.format_message().strip()  # type: ignore[attr-defined]
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                if message:  # the help text (typer prints it itself when rich formats help)
+                    print(message, file=sys.stderr)
+                message = "missing command"
+            _fail(2, message or "bad usage", _usage_hint(exc), as_json=as_json)
+        if isinstance(exc, _click_classes("ClickException")):
+            # FileError: a file given as an argument could not be opened, the operator's to fix.
+            code = 2 if type(exc).__name__ == "FileError" else int(getattr(exc, "exit_code", 1))
+            _fail(code, exc.format_message(), as_json=as_json)  # type: ignore[attr-defined]
+        if isinstance(exc, OSError) and exc.strerror and _operator_file(exc, args):
+            name = os.fsdecode(exc.filename) if exc.filename is not None else "file"
+            _fail(2, f"{name}: {exc.strerror}", as_json=as_json)
+        if as_json:  # a bug: the document for the caller, the traceback (below) for us
+            import json
 
-        if isinstance(exc, click.exceptions.Abort):
-            print("kms-agent: aborted; nothing was written", file=sys.stderr)
-            sys.exit(1)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+            message = f"unexpected error: {type(exc).__name__}: {exc}"
+            print(json.dumps({"error": {"code": "internal", "exit": 1, "message": message, "hint": None}}, indent=2))
+            sys.stdout.flush()
         raise
+    if rc == 130:  # typer turns Ctrl-C inside a command into Exit(130)
+        _interrupted(as_json)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -68,8 +68,12 @@ def show(
     as_json: Json = False,
 ) -> None:
     """print audit rows with their full payloads"""
-    from agent.audit import AuditLog
+    from agent.audit import AuditKind, AuditLog
 
+    known = [k.value for k in AuditKind]
+    unknown = [k for k in kind or [] if k not in known]
+    if unknown:
+        raise UsageError(f"unknown audit row kind {', '.join(map(repr, unknown))}: use one of {', '.join(known)}")
     rows = AuditLog(Paths.resolve().state).rows(kinds=kind, request_id=request, since=since)
     out = [
         {
@@ -192,12 +196,9 @@ def _print_report(rows: list[dict[str, Any]], fmt: str, title: str, charts: list
     elif fmt == "json":
         print(json.dumps({"rows": rows}, indent=2))
     elif fmt == "csv":
-        import csv
+        from agent.reports import write_csv
 
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(rows, sys.stdout)  # formula injection neutralised, free text escaped
     elif fmt == "table":
         columns = list(dict.fromkeys(k for r in rows for k in r))
         widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns} if rows else {}

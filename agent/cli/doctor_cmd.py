@@ -51,6 +51,38 @@ def _check_pcscd() -> dict[str, Any]:
         return {"check": "pcscd", "ok": False, "detail": f"not reachable ({type(exc).__name__})", "hint": hint}
 
 
+def _check_piv() -> dict[str, Any]:
+    """Every PIV card in a PC/SC reader, YubiKey or not, and why kms-agent cannot use it if it cannot."""
+    from agent.tokens.inventory import list_piv_cards
+
+    cards = list_piv_cards()
+    unsupported = [c for c in cards if not c.supported]
+    lines = []
+    for c in cards:
+        facts = [
+            f"serial {c.serial}"
+            if c.serial_source == "yubikey"
+            else f"CHUID GUID {c.serial}"
+            if c.serial
+            else "no serial",
+            f"version {c.version or 'unknown'}",
+            f"PIN retries {'unknown' if c.pin_retries is None else c.pin_retries}",
+        ]
+        if c.simulated:
+            facts.append("SIMULATED")
+        status = "supported" if c.supported else f"unsupported because {c.reason}"
+        lines.append(f"{c.spec or 'PIV card'} in {c.reader!r}: {', '.join(facts)}; {status}")
+    return {
+        "check": "PIV cards",
+        # Informational: a card kms-agent cannot use is not a fault of this machine.
+        "ok": not unsupported,
+        "detail": f"{len(cards)} found, {len(unsupported)} unsupported",
+        "cards": [c.to_json() for c in cards],
+        "lines": lines,
+        "hint": "kms-agent enrols YubiKey 5.3+ PIV applets (docs/tokens.md)" if unsupported else None,
+    }
+
+
 def _check_vault(paths: Paths) -> dict[str, Any]:
     from agent.errors import KmsAgentError
     from agent.vault.vault import PublicVault
@@ -75,13 +107,14 @@ def register(app: typer.Typer) -> None:
     def doctor(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
         """check token access (udev, pcscd), tokens present and the vault; exit 1 if something is wrong"""
         paths = Paths.resolve()
-        checks = [_check_hidraw(), _check_fido2(), _check_pcscd(), _check_vault(paths)]
+        checks = [_check_hidraw(), _check_fido2(), _check_pcscd(), _check_piv(), _check_vault(paths)]
         lines = []
         for c in checks:
             lines.append(f"[{'ok' if c['ok'] else '!!'}] {c['check']}: {c['detail']}")
+            lines.extend(f"     {line}" for line in c.get("lines", []))
             if c["hint"] and not c["ok"]:
                 lines.append(f"     hint: {c['hint']}")
-        ok = all(c["ok"] for c in checks if c["check"] != "pcscd")
+        ok = all(c["ok"] for c in checks if c["check"] not in ("pcscd", "PIV cards"))
         emit({"ok": ok, "checks": checks}, as_json, "\n".join(lines))
         if not ok:
             raise typer.Exit(1)

@@ -13,22 +13,35 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 @app.command("create")
-def create(name: str, kind: Annotated[str, typer.Option(help="fido2 or piv")] = "fido2", as_json: Json = False) -> None:
+def create(
+    name: str,
+    kind: Annotated[str, typer.Option(help="fido2 or piv")] = "fido2",
+    quirk: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--quirk",
+            help="build it broken, for tests (repeat): fido2 no-user-presence, self-attestation, no-attestation; "
+            "piv no-attestation, no-touch-policy, bare-slot-metadata, not-yubikey",
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
     """create a simulated FIDO2 token or PIV card (PIN 123456)"""
     from agent.errors import UsageError
     from agent.tokens.sim import create_piv_sim, create_sim_token
 
     home = Paths.resolve().home
+    quirks = sorted(set(quirk or []))
     if kind == "fido2":
-        detail = str(create_sim_token(home, name))
+        detail = str(create_sim_token(home, name, quirks=quirks))
     elif kind == "piv":
-        detail = f"serial {create_piv_sim(home, name).read().serial}"
+        detail = f"serial {create_piv_sim(home, name, quirks=quirks).read().serial}"
     else:
         raise UsageError(f"unknown token kind {kind!r}: use fido2 or piv")
     emit(
-        {"token": f"sim:{name}", "kind": kind, "detail": detail},
+        {"token": f"sim:{name}", "kind": kind, "detail": detail, "quirks": quirks},
         as_json,
-        f"sim:{name} ready ({kind}, PIN 123456): {detail}",
+        f"sim:{name} ready ({kind}, PIN 123456): {detail}" + (f" (quirks: {', '.join(quirks)})" if quirks else ""),
     )
 
 

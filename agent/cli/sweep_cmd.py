@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         from agent.cli.session import load_public
 
         wallet = load_public(Paths.resolve()).wallet(signature_id)
-        chain = get_chain(wallet["chain"])
+        chain: Any = get_chain(wallet["chain"])  # each family's build_sweep takes its own arguments
         testnet = wallet["testnet"]
         if chain.family is Family.UTXO:
             if utxos is None or fee_rate is None:
@@ -66,19 +66,19 @@ def register(app: typer.Typer) -> None:
             tx = chain.build_sweep(
                 read_utxos(utxos, chain, wallet),
                 to,
-                sat_per_vbyte=fee_rate,  # type: ignore[attr-defined]
+                sat_per_vbyte=fee_rate,
                 testnet=testnet,
             )
             index = 0
         else:
             if balance is None or nonce is None or max_fee_per_gas is None:
                 raise UsageError("an EVM sweep needs --balance, --nonce and --max-fee-per-gas")
-            cid = chain_id if chain_id is not None else chain.chain_ids(testnet)[0]  # type: ignore[attr-defined]
+            cid = chain_id if chain_id is not None else chain.chain_ids(testnet)[0]
             tx = chain.build_sweep(
                 balance=balance,
                 to=to,
                 nonce=nonce,
-                chain_id=cid,  # type: ignore[attr-defined]
+                chain_id=cid,
                 max_fee_per_gas=max_fee_per_gas,
             )
         summary = chain.decode(tx, testnet=testnet).to_json()

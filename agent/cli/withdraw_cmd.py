@@ -23,30 +23,32 @@ def _service() -> Any:
 
 
 def describe(rec: dict[str, Any]) -> str:
-    """The human summary an approver reads, decoded again from the raw bytes (not from stored words)."""
+    """The summary an approver reads: decoded again from the logged bytes, amounts in units, text escaped."""
     from agent.chains import get_chain
+    from agent.policy import Reason
+    from agent.vault.vault import PublicVault
+    from agent.withdrawals.display import render_request
+    from agent.withdrawals.service import _owned
 
-    s = get_chain(rec["chain"]).decode(bytes.fromhex(rec["tx"]), testnet=rec["testnet"]).to_json()
-    net = "testnet" if rec["testnet"] else "MAINNET"
-    lines = [
-        f"request {rec['id']}  [{rec['status']}]",
-        f"  {rec['chain']} {net}  wallet {rec['signature_id']} "
-        f"index {rec['index']}  initiated by {rec['initiator'] or 'unknown'}",
-    ]
-    for out in s["outputs"]:
-        tag = " (change)" if out["isChange"] else ""
-        lines.append(f"  pay {out['amount']} {s['asset'] if not s['token'] else rec['chain']} to {out['address']}{tag}")
-    if s["token"]:
-        t = s["token"]
-        lines.append(f"  token {t['token']}: {t['method']} {t['amount']} to {t['recipient']}")
-    lines.append(f"  fee up to {s['fee']}  nonce {s['nonce']}  type {s['txType']}")
-    for w in s.get("warnings", []):
-        lines.append(f"  WARNING: {w}")
-    reasons = rec["decision"]["reasons"]
-    if reasons:
-        lines.append("  policy: " + "; ".join(f"{r['rule']}: {r['detail']}" for r in reasons))
-    lines.append(f"  approvals: {len(rec['approvals'])} of {rec['rule']['approvals_required']}")
-    return "\n".join(lines)
+    paths = Paths.resolve()
+    vault = PublicVault.load(paths.vault, paths.pin)
+    summary = get_chain(rec["chain"]).decode(
+        bytes.fromhex(rec["tx"]), testnet=rec["testnet"], owned=_owned(vault.wallet(rec["signature_id"]))
+    )
+    return render_request(
+        summary,
+        chain=rec["chain"],
+        testnet=rec["testnet"],
+        signature_id=rec["signature_id"],
+        index=rec["index"],
+        initiator=rec["initiator"],
+        status=rec["status"],
+        reasons=[Reason.from_json(r) for r in rec["decision"].get("reasons", [])],
+        approvals=len(rec["approvals"]),
+        approvals_required=int(rec["rule"].get("approvals_required", 0)),
+        request_id=rec["id"],
+        max_fee_percent=vault.policy().rule_for(rec["chain"], rec["signature_id"]).max_fee_percent,
+    )
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from agent.policy.rules import (
     VelocityScope,
 )
 from agent.policy.summary import (
+    AssetUnit,
     HistoryEntry,
     RequestSummary,
     SummaryOutput,
@@ -35,6 +36,7 @@ __all__ = [
     "NEAR_LIMIT_PERCENT",
     "POLICY_CHANGE_TTL",
     "AssetLimits",
+    "AssetUnit",
     "Decision",
     "HistoryEntry",
     "LimitUsage",

@@ -18,7 +18,8 @@ from typing import Any
 
 from agent.approvals.quorum import QuorumRule
 from agent.policy.rules import OverLimit, Policy, Rule, UnknownDestination, VelocityScope
-from agent.policy.summary import HistoryEntry, RequestSummary, SummaryOutput, canonical_ref
+from agent.policy.summary import AssetUnit, HistoryEntry, RequestSummary, SummaryOutput, canonical_ref
+from agent.text import format_units, percent_text
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -48,6 +49,22 @@ class Reason:
 
     def to_json(self) -> dict[str, Any]:
         return {"rule": self.rule, "detail": self.detail, "effect": self.effect.value if self.effect else None}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Reason:
+        """Inverse of :meth:`to_json`, for reasons stored with a request (anything unknown is kept as text).
+
+        An effect that is not an :class:`Outcome` value becomes None; ``rule`` and ``detail`` are taken
+        as text. Nothing here is trusted for a decision: it is what a renderer shows.
+        """
+        if not isinstance(raw, dict):
+            return cls("reason", str(raw))
+        effect = raw.get("effect")
+        return cls(
+            str(raw.get("rule", "")),
+            str(raw.get("detail", "")),
+            Outcome(effect) if isinstance(effect, str) and effect in {o.value for o in Outcome} else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,7 @@ def evaluate(request_summary: RequestSummary, rules: Policy, history: Sequence[H
         _time_window(rule, now, add)
         spent = summary.spent()
         _limits(summary, spent, rule, history, now, add, near)
+        _fee(summary, rule, add)
         _destinations(summary, rule, add)
 
     effects = {r.effect for r in reasons}
@@ -180,6 +198,8 @@ def _malformed(summary: Any) -> str | None:
         return "opaque must be a boolean"
     if not isinstance(summary.outputs, tuple):
         return "outputs must be a tuple"
+    if not isinstance(summary.units, tuple) or not all(isinstance(u, AssetUnit) for u in summary.units):
+        return "units must be a tuple of AssetUnit"
     for i, out in enumerate(summary.outputs):
         if not isinstance(out, SummaryOutput):
             return f"output {i} is not a SummaryOutput"
@@ -263,7 +283,12 @@ def _limits(
             add("asset", f"{asset} is not an asset this rule lets leave", Outcome.DENY)
             continue
         if limits.per_tx is not None and amount > limits.per_tx:
-            add("per-tx-limit", f"{amount} {asset} exceeds the per-transaction limit of {limits.per_tx}", effect)
+            add(
+                "per-tx-limit",
+                f"{_amount(summary, amount, asset)} exceeds the per-transaction limit of "
+                f"{_amount(summary, limits.per_tx, asset)}",
+                effect,
+            )
         for name, limit in (("hour", limits.per_hour), ("day", limits.per_day)):
             if limit is None:
                 continue
@@ -272,14 +297,47 @@ def _limits(
             if total > limit:
                 add(
                     f"velocity-{name}",
-                    f"{used} {asset} already signed in the last {name} ({scope}) + {amount} "
-                    f"exceeds the rolling limit of {limit}",
+                    f"{_amount(summary, used, asset)} already signed in the last {name} ({scope}) + "
+                    f"{_amount(summary, amount, asset)} exceeds the rolling limit of {_amount(summary, limit, asset)}",
                     effect,
                 )
             elif total * 100 >= limit * NEAR_LIMIT_PERCENT:
-                add(f"velocity-{name}", f"{total} of {limit} {asset} per {name} used ({scope}): near the limit", None)
+                add(
+                    f"velocity-{name}",
+                    f"{_amount(summary, total, asset)} of {_amount(summary, limit, asset)} per {name} used "
+                    f"({scope}): near the limit",
+                    None,
+                )
             if total * 100 >= limit * NEAR_LIMIT_PERCENT:
                 near.append(LimitUsage(scope, asset, name, total, limit))
+
+
+def _amount(summary: RequestSummary, amount: int, asset: str) -> str:
+    """``1.5 BTC (150000000 sat)`` when the summary knows the asset's decimals, else ``150000000 base units of X``."""
+    unit = summary.unit_of(asset)
+    if unit is None or not isinstance(unit.decimals, int) or not 0 <= unit.decimals <= 80:
+        return f"{amount} base units of {asset}"
+    return f"{format_units(amount, unit.decimals)} {unit.symbol} ({amount} {unit.base_unit})"
+
+
+def _fee(summary: RequestSummary, rule: Rule, add: _Add) -> None:
+    """Escalate a fee above ``max_fee_percent`` of the value sent (or moved, when all of it is change)."""
+    percent = rule.max_fee_percent
+    base = summary.fee_base()
+    if percent is None or base is None or summary.fee == 0 or summary.fee * 100 <= percent * base:
+        return
+    moved = "sent" if any(not o.is_change for o in summary.outputs) else "moved within the wallet"
+    what = (
+        "nothing else moves"
+        if base == 0
+        else f"{percent_text(summary.fee, base)} of the " + _amount(summary, base, summary.fee_asset) + f" {moved}"
+    )
+    add(
+        "fee",
+        f"the fee of {_amount(summary, summary.fee, summary.fee_asset)} is {what}: "
+        f"above the {percent} % threshold (max_fee_percent)",
+        Outcome.ESCALATE,
+    )
 
 
 def _destinations(summary: RequestSummary, rule: Rule, add: _Add) -> None:

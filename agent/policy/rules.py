@@ -32,6 +32,11 @@ VERSION = 1
 POLICY_CHANGE_TTL = 7 * 24 * 3600
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_AMOUNT = 1 << 256
+#: Default of ``Rule.max_fee_percent``: a fee above 10 % of the value sent escalates.
+DEFAULT_MAX_FEE_PERCENT = 10
+#: Rule keys added after the first version-1 documents were written: a ``default`` rule without
+#: them is read with their default values (vault headers written before keep working).
+_LATER_FIELDS = frozenset({"max_fee_percent"})
 
 
 class UnknownDestination(StrEnum):
@@ -111,6 +116,9 @@ class Rule:
     time_window: TimeWindow | None = None
     #: Whether transactions the decoder cannot read (unknown calldata) may be signed at all.
     allow_contract_calls: bool = False
+    #: A fee above this percentage of the value sent (or, when every output is change, of the value
+    #: moved within the wallet) escalates; None turns the check off (docs/policy.md §3, ``fee``).
+    max_fee_percent: int | None = DEFAULT_MAX_FEE_PERCENT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "assets", {canonical_ref(k): v for k, v in self.assets.items()})
@@ -226,7 +234,10 @@ class Policy:
         except Exception as exc:  # cbor2 raises several unrelated types for garbage
             raise PolicyFormatError(f"policy is not valid CBOR ({type(exc).__name__})") from None
         policy = cls.from_dict(raw)
-        if policy.canonical_bytes() != bytes(data):
+        expected = policy.to_dict()
+        for name in _LATER_FIELDS - set(raw["default"]):
+            del expected["default"][name]  # a document written before the field existed
+        if bytes(cbor2.dumps(expected, canonical=True)) != bytes(data):
             raise PolicyFormatError("policy is not in canonical CBOR form")
         return policy
 
@@ -245,13 +256,15 @@ def _bool(value: Any, path: str) -> bool:
     return value
 
 
-def _keys(raw: Any, allowed: set[str], path: str, *, partial: bool = False) -> None:
+def _keys(
+    raw: Any, allowed: set[str], path: str, *, partial: bool = False, optional: frozenset[str] = frozenset()
+) -> None:
     if not isinstance(raw, dict):
         raise PolicyFormatError(f"{path} must be a map")
     unknown = {str(k) for k in raw} - allowed
     if unknown:
         raise PolicyFormatError(f"{path} has unknown keys {sorted(unknown)}")
-    missing = allowed - set(raw)
+    missing = allowed - set(raw) - optional
     if missing and not partial:
         raise PolicyFormatError(f"{path} is missing {sorted(missing)}")
 
@@ -315,25 +328,44 @@ def _uint_field(value: Any, path: str) -> int:
     return int(value)
 
 
+def _fold(value: str, path: str) -> str:
+    """An asset id or allowlist entry in comparison spelling; ``0x`` entries must already be lower case.
+
+    Other case-insensitive formats (bech32, CashAddr, ``xdc`` hex) are folded rather than refused:
+    documents written before they were folded may hold them in upper case, and refusing would make
+    such a vault's policy unreadable. :meth:`Policy.to_dict` writes them folded.
+    """
+    if value[:2] in ("0x", "0X") and value != value.lower():
+        raise PolicyFormatError(f"{path}: {value!r} must be spelled in lower case (canonical form)")
+    return canonical_ref(value)
+
+
 def _assets_in(value: Any, path: str) -> dict[str, AssetLimits]:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise PolicyFormatError(f"{path} must be a map with text keys")
     out = {}
     for asset, limits in value.items():
-        if canonical_ref(asset) != asset:
-            raise PolicyFormatError(f"{path}.{asset} must be spelled in lower case (canonical form)")
+        key = _fold(asset, f"{path}.{asset}")
+        if key in out:
+            raise PolicyFormatError(f"{path} lists {key} twice (in different case)")
         _keys(limits, {"per_tx", "per_hour", "per_day"}, f"{path}.{asset}")
-        out[asset] = AssetLimits(
+        out[key] = AssetLimits(
             *(_amount_in(limits[k], f"{path}.{asset}.{k}") for k in ("per_tx", "per_hour", "per_day"))
         )
     return out
 
 
 def _allowlist_in(value: Any, path: str) -> frozenset[str]:
-    items = _sorted_unique(value, path, str)
-    if any(canonical_ref(a) != a for a in items):
-        raise PolicyFormatError(f"{path} entries must be spelled canonically (0x addresses in lower case)")
+    items = [_fold(a, path) for a in _sorted_unique(value, path, str)]
+    if len(set(items)) != len(items):
+        raise PolicyFormatError(f"{path} lists the same address twice (in different case)")
     return frozenset(items)
+
+
+def _percent_in(value: Any, path: str) -> int | None:
+    if value is None:
+        return None
+    return _uint_field(value, path)
 
 
 def _window_in(value: Any, path: str) -> TimeWindow | None:
@@ -360,11 +392,12 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "velocity_scope": _enum(VelocityScope),
     "time_window": _window_in,
     "allow_contract_calls": _bool,
+    "max_fee_percent": _percent_in,
 }
 
 
 def _rule_from_dict(raw: Any, path: str, *, partial: bool) -> dict[str, Any]:
-    _keys(raw, set(RULE_FIELDS), path, partial=partial)
+    _keys(raw, set(RULE_FIELDS), path, partial=partial, optional=_LATER_FIELDS)
     return {name: _PARSERS[name](value, f"{path}.{name}") for name, value in raw.items()}
 
 
@@ -399,6 +432,8 @@ def _check_rule_values(rule: Rule) -> None:
                 raise bad(f"limits of {asset} must be non-negative integers in base units")
     if not all(isinstance(a, str) and a for a in rule.allowlist):
         raise bad("allowlist entries must be non-empty text")
+    if rule.max_fee_percent is not None and not _uint(rule.max_fee_percent):
+        raise bad("max_fee_percent must be null or an unsigned integer (percent of the value sent)")
     window = rule.time_window
     if window is not None:
         if not isinstance(window, TimeWindow) or not window.weekdays or not set(window.weekdays) <= set(range(7)):

@@ -10,6 +10,7 @@ must turn *any* summary, however malformed, into a decision (a deny) instead of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,6 +31,20 @@ class SummaryOutput:
 
 
 @dataclass(frozen=True)
+class AssetUnit:
+    """How to write amounts of ``asset`` for people: ``decimals`` and ``symbol``, and the base unit's name.
+
+    Only for display (reasons); every comparison and limit stays in base units.
+    """
+
+    asset: str
+    symbol: str
+    decimals: int
+    #: ``sat``, ``wei``, or ``base units`` for a token.
+    base_unit: str = "base units"
+
+
+@dataclass(frozen=True)
 class RequestSummary:
     chain: str
     network: str
@@ -42,10 +57,31 @@ class RequestSummary:
     #: True when the transaction does something the decoder cannot read (unknown contract call,
     #: contract creation): its real effect is not in ``outputs``.
     opaque: bool = False
+    #: Decimals and symbols of the assets this summary names, for readable reasons (may be empty).
+    units: tuple[AssetUnit, ...] = ()
 
     def spent(self) -> dict[str, int]:
         """Base units leaving the wallet per asset: non-change outputs, plus the fee in its asset."""
         return spent_by_asset(self.outputs, self.fee, self.fee_asset)
+
+    def fee_base(self) -> int | None:
+        """The value in ``fee_asset`` that the fee is judged against (docs/policy.md §3, check ``fee``).
+
+        What leaves the wallet in the fee's asset; when nothing does (every output is change), what
+        moves within the wallet. None when the fee cannot be compared: an opaque transaction, or
+        outputs in another asset (a token transfer; there is no price between a token and the coin).
+        """
+        if self.opaque:
+            return None
+        fee_key = canonical_ref(self.fee_asset)
+        if any(canonical_ref(o.asset) != fee_key for o in self.outputs):
+            return None
+        sent = sum(o.amount for o in self.outputs if not o.is_change)
+        return sent if sent else sum(o.amount for o in self.outputs)
+
+    def unit_of(self, asset: str) -> AssetUnit | None:
+        key = canonical_ref(asset)
+        return next((u for u in self.units if isinstance(u, AssetUnit) and canonical_ref(u.asset) == key), None)
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -60,9 +96,37 @@ class HistoryEntry:
     summary: RequestSummary
 
 
+#: bech32 human-readable parts of the chains we sign for (BTC main/test/regtest, LTC main/test).
+_BECH32_HRPS = frozenset({"bc", "tb", "bcrt", "ltc", "tltc"})
+#: CashAddr prefixes (BCH main/test/regtest).
+_CASHADDR_PREFIXES = ("bitcoincash:", "bchtest:", "bchreg:")
+_BECH32_DATA = re.compile(r"[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{6,}")
+_XDC = re.compile(r"xdc[0-9a-f]{40}")
+
+
 def canonical_ref(value: str) -> str:
-    """Spelling used to compare addresses and asset ids: ``0x`` hex is case-insensitive (EIP-55)."""
-    return value.lower() if value[:2] in ("0x", "0X") else value
+    """Spelling used to compare addresses and asset ids, whatever case they were written in.
+
+    Formats whose case carries no meaning are folded to lower case: ``0x`` hex and ``xdc`` hex
+    (EIP-55 case is a checksum, not part of the address), bech32/bech32m addresses of our chains
+    (BIP-173: one case, upper case for QR codes) and CashAddr. Everything else (base58 addresses,
+    coin tickers, ``script:`` references) is case-sensitive and kept exactly. A mixed-case bech32
+    string is invalid (BIP-173) and is kept as written, so it can never match a decoded address.
+    """
+    if value[:2] in ("0x", "0X"):
+        return value.lower()
+    low = value.lower()
+    if _XDC.fullmatch(low):
+        return low
+    if value not in (low, value.upper()):
+        return value
+    hrp, sep, data = low.rpartition("1")
+    if sep and hrp in _BECH32_HRPS and _BECH32_DATA.fullmatch(data):
+        return low
+    for prefix in _CASHADDR_PREFIXES:
+        if low.startswith(prefix) and _BECH32_DATA.fullmatch(low[len(prefix) :]):
+            return low
+    return value
 
 
 def spent_by_asset(outputs: Iterable[SummaryOutput], fee: int, fee_asset: str) -> dict[str, int]:
@@ -95,7 +159,14 @@ def from_tx_summary(tx: TxSummary, *, signature_id: str, native_asset: str) -> R
             continue
         address = out.address if out.address is not None else f"script:{out.script or ''}"
         outputs.append(SummaryOutput(address, out.amount, native_asset, out.is_change))
+    units: list[AssetUnit] = []
+    if tx.decimals is not None:
+        units.append(AssetUnit(native_asset, tx.symbol or native_asset, tx.decimals, tx.base_unit or "base units"))
     if tx.token is not None:
         outputs.append(SummaryOutput(tx.token.recipient, tx.token.amount, tx.token.token, False))
+        if tx.token.symbol is not None and tx.token.decimals is not None:
+            units.append(AssetUnit(tx.token.token, tx.token.symbol, tx.token.decimals))
     opaque = tx.kind in (TxKind.CONTRACT_CALL, TxKind.CONTRACT_CREATION)
-    return RequestSummary(tx.chain, tx.network, signature_id, tuple(outputs), tx.fee, native_asset, opaque)
+    return RequestSummary(
+        tx.chain, tx.network, signature_id, tuple(outputs), tx.fee, native_asset, opaque, tuple(units)
+    )

@@ -72,8 +72,24 @@ class Token(abc.ABC):
     simulated: bool = False
 
     @abc.abstractmethod
-    def enrol(self, *, rp_id: str, user_id: bytes, user_name: str, salt: bytes, prompts: Prompts) -> Enrolment:
-        """Create a credential bound to ``rp_id`` and return its public data and first key material."""
+    def enrol(
+        self,
+        *,
+        rp_id: str,
+        user_id: bytes,
+        user_name: str,
+        salt: bytes,
+        prompts: Prompts,
+        allow_unattested: bool | None = None,
+    ) -> Enrolment:
+        """Create a credential bound to ``rp_id`` and return its public data and first key material.
+
+        Every backend checks the token's capabilities and attestation first (docs/tokens.md) and
+        raises :class:`~agent.errors.TokenUnsupported` naming what is missing.
+
+        :param allow_unattested: enrol a token whose attestation chains to no trusted root; None
+            keeps the choice made when the token was opened (default: refuse).
+        """
 
     @abc.abstractmethod
     def holds(self, slot_public: Mapping[str, Any]) -> bool:

@@ -34,11 +34,31 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
-def _sim_fido2(home: Path, name: str) -> Token:
+def simulator_anchors(home: Path) -> tuple[Any, ...]:
+    """The simulator's per-home test CA as an attestation anchor, if this home has one.
+
+    A chain to it marks the token as *simulated* (the vault says so on every command); it is
+    offered to real-looking devices too, so a simulator served over PC/SC is recognised.
+    """
+    from agent.tokens.attestation import SIMULATOR, Anchor
+    from agent.tokens.sim.attestation import CA_FILE, sim_attestation_ca_certificate
+
+    if not (Path(home) / "sim" / CA_FILE).is_file():
+        return ()
+    return (Anchor(SIMULATOR, sim_attestation_ca_certificate(home)),)
+
+
+def _sim_fido2(home: Path, name: str, *, allow_unattested: bool = False) -> Token:
     from agent.tokens.fido2_token import Fido2Token
     from agent.tokens.sim import open_sim_hid_device
 
-    return Fido2Token(open_sim_hid_device(home, name), SIM_PREFIX + name, simulated=True)
+    return Fido2Token(
+        open_sim_hid_device(home, name),
+        SIM_PREFIX + name,
+        simulated=True,
+        anchors=simulator_anchors(home),
+        allow_unattested=allow_unattested,
+    )
 
 
 def _real_fido2_devices() -> Iterator[tuple[str, Any]]:
@@ -61,8 +81,12 @@ def _real_fido2_devices() -> Iterator[tuple[str, Any]]:
         logger.debug("PC/SC enumeration failed: %s", type(exc).__name__)
 
 
-def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
-    """Open the token an operator named, for enrolment."""
+def open_token(spec: str, home: Path, *, kind: str = "fido2", allow_unattested: bool = False) -> Token:
+    """Open the token an operator named, for enrolment.
+
+    :param allow_unattested: let its ``enrol`` accept a token whose attestation chains to no
+        trusted root (the CLI's ``--allow-unattested``); the slot then records ``attestation_root: "none"``.
+    """
     from agent.tokens.fido2_token import Fido2Token
 
     token_kind, arg = parse_spec(spec)
@@ -76,13 +100,13 @@ def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
     if token_kind == "piv" or (token_kind == "sim" and kind == "piv"):
         from agent.tokens.piv_token import open_piv_token
 
-        token: Token = open_piv_token(spec, home)
+        token: Token = open_piv_token(spec, home, allow_unattested=allow_unattested)
         return token
     if token_kind == "sim":
         from agent.tokens.sim import create_sim_token
 
         create_sim_token(home, arg)
-        return _sim_fido2(home, arg)
+        return _sim_fido2(home, arg, allow_unattested=allow_unattested)
     matches = [(label, dev) for label, dev in _real_fido2_devices() if not arg or arg in label]
     if not matches:
         raise TokenNotFound(
@@ -92,7 +116,7 @@ def open_token(spec: str, home: Path, *, kind: str = "fido2") -> Token:
     if len(matches) > 1:
         raise UsageError(f"{len(matches)} FIDO2 tokens match {spec!r}: name one, e.g. {matches[0][0]}")
     label, dev = matches[0]
-    return Fido2Token(dev, label)
+    return Fido2Token(dev, label, anchors=simulator_anchors(home), allow_unattested=allow_unattested)
 
 
 def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:

@@ -8,12 +8,19 @@ that signature and the hmac-secret output. Any ``CtapDevice`` works underneath: 
 Slot rules (research §5.4): user verification always (the KEK comes from the *UV* hmac secret, so a
 stolen token without its PIN yields only the useless non-UV secret), credProtect=2 so the no-PIN
 ``up=false`` pre-flight can find the token holding a credential, non-resident credentials.
+
+What enrolment refuses (docs/tokens.md): an authenticator that cannot test user presence (getInfo
+``up: false``), one without hmac-secret or credProtect, and, unless the operator passes
+``allow_unattested``, one whose attestation does not chain to a pinned root (self attestation,
+``none``, a zero AAGUID, or an unknown vendor). The slot records what it enrolled: ``up`` and ``uv``
+(checked on every approval), the model (AAGUID) and the ``attestation_root``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -32,6 +39,7 @@ from fido2.webauthn import (
 )
 
 from agent.errors import PinInvalid, PinRequired, TokenError, TokenUnsupported
+from agent.tokens import attestation as trust
 from agent.tokens.base import Approval, Enrolment, Prompts, Token, Unwrapped
 from agent.tokens.fido2_errors import map_token_errors
 
@@ -44,17 +52,32 @@ _ENROL_DOMAIN = b"kms-agent/v1/enrol\0"
 
 
 class Fido2Token(Token):
-    """One FIDO2 authenticator behind any python-fido2 ``CtapDevice``."""
+    """One FIDO2 authenticator behind any python-fido2 ``CtapDevice``.
+
+    :param anchors: extra attestation anchors besides Yubico's bundled FIDO roots (the simulator's
+        test CA for simulated tokens).
+    :param allow_unattested: enrol even without a verifiable attestation (the operator's explicit
+        choice; recorded as ``attestation_root: "none"``).
+    """
 
     kind = KIND
 
     def __init__(
-        self, device: CtapDevice, label: str, *, simulated: bool = False, cancel: threading.Event | None = None
+        self,
+        device: CtapDevice,
+        label: str,
+        *,
+        simulated: bool = False,
+        cancel: threading.Event | None = None,
+        anchors: tuple[trust.Anchor, ...] = (),
+        allow_unattested: bool = False,
     ) -> None:
         self.device = device
         self.label = label
         self.simulated = simulated
         self.cancel = cancel or threading.Event()
+        self.anchors = anchors
+        self.allow_unattested = allow_unattested
         with map_token_errors(label):
             self.ctap = Ctap2(device)
         self.info = self.ctap.info
@@ -134,16 +157,47 @@ class Fido2Token(Token):
         return bytearray(secret.output1), response
 
     # --- Token contract -----------------------------------------------------------------------
-    def enrol(self, *, rp_id: str, user_id: bytes, user_name: str, salt: bytes, prompts: Prompts) -> Enrolment:
-        if HmacSecretExtension.NAME not in self.info.extensions:
-            raise TokenUnsupported(f"{self.label} does not support the hmac-secret extension")
-        if "credProtect" not in self.info.extensions:
-            raise TokenUnsupported(f"{self.label} does not support credProtect (CTAP 2.1)")
+    def check_capabilities(self) -> None:
+        """Refuse, before any PIN or touch, an authenticator kms-agent cannot rely on.
+
+        :raises TokenUnsupported: naming every missing capability at once.
+        """
+        missing = capability_problems(self.info.options, self.info.extensions)
+        if missing:
+            raise TokenUnsupported(
+                f"{self.label} cannot be enrolled: {'; '.join(missing)}",
+                hint="use a FIDO2 (CTAP 2.1) security key with a PIN, touch, hmac-secret and credProtect",
+            )
+
+    def enrol(
+        self,
+        *,
+        rp_id: str,
+        user_id: bytes,
+        user_name: str,
+        salt: bytes,
+        prompts: Prompts,
+        allow_unattested: bool | None = None,
+    ) -> Enrolment:
+        """Create a UV hmac-secret credential; see the module docstring for what is refused.
+
+        :param allow_unattested: overrides the constructor's ``allow_unattested`` when given.
+        :raises TokenUnsupported: a missing capability, or no verifiable attestation.
+        """
+        self.check_capabilities()
+        unattested_ok = self.allow_unattested if allow_unattested is None else allow_unattested
         client_pin = ClientPin(self.ctap)
         pin = self._read_pin(client_pin, prompts)
         try:
             return self._enrol_with_pin(
-                client_pin, pin, rp_id=rp_id, user_id=user_id, user_name=user_name, salt=salt, prompts=prompts
+                client_pin,
+                pin,
+                rp_id=rp_id,
+                user_id=user_id,
+                user_name=user_name,
+                salt=salt,
+                prompts=prompts,
+                allow_unattested=unattested_ok,
             )
         finally:
             pin[:] = bytes(len(pin))
@@ -158,6 +212,7 @@ class Fido2Token(Token):
         user_name: str,
         salt: bytes,
         prompts: Prompts,
+        allow_unattested: bool,
     ) -> Enrolment:
         pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.MAKE_CREDENTIAL, rp_id)
         cdh = _sha256(_ENROL_DOMAIN + user_id)
@@ -180,7 +235,16 @@ class Fido2Token(Token):
         cred = auth_data.credential_data
         if cred is None or not (auth_data.extensions or {}).get("hmac-secret"):
             raise TokenUnsupported(f"{self.label} did not enable hmac-secret on the new credential")
-        _verify_attestation(att.fmt, att.att_stmt, auth_data, cdh, self.label)
+        root = _verify_attestation(
+            att.fmt, att.att_stmt, auth_data, cdh, self.label, anchors=(*trust.fido_anchors(), *self.anchors)
+        )
+        if root is None and not allow_unattested:
+            raise TokenUnsupported(
+                f"{self.label} has no verifiable attestation ({_attestation_kind(att.fmt, att.att_stmt, auth_data)}): "
+                "nothing proves its keys live in a hardware token",
+                hint="enrol it anyway only if you trust this token: --allow-unattested",
+            )
+        simulated = self.simulated or (root is not None and root.simulated)
         slot_public: dict[str, Any] = {
             "rp_id": rp_id,
             "cred_id": bytes(cred.credential_id),
@@ -190,14 +254,19 @@ class Fido2Token(Token):
             "att_stmt": cbor.encode(att.att_stmt),
             "salt": salt,
             "kdf_salt": salt,
+            "up": True,
             "uv": True,
             "cred_protect": CRED_PROTECT_OPTIONAL_WITH_LIST,
             "sign_count": auth_data.counter,
+            "model": str(uuid.UUID(bytes=bytes(cred.aaguid))),
+            "attestation_root": root.name if root is not None else trust.UNATTESTED,
+            "transports": [str(t) for t in (self.info.transports or [])],
         }
         # A second touch: the hmac output only comes from getAssertion (before CTAP 2.2's hmac-secret-mc).
         pin_token = self._pin_token(client_pin, pin, ClientPin.PERMISSION.GET_ASSERTION, rp_id)
         ikm, _ = self._hmac_assertion(slot_public, client_pin, pin_token, cdh, prompts)
-        return Enrolment(KIND, self.label, slot_public, ikm, simulated=self.simulated)
+        extra = {"attestation_root": slot_public["attestation_root"], "model": slot_public["model"]}
+        return Enrolment(KIND, self.label, slot_public, ikm, simulated=simulated, extra=extra)
 
     def holds(self, slot_public: Mapping[str, Any]) -> bool:
         """``up=false`` pre-flight (systemd's trick): no PIN, no touch, answers only for our credential."""
@@ -246,25 +315,80 @@ def verify_assertion(
         raise TokenError(f"{label} signed for another relying party")
     up = bool(data.flags & AuthenticatorData.FLAG.UP)
     uv = bool(data.flags & AuthenticatorData.FLAG.UV)
-    if not (up and uv):
-        raise TokenError(f"{label} did not confirm both touch and PIN for this operation")
+    if not up:
+        raise TokenError(f"{label} did not confirm a touch for this operation (no user presence flag)")
+    # Slots enrolled before "uv" was recorded were all UV slots: a missing field means UV.
+    if slot_public.get("uv", True) and not uv:
+        raise TokenError(f"{label} did not verify the PIN for this operation (no user verification flag)")
     return Approval(KIND, auth_data, signature, data.counter, up, uv)
 
 
+def capability_problems(options: Mapping[str, Any], extensions: Any) -> list[str]:
+    """What a getInfo (options, extensions) lacks for a kms-agent slot; empty when nothing does."""
+    problems = []
+    # CTAP 2.1 §6.4: "up" absent means true; false means the authenticator cannot test presence.
+    if options.get("up") is False:
+        problems.append("it cannot test user presence (getInfo option up=false), so a touch proves nothing")
+    if HmacSecretExtension.NAME not in (extensions or ()):
+        problems.append("it does not support the hmac-secret extension")
+    if "credProtect" not in (extensions or ()):
+        problems.append("it does not support credProtect (CTAP 2.1)")
+    return problems
+
+
+def _attestation_kind(fmt: str, att_stmt: Mapping[str, Any], auth_data: AuthenticatorData) -> str:
+    cred = auth_data.credential_data
+    zero_aaguid = cred is None or not any(bytes(cred.aaguid))
+    if fmt == "none" or not att_stmt:
+        what = 'attestation format "none"'
+    elif not att_stmt.get("x5c"):
+        what = "self attestation"
+    else:
+        what = "a certificate chain to no trusted root"
+    return what + (", all-zero AAGUID" if zero_aaguid else "")
+
+
 def _verify_attestation(
-    fmt: str, att_stmt: Mapping[str, Any], auth_data: AuthenticatorData, cdh: bytes, label: str
-) -> None:
-    """Check the attestation statement is self-consistent (trust in its root is policy: see docs)."""
+    fmt: str,
+    att_stmt: Mapping[str, Any],
+    auth_data: AuthenticatorData,
+    cdh: bytes,
+    label: str,
+    *,
+    anchors: tuple[trust.Anchor, ...],
+) -> trust.Anchor | None:
+    """Check the statement's signature, then the anchor its chain ends at (None: unattested).
+
+    :raises TokenError: the statement is malformed or its signature does not verify; a token
+        that lies about its attestation is refused even with ``allow_unattested``.
+    """
+    from cryptography import x509
     from fido2.attestation import Attestation, UnsupportedType
 
+    if fmt == "none" or not att_stmt:
+        return None
     attestation = Attestation.for_type(fmt)()
     if isinstance(attestation, UnsupportedType):
         logger.warning("%s uses attestation format %s, which kms-agent cannot check", label, fmt)
-        return
+        return None
     try:
         attestation.verify(att_stmt, auth_data, cdh)
     except Exception:
         raise TokenError(f"{label} returned an attestation that does not verify") from None
+    x5c = att_stmt.get("x5c") or []
+    cred = auth_data.credential_data
+    if not x5c or cred is None or not any(bytes(cred.aaguid)):
+        return None  # self attestation, or a chain that names no model
+    try:
+        chain = [x509.load_der_x509_certificate(bytes(der)) for der in x5c]
+    except (ValueError, TypeError):
+        raise TokenError(f"{label} returned an unreadable attestation certificate") from None
+    anchor = trust.chain_anchor(chain, anchors)
+    if anchor is None:
+        logger.warning(
+            "%s: attestation issued by %s chains to no trusted root", label, trust.describe_issuer(chain[-1])
+        )
+    return anchor
 
 
 def _sha256(data: bytes) -> bytes:

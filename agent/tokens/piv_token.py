@@ -18,6 +18,12 @@ PIV has no keep-alive, so "touch your token" is announced from a timer half a se
 operation that needs a touch is sent (ykman's ``prompt_timeout``). The management key is never
 left at its default: on first enrolment it becomes a random AES-192 key stored PIN-protected on the
 card, exactly as ``ykman piv access change-management-key --generate --protect`` would.
+
+Enrolment checks before it changes anything (:mod:`agent.tokens.piv_checks`): serial, firmware,
+free slots, policy support and an attestation chaining to Yubico's PIV root (or the simulator's).
+Only then does it verify the PIN and generate; the default management key is replaced *last*,
+once both keys are generated and their attestations verified, so a card that fails half-way keeps
+the management key it came with. Every card-side failure is a :class:`~agent.errors.TokenError`.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ from agent.errors import (
     VaultFormatError,
     WrongToken,
 )
+from agent.tokens import attestation as trust
+from agent.tokens import piv_checks
 from agent.tokens.base import Approval, Enrolment, Prompts, Token, Unwrapped
 
 logger = logging.getLogger(__name__)
@@ -74,7 +82,7 @@ logger = logging.getLogger(__name__)
 KIND = "piv"
 APPROVAL_ALG = "ecdsa-p256-prehashed-sha256"
 #: Retired key-management slots, in the order enrolment takes free ones.
-RETIRED_SLOTS = tuple(SLOT(s) for s in range(0x82, 0x96))
+RETIRED_SLOTS = piv_checks.RETIRED_SLOTS
 WRAP_POLICY = (PIN_POLICY.ONCE, TOUCH_POLICY.ALWAYS)
 SIGN_POLICY = (PIN_POLICY.ALWAYS, TOUCH_POLICY.ALWAYS)
 TOUCH_PROMPT_DELAY = 0.5
@@ -97,6 +105,7 @@ PIV_SW_ERRORS: dict[int, tuple[type[TokenError], str]] = {
     SW.FILE_NOT_FOUND: (TokenUnsupported, "{label} has no PIV application"),
     SW.CONDITIONS_NOT_SATISFIED: (TokenError, "{label} refused the operation (conditions not satisfied)"),
     SW.INVALID_INSTRUCTION: (TokenUnsupported, "{label} does not support this PIV command"),
+    SW.FUNCTION_NOT_SUPPORTED: (TokenUnsupported, "{label} does not support this function (SW 6A81)"),
     SW.WRONG_LENGTH: (TokenError, "{label} rejected a malformed command"),
 }
 
@@ -133,6 +142,13 @@ def map_piv_errors(label: str) -> Iterator[None]:
         raise TokenUnsupported(f"{label} does not support this: {exc}") from exc
     except BadResponseError as exc:
         raise TokenError(f"{label} gave a malformed answer: {exc}") from exc
+    except (KeyError, IndexError, ValueError) as exc:
+        # yubikit parses card answers with dict lookups and enum constructors: a card that is not a
+        # YubiKey-compatible PIV applet makes them fail (research §3; docs/tokens.md).
+        raise TokenUnsupported(
+            f"{label} gave an answer kms-agent cannot parse ({type(exc).__name__}): "
+            "it does not behave like a YubiKey 5.3+ PIV applet"
+        ) from exc
     except Exception as exc:
         if exc.__class__.__module__.startswith("smartcard"):
             if type(exc).__name__ in ("CardConnectionException", "NoCardException"):
@@ -202,6 +218,19 @@ def is_simulator_chain(f9: x509.Certificate) -> bool:
     return True
 
 
+def _open_session(conn: SmartCardConnection, label: str) -> PivSession:
+    """``PivSession(conn)``, with a card that has no YubiKey GET VERSION refused by name."""
+    try:
+        return PivSession(conn)
+    except ApduError as exc:
+        if exc.sw in (SW.INVALID_INSTRUCTION, SW.FUNCTION_NOT_SUPPORTED, SW.WRONG_PARAMETERS_P1P2):
+            raise TokenUnsupported(
+                f"{label} is not a YubiKey PIV applet: it does not report its firmware (GET VERSION, SW {exc.sw:04X})",
+                hint="kms-agent needs a YubiKey 5.3 or later for PIV; `kms-agent doctor` lists what each card lacks",
+            ) from exc
+        raise
+
+
 def verify_approval(slot_public: Mapping[str, Any], digest: bytes, signature: bytes) -> bool:
     """Offline check of a PIV approval: ECDSA P-256 by ``sign_pub`` over the 32-byte digest (prehashed)."""
     try:
@@ -237,6 +266,8 @@ class PivToken(Token):
     :param connect: opens a fresh ``SmartCardConnection`` to the card (PC/SC or simulator).
     :param serial: the card's serial; every operation checks it (:class:`WrongToken` otherwise).
     :param wrap_policy: (PIN, touch) policy for the wrap key; ``sign_policy`` for the signing key.
+    :param allow_unattested: enrol even when the card's attestation is missing or chains to no
+        trusted root (recorded as ``attestation_root: "none"``).
     """
 
     kind = KIND
@@ -251,6 +282,7 @@ class PivToken(Token):
         wrap_policy: tuple[PIN_POLICY, TOUCH_POLICY] = WRAP_POLICY,
         sign_policy: tuple[PIN_POLICY, TOUCH_POLICY] = SIGN_POLICY,
         touch_prompt_delay: float = TOUCH_PROMPT_DELAY,
+        allow_unattested: bool = False,
     ) -> None:
         self._connect = connect
         self.label = label
@@ -259,6 +291,7 @@ class PivToken(Token):
         self.wrap_policy = wrap_policy
         self.sign_policy = sign_policy
         self.touch_prompt_delay = touch_prompt_delay
+        self.allow_unattested = allow_unattested
 
     def __repr__(self) -> str:
         return f"PivToken({self.label!r}, serial={self.serial})"
@@ -270,8 +303,11 @@ class PivToken(Token):
         with map_piv_errors(self.label):
             conn = self._connect()
             try:
-                session = PivSession(conn)
-                serial = session.get_serial()
+                session = _open_session(conn, self.label)
+                try:
+                    serial = session.get_serial()
+                except (NotSupportedError, ApduError):
+                    raise TokenUnsupported(f"{self.label} does not report a serial number (GET SERIAL)") from None
                 if serial != self.serial:
                     raise WrongToken(f"{self.label}: found card with serial {serial} instead")
                 yield session
@@ -322,14 +358,13 @@ class PivToken(Token):
         except UnicodeDecodeError:
             raise PinInvalid("the PIN must be UTF-8 text") from None
 
-    def _management_key(self, session: PivSession, pin: bytearray) -> None:
-        """Authenticate with the management key; replace a factory default by a stored random one."""
-        from ykman.piv import (
-            derive_management_key,
-            get_pivman_data,
-            get_pivman_protected_data,
-            pivman_set_mgm_key,
-        )
+    def _management_key(self, session: PivSession, pin: bytearray) -> bool:
+        """Authenticate with the management key; True when it is the factory default.
+
+        Changes nothing: the caller replaces a default key (:meth:`_replace_default_management_key`)
+        only once enrolment has succeeded.
+        """
+        from ykman.piv import derive_management_key, get_pivman_data, get_pivman_protected_data
 
         pivman = get_pivman_data(session)
         if pivman.has_stored_key:
@@ -337,85 +372,148 @@ class PivToken(Token):
             if key is None:
                 raise TokenUnsupported(f"{self.label}: the PIN-protected management key is missing")
             session.authenticate(key)
-            return
+            return False
         if pivman.has_derived_key and pivman.salt is not None:
             session.authenticate(derive_management_key(pin.decode(), pivman.salt))
-            return
+            return False
         if not session.get_management_key_metadata().default_value:
             raise TokenUnsupported(
                 f"{self.label} has a custom management key that is not stored on the card",
                 hint="store it PIN-protected: ykman piv access change-management-key --generate --protect",
             )
         session.authenticate(DEFAULT_MANAGEMENT_KEY)
+        return True
+
+    def _replace_default_management_key(self, session: PivSession) -> None:
+        """A random management key, stored PIN-protected (``--generate --protect``); needs PIN + auth."""
+        from ykman.piv import pivman_set_mgm_key
+
         key_type = MANAGEMENT_KEY_TYPE.AES192 if session.version >= (5, 4, 0) else MANAGEMENT_KEY_TYPE.TDES
         logger.info("Replacing the default PIV management key of %s by a PIN-protected random one", self.label)
         pivman_set_mgm_key(session, os.urandom(key_type.key_len), key_type, store_on_device=True)
 
-    def _free_slots(self, session: PivSession) -> tuple[SLOT, SLOT]:
-        free = []
-        for slot in RETIRED_SLOTS:
-            try:
-                session.get_slot_metadata(slot)
-            except ApduError as exc:
-                if exc.sw != SW.REFERENCE_DATA_NOT_FOUND:
-                    raise
-                free.append(slot)
-                if len(free) == 2:
-                    return free[0], free[1]
-        raise TokenUnsupported(f"{self.label} has no two free retired PIV slots (82-95) left")
-
     def _generate(
         self, session: PivSession, slot: SLOT, policy: tuple[PIN_POLICY, TOUCH_POLICY]
-    ) -> tuple[ec.EllipticCurvePublicKey, x509.Certificate]:
-        public = session.generate_key(slot, KEY_TYPE.ECCP256, policy[0], policy[1])
+    ) -> ec.EllipticCurvePublicKey:
+        try:
+            public = session.generate_key(slot, KEY_TYPE.ECCP256, policy[0], policy[1])
+        except ApduError as exc:
+            if exc.sw in (SW.FUNCTION_NOT_SUPPORTED, SW.INCORRECT_PARAMETERS, SW.INVALID_INSTRUCTION):
+                what = "does not support touch policies" if exc.sw == SW.FUNCTION_NOT_SUPPORTED else "refused it"
+                raise TokenUnsupported(
+                    f"{self.label} cannot generate a P-256 key with PIN policy {policy[0].name} and touch policy "
+                    f"{policy[1].name}: it {what} (SW {exc.sw:04X}); nothing was changed on the card"
+                ) from exc
+            raise
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise TokenError(f"{self.label} generated a key of the wrong type")
-        attestation = session.attest_key(slot)
-        # Keep the attestation as the slot's certificate so other PIV tools see the slot is taken.
-        session.put_certificate(slot, attestation)
-        return public, attestation
+        return public
+
+    def _attest(self, session: PivSession, slot: SLOT, *, required: bool) -> x509.Certificate | None:
+        try:
+            return session.attest_key(slot)
+        except (ApduError, NotSupportedError, BadResponseError, ValueError) as exc:
+            if required:
+                raise TokenUnsupported(
+                    f"{self.label} cannot attest the key it generated in slot {int(slot):02X}"
+                ) from exc
+            return None
+
+    def _discard(self, session: PivSession, slots: list[SLOT]) -> None:
+        """Best effort: delete keys an enrolment that failed half-way generated (firmware 5.7+)."""
+        for slot in slots:
+            try:
+                session.delete_key(slot)
+            except Exception as exc:  # older firmware cannot delete; the slot just stays used
+                logger.info("Could not delete the key generated in slot %02X of %s: %s", slot, self.label, exc)
 
     # --- Token contract -----------------------------------------------------------------------
-    def enrol(self, *, rp_id: str, user_id: bytes, user_name: str, salt: bytes, prompts: Prompts) -> Enrolment:
-        """Generate and attest the wrap and signing keys; no touch needed.
+    def enrol(
+        self,
+        *,
+        rp_id: str,
+        user_id: bytes,
+        user_name: str,
+        salt: bytes,
+        prompts: Prompts,
+        allow_unattested: bool | None = None,
+    ) -> Enrolment:
+        """Check the card, then generate and attest the wrap and signing keys; no touch needed.
 
         ``rp_id``, ``user_id``, ``user_name`` and ``salt`` are FIDO2 notions with no PIV use: the
         KEK salt is ``epk || wrap_pub`` (age-plugin-yubikey's), returned as ``kdf_salt``.
+
+        :raises TokenUnsupported: naming every missing capability, before anything on the card changed.
         """
+        unattested_ok = self.allow_unattested if allow_unattested is None else allow_unattested
         with self._session() as session:
-            if session.version < (5, 3, 0):
-                raise TokenUnsupported(f"{self.label} runs PIV {session.version}; kms-agent needs 5.3 or later")
+            report = piv_checks.assess(session, policies=(self.wrap_policy, self.sign_policy))
+            blocking = report.blocking(allow_unattested=unattested_ok)
+            if blocking:
+                waivable = all(p.capability == piv_checks.ATTESTATION for p in blocking)
+                raise TokenUnsupported(
+                    f"{self.label} cannot be enrolled: {'; '.join(p.reason for p in blocking)}",
+                    hint="enrol it anyway only if you trust this card: --allow-unattested"
+                    if waivable
+                    else "kms-agent needs a YubiKey 5.3 or later for PIV (docs/tokens.md)",
+                )
+            attested = report.f9 is not None and report.anchor is not None
             pin = self._ask_pin(session, prompts)
             try:
                 self._verify_pin(session, pin)
                 pin_default = session.get_pin_metadata().default_value
-                self._management_key(session, pin)
+                replace_default = self._management_key(session, pin)
                 self._verify_pin(session, pin)  # ykman's rule: VERIFY last before key use
             finally:
                 pin[:] = bytes(len(pin))
-            wrap_slot, sign_slot = self._free_slots(session)
-            wrap_pub, wrap_att = self._generate(session, wrap_slot, self.wrap_policy)
-            sign_pub, sign_att = self._generate(session, sign_slot, self.sign_policy)
-            f9 = session.get_certificate(SLOT.ATTESTATION)
+            wrap_slot, sign_slot = report.free_slots[:2]
+            generated: list[SLOT] = []
+            try:
+                wrap_pub = self._generate(session, wrap_slot, self.wrap_policy)
+                generated.append(wrap_slot)
+                sign_pub = self._generate(session, sign_slot, self.sign_policy)
+                generated.append(sign_slot)
+                wrap_att = self._attest(session, wrap_slot, required=attested)
+                sign_att = self._attest(session, sign_slot, required=attested)
+                if attested:
+                    assert report.f9 is not None and wrap_att is not None and sign_att is not None
+                    for leaf, public, policy in (
+                        (wrap_att, wrap_pub, self.wrap_policy),
+                        (sign_att, sign_pub, self.sign_policy),
+                    ):
+                        check_attestation(
+                            leaf,
+                            report.f9,
+                            serial=self.serial,
+                            public_key=public,
+                            policy=(int(policy[0]), int(policy[1])),
+                            label=self.label,
+                        )
+            except BaseException:
+                self._discard(session, generated)
+                raise
+            # Keep each attestation as its slot's certificate so other PIV tools see the slot is taken.
+            for slot, cert in ((wrap_slot, wrap_att), (sign_slot, sign_att)):
+                if cert is not None:
+                    session.put_certificate(slot, cert)
+            if replace_default:
+                self._replace_default_management_key(session)
             version = str(session.version)
-        for leaf, public, policy in ((wrap_att, wrap_pub, self.wrap_policy), (sign_att, sign_pub, self.sign_policy)):
-            check_attestation(
-                leaf,
-                f9,
-                serial=self.serial,
-                public_key=public,
-                policy=(int(policy[0]), int(policy[1])),
-                label=self.label,
-            )
-        simulated = self.simulated or is_simulator_chain(f9)
+        anchor = report.anchor if attested else None
+        simulated = self.simulated or (anchor is not None and anchor.simulated)
+        root = anchor.name if anchor is not None else trust.UNATTESTED
+        model = piv_checks.model_of(wrap_att, report.version) if wrap_att is not None else f"PIV {version}"
         ephemeral = ec.generate_private_key(ec.SECP256R1())
         ikm = bytearray(ephemeral.exchange(ec.ECDH(), wrap_pub))
         epk = _compressed(ephemeral.public_key())
         del ephemeral  # the wrap secret must be recoverable only by the card from now on
         wrap_c = _compressed(wrap_pub)
+        chain = [c.public_bytes(Encoding.DER) for c in (wrap_att, sign_att, report.f9 if attested else None) if c]
         slot_public: dict[str, Any] = {
             "serial": self.serial,
             "firmware": version,
+            "model": model,
+            "attestation_root": root,
             "wrap_slot": int(wrap_slot),
             "sign_slot": int(sign_slot),
             "wrap_pub": wrap_c,
@@ -426,14 +524,10 @@ class PivToken(Token):
             "sign_pin_policy": int(self.sign_policy[0]),
             "sign_touch_policy": int(self.sign_policy[1]),
             "approval_alg": APPROVAL_ALG,
-            "attestation": [
-                wrap_att.public_bytes(Encoding.DER),
-                sign_att.public_bytes(Encoding.DER),
-                f9.public_bytes(Encoding.DER),
-            ],
+            "attestation": chain,
             "kdf_salt": epk + wrap_c,
         }
-        extra = {"pin_is_default": pin_default, "attestation_root": "simulator" if simulated else "unverified"}
+        extra = {"pin_is_default": pin_default, "attestation_root": root, "model": model}
         if pin_default:
             logger.warning("%s still uses the default PIV PIN", self.label)
         return Enrolment(KIND, self.label, slot_public, ikm, simulated=simulated, extra=extra)
@@ -493,10 +587,16 @@ class PivToken(Token):
 
 
 # --- opening tokens ---------------------------------------------------------------------------
-def _pcsc_token(reader: str, serial: int, simulated: bool) -> PivToken:
+def _pcsc_token(reader: str, serial: int, simulated: bool, *, allow_unattested: bool = False) -> PivToken:
     from agent.tokens.pcsc import PcscConnection
 
-    return PivToken(lambda: PcscConnection(reader), f"piv:{serial}", serial=serial, simulated=simulated)
+    return PivToken(
+        lambda: PcscConnection(reader),
+        f"piv:{serial}",
+        serial=serial,
+        simulated=simulated,
+        allow_unattested=allow_unattested,
+    )
 
 
 def list_pcsc_piv_cards() -> list[tuple[str, int, bool]]:
@@ -525,7 +625,7 @@ def list_pcsc_piv_cards() -> list[tuple[str, int, bool]]:
     return found
 
 
-def _sim_token(home: Path, name: str, *, create: bool = False) -> PivToken:
+def _sim_token(home: Path, name: str, *, create: bool = False, allow_unattested: bool = False) -> PivToken:
     from agent.tokens.sim.piv_card import open_sim_piv_connection
     from agent.tokens.sim.piv_state import PivStateFile, create_piv_sim, piv_state_path
 
@@ -535,7 +635,13 @@ def _sim_token(home: Path, name: str, *, create: bool = False) -> PivToken:
             raise TokenNotFound(f"no simulated PIV card named {name!r}")
         create_piv_sim(home, name)
     serial = state.read().serial
-    return PivToken(lambda: open_sim_piv_connection(home, name), f"sim:{name}", serial=serial, simulated=True)
+    return PivToken(
+        lambda: open_sim_piv_connection(home, name),
+        f"sim:{name}",
+        serial=serial,
+        simulated=True,
+        allow_unattested=allow_unattested,
+    )
 
 
 def is_piv_sim(home: Path, name: str) -> bool:
@@ -548,17 +654,18 @@ def is_piv_sim(home: Path, name: str) -> bool:
         return False
 
 
-def open_piv_token(spec: str, home: Path) -> PivToken:
+def open_piv_token(spec: str, home: Path, *, allow_unattested: bool = False) -> PivToken:
     """Open a PIV token from a CLI spec: ``piv``, ``piv:SERIAL`` or ``sim:NAME``.
 
     ``sim:NAME`` is a simulated card under ``<home>/sim``, created factory-fresh if it does not
     exist yet (as the FIDO2 simulator does), and served in process.
 
     :raises TokenNotFound: no such card (or no PC/SC service).
+    :raises TokenUnsupported: the only matching card is a PIV card kms-agent cannot use (says why).
     :raises UsageError: a malformed spec, or ``piv`` while several PIV cards are present.
     """
     if spec.startswith("sim:"):
-        return _sim_token(home, spec[4:], create=True)
+        return _sim_token(home, spec[4:], create=True, allow_unattested=allow_unattested)
     if spec != "piv" and not spec.startswith("piv:"):
         raise UsageError(f"not a PIV token spec: {spec!r} (use piv, piv:SERIAL or sim:NAME)")
     wanted: int | None = None
@@ -571,6 +678,7 @@ def open_piv_token(spec: str, home: Path) -> PivToken:
     if wanted is not None:
         cards = [c for c in cards if c[1] == wanted]
     if not cards:
+        _explain_unusable_cards(wanted)
         raise TokenNotFound(
             f"no PIV card{'' if wanted is None else f' with serial {wanted}'} found",
             hint="is the token plugged in and pcscd running?",
@@ -578,7 +686,22 @@ def open_piv_token(spec: str, home: Path) -> PivToken:
     if len(cards) > 1:
         serials = ", ".join(f"piv:{c[1]}" for c in cards)
         raise UsageError(f"several PIV cards are present ({serials}); name one")
-    return _pcsc_token(*cards[0])
+    reader, serial, simulated = cards[0]
+    return _pcsc_token(reader, serial, simulated, allow_unattested=allow_unattested)
+
+
+def _explain_unusable_cards(wanted: int | None) -> None:
+    """When no usable card matched, name the PIV cards that are present but unusable, and why."""
+    from agent.tokens.inventory import list_piv_cards
+
+    try:
+        present = list_piv_cards()
+    except KmsAgentError:
+        return
+    unusable = [c for c in present if not c.supported and (wanted is None or c.serial == str(wanted))]
+    if unusable:
+        why = "; ".join(f"{c.describe()} is unsupported because {c.reason}" for c in unusable)
+        raise TokenUnsupported(why, hint="`kms-agent doctor` lists every card and what it lacks")
 
 
 def find_piv_token(slot_public: Mapping[str, Any], home: Path) -> PivToken | None:

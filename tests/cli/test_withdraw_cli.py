@@ -45,7 +45,7 @@ def test_request_approve_sign(cli: Cli, ready: dict) -> None:  # type: ignore[ty
     assert req["status"] == "pending"
     assert req["summary"]["outputs"][0]["address"] == COLD
     shown = cli("request", "show", req["id"])
-    assert "pay 10000000000000000 ETH to 0x00000000000000000000000000000000000c01D0" in shown.stdout
+    assert "pay 0.01 ETH (10000000000000000 wei) to 0x00000000000000000000000000000000000c01D0" in shown.stdout
     first = cli.json("approve", req["id"], "--operator", "carol")
     assert first["status"] == "pending" and len(first["approvals"]) == 1
     # alice completes the quorum; carol touches again to open the vault (no agent holds her share)

@@ -75,11 +75,14 @@ class SimAuthenticator:
 
     :param store: the token's state file.
     :param touch: who touches it; defaults to :func:`~agent.tokens.sim.touch.env_touch`.
+    :param transport: what getInfo reports as the token's transport: ``usb`` behind CTAPHID,
+        ``nfc`` when served over PC/SC (:mod:`agent.tokens.sim.pcsc_server`).
     """
 
-    def __init__(self, store: SimStateFile, *, touch: TouchProvider | None = None) -> None:
+    def __init__(self, store: SimStateFile, *, touch: TouchProvider | None = None, transport: str = "usb") -> None:
         self.store = store
         self.touch: TouchProvider = touch or env_touch
+        self.transport = transport
         self.pin_uv = PinUvState()
         self._powered_at = time.monotonic()
 
@@ -156,8 +159,10 @@ class SimAuthenticator:
         raise CtapStatus(ERR.INVALID_COMMAND)
 
     # --- touch ------------------------------------------------------------------------------------
-    def _user_presence(self, keepalive: Keepalive, cancel: threading.Event) -> None:
+    def _user_presence(self, keepalive: Keepalive, cancel: threading.Event, state: SimTokenState | None = None) -> None:
         """Wait for the touch provider, sending UPNEEDED every ~100 ms; map its answer to CTAP."""
+        if state is not None and "no-user-presence" in state.quirks:
+            return  # the defect under test: no way to test presence, yet UP is reported (see _flags)
         keepalive(STATUS.UPNEEDED)
         stop = threading.Event()
         answer: list[TouchResult] = []
@@ -197,13 +202,19 @@ class SimAuthenticator:
             0x01: ["FIDO_2_0", "FIDO_2_1"],
             0x02: ["credProtect", "hmac-secret"],
             0x03: state.aaguid,
-            0x04: {"rk": False, "up": True, "plat": False, "clientPin": state.pin is not None, "pinUvAuthToken": True},
+            0x04: {
+                "rk": False,
+                "up": "no-user-presence" not in state.quirks,
+                "plat": False,
+                "clientPin": state.pin is not None,
+                "pinUvAuthToken": True,
+            },
             0x05: MAX_MSG_SIZE,
             # Always listed, PIN or not: without it python-fido2 silently skips hmac-secret.
             0x06: [2, 1],
             0x07: MAX_CREDS_IN_LIST,
             0x08: credentials.CRED_ID_LENGTH,
-            0x09: ["usb"],
+            0x09: [self.transport],
             0x0A: [{"alg": ES256.ALGORITHM, "type": "public-key"}],
             0x0D: 4,
             0x0E: 1,
@@ -306,7 +317,7 @@ class SimAuthenticator:
                 self._user_presence(keepalive, cancel)
                 raise CtapStatus(ERR.CREDENTIAL_EXCLUDED)
 
-        self._user_presence(keepalive, cancel)
+        self._user_presence(keepalive, cancel, state)
         if uv:
             self.pin_uv.consume_token()
         hmac_secret = extensions.get("hmac-secret") is True
@@ -322,14 +333,23 @@ class SimAuthenticator:
         auth_data = self._auth_data(
             state, rp_id_hash, flags, AttestedCredentialData.create(state.aaguid, cred_id, public), outputs
         )
-        att_key = load_attestation_key(state.attestation_key)
-        signature = att_key.sign(bytes(auth_data) + cdh, ec.ECDSA(hashes.SHA256()))
+        fmt, att_stmt = self._attest(state, auth_data, cdh, cred.private_key)
         logger.debug("sim:%s created a credential for %s", self.name, rp_id)
-        return {
-            1: "packed",
-            2: bytes(auth_data),
-            3: {"alg": ES256.ALGORITHM, "sig": signature, "x5c": [state.attestation_cert]},
-        }
+        return {1: fmt, 2: bytes(auth_data), 3: att_stmt}
+
+    @staticmethod
+    def _attest(
+        state: SimTokenState, auth_data: AuthenticatorData, cdh: bytes, cred_key: ec.EllipticCurvePrivateKey
+    ) -> tuple[str, dict[str, Any]]:
+        """The attestation statement (WebAuthn §8.2): packed with x5c, packed self, or none."""
+        signed = bytes(auth_data) + cdh
+        if "no-attestation" in state.quirks:
+            return "none", {}
+        if "self-attestation" in state.quirks:
+            return "packed", {"alg": ES256.ALGORITHM, "sig": cred_key.sign(signed, ec.ECDSA(hashes.SHA256()))}
+        att_key = load_attestation_key(state.attestation_key)
+        signature = att_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        return "packed", {"alg": ES256.ALGORITHM, "sig": signature, "x5c": [state.attestation_cert]}
 
     # --- getAssertion (0x02) -----------------------------------------------------------------------
     def _get_assertion(
@@ -363,7 +383,7 @@ class SimAuthenticator:
         if up:
             # A real token makes the user touch even when it holds none of the credentials, so a
             # page cannot probe silently which tokens are plugged in; only up=false answers at once.
-            self._user_presence(keepalive, cancel)
+            self._user_presence(keepalive, cancel, state)
             if uv:
                 self.pin_uv.consume_token()
         if found is None:

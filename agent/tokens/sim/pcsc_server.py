@@ -131,7 +131,7 @@ class FidoCard(ApduCard):
             if self._job is not None and not self._job.done.is_set():
                 raise StatusWord(0x6985)  # one request at a time
             if self._authenticator is None:
-                self._authenticator = SimAuthenticator(self.store, touch=self.touch)
+                self._authenticator = SimAuthenticator(self.store, touch=self.touch, transport="nfc")
             self._job = _CtapJob(self._authenticator, data)
             return self._result(keepalive=bool(p1 & P1_GETRESPONSE_SUPPORTED))
         if ins == INS_NFCCTAP_GETRESPONSE:

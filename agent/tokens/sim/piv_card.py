@@ -47,6 +47,17 @@ ATR_USB = bytes.fromhex("3bfd1300008131fe158073c021c057597562694b657940")
 #: ATR of a YubiKey 5 NFC seen through a contactless reader (short APDUs + command chaining).
 ATR_NFC = bytes.fromhex("3b8d80018073c021c057597562694b6579f9")
 
+
+def _with_tck(atr_without_tck: bytes) -> bytes:
+    tck = 0
+    for byte in atr_without_tck[1:]:
+        tck ^= byte
+    return atr_without_tck + bytes([tck])
+
+
+#: ATR of a plain (non-YubiKey) PIV card: T=0/T=1, historical bytes naming no vendor applet.
+ATR_GENERIC = _with_tck(bytes.fromhex("3b8c8001") + b"kms-sim-PIV\x00")
+
 AID_PIV = bytes.fromhex("a000000308")
 AID_MANAGEMENT = bytes.fromhex("a000000527471117")
 #: SELECT answer of a YubiKey's PIV applet: application property template with the PIV AID.
@@ -58,6 +69,7 @@ SW_SECURITY = 0x6982
 SW_BLOCKED = 0x6983
 SW_CONDITIONS = 0x6985
 SW_INCORRECT_DATA = 0x6A80
+SW_FUNCTION_NOT_SUPPORTED = 0x6A81
 SW_FILE_NOT_FOUND = 0x6A82
 SW_INCORRECT_P1P2 = 0x6A86
 SW_REF_NOT_FOUND = 0x6A88
@@ -81,6 +93,20 @@ INS_GET_VERSION = 0xFD
 INS_IMPORT_KEY = 0xFE
 INS_SET_MGMKEY = 0xFF
 INS_READ_CONFIG = 0x1D
+#: YubiKey extensions to SP 800-73: a plain PIV card (quirk ``not-yubikey``) answers them 6D00.
+YUBIKEY_ONLY_INS = frozenset(
+    {
+        INS_GET_VERSION,
+        INS_GET_SERIAL,
+        INS_GET_METADATA,
+        INS_ATTEST,
+        INS_RESET,
+        INS_SET_PIN_RETRIES,
+        INS_MOVE_KEY,
+        INS_IMPORT_KEY,
+        INS_SET_MGMKEY,
+    }
+)
 
 SLOT_MGM = 0x9B
 OBJ_DISCOVERY = 0x7E
@@ -136,6 +162,9 @@ class PivCard(ApduCard):
         self.state = state
         self.touch: TouchProvider = touch or env_touch
         self._last_touch = -1e9
+        self.quirks = state.read().quirks if state.exists() else frozenset()
+        if "not-yubikey" in self.quirks:
+            atr = ATR_GENERIC  # whatever reader it sits in, it does not claim to be a YubiKey
         super().__init__(atr, max_response=max_response)
 
     # --- session state (ApduCard calls this on power-up, power-off and reset) ------------------
@@ -180,7 +209,7 @@ class PivCard(ApduCard):
         if aid.startswith(AID_PIV):
             self._applet = "piv"
             return _PIV_SELECT_RESPONSE
-        if aid == AID_MANAGEMENT:
+        if aid == AID_MANAGEMENT and "not-yubikey" not in self.quirks:
             self._applet = "mgmt"
             fw = self.state.read().firmware
             return f"kms-agent simulated YubiKey - FW version {fw[0]}.{fw[1]}.{fw[2]}".encode()
@@ -210,6 +239,10 @@ class PivCard(ApduCard):
 
     # --- PIV applet ---------------------------------------------------------------------------
     def _piv(self, d: st.PivData, ins: int, p1: int, p2: int, data: bytes, fresh: bool) -> bytes:
+        if ins in YUBIKEY_ONLY_INS and "not-yubikey" in d.quirks:
+            raise StatusWord(SW_INS)
+        if ins == INS_ATTEST and "no-attestation" in d.quirks:
+            raise StatusWord(SW_INS)
         handler = {
             INS_GET_VERSION: lambda: bytes(d.firmware),
             INS_GET_SERIAL: lambda: d.serial.to_bytes(4, "big"),
@@ -248,6 +281,8 @@ class PivCard(ApduCard):
             )
         key = d.keys.get(p2)
         if key is None:
+            if "bare-slot-metadata" in d.quirks and p2 in KEY_SLOTS:
+                return Tlv(0x02, b"\0\0")  # "fine", says the card, and names no key type
             raise StatusWord(SW_REF_NOT_FOUND)
         return (
             Tlv(0x01, bytes([key.key_type]))
@@ -406,6 +441,8 @@ class PivCard(ApduCard):
         algo = params.get(0x80, b"\0")[0]
         if algo not in _CURVES:
             raise StatusWord(SW_INCORRECT_DATA)  # RSA / 25519 are not simulated
+        if 0xAB in params and "no-touch-policy" in d.quirks:
+            raise StatusWord(SW_FUNCTION_NOT_SUPPORTED)
         pin, touch = self._policies(slot, params.get(0xAA, b"\0")[0], params.get(0xAB, b"\0")[0])
         private = ec.generate_private_key(_CURVES[algo][0])
         d.keys[slot] = st.KeySlot(algo, pin, touch, st.ORIGIN_GENERATED, st._pkcs8(private))
@@ -445,7 +482,7 @@ class PivCard(ApduCard):
         if (p1, p2) != (0x3F, 0xFF):
             raise StatusWord(SW_INCORRECT_P1P2)
         oid, _ = self._object_id(data)
-        if oid == OBJ_DISCOVERY:
+        if oid == OBJ_DISCOVERY and "not-yubikey" not in d.quirks:
             return _DISCOVERY
         if oid == OBJ_PIVMAN_PROTECTED and not self._pin_verified:
             raise StatusWord(SW_SECURITY)

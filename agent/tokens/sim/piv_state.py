@@ -69,6 +69,18 @@ OID_SERIAL = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.7")
 OID_POLICY = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.8")
 OID_FORM_FACTOR = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.9")
 
+OBJ_CHUID = 0x5FC102
+
+#: Ways a simulated card can be built unlike a YubiKey 5, so tests can prove enrolment refuses it
+#: cleanly and ``doctor`` explains why (docs/tokens.md).
+PIV_QUIRKS: dict[str, str] = {
+    "no-attestation": "no attestation key or certificate in slot F9; ATTEST answers 6D00",
+    "no-touch-policy": "GENERATE with a touch policy answers 6A81 (function not supported)",
+    "bare-slot-metadata": "GET METADATA of an empty slot answers 9000 without a key type",
+    "not-yubikey": "a plain NIST PIV card: no GET VERSION/SERIAL/METADATA/ATTEST, no YubiKey "
+    "management applet, a generic ATR; its CHUID names it",
+}
+
 SIM_ROOT_CN = "kms-agent simulated PIV attestation root (public test key)"
 _SIM_ROOT_SEED = b"kms-agent/v1/sim/piv-attestation-root"
 _VALID_FROM = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
@@ -117,6 +129,8 @@ class PivData:
     mgm_default: bool = True
     keys: dict[int, KeySlot] = field(default_factory=dict)
     objects: dict[int, bytes] = field(default_factory=dict)
+    #: Deliberate defects (:data:`PIV_QUIRKS`); fixed at creation, survive a reset.
+    quirks: frozenset[str] = frozenset()
 
     def reset(self) -> None:
         """PIV RESET: factory PIN/PUK/management key, no keys, no objects; attestation survives."""
@@ -158,6 +172,8 @@ class PivData:
                 for slot, k in sorted(self.keys.items())
             },
             "objects": {f"{oid:06x}": data.hex() for oid, data in sorted(self.objects.items())},
+            # Only when set, so the state files of ordinary cards stay byte-identical.
+            **({"quirks": sorted(self.quirks)} if self.quirks else {}),
         }
 
     @classmethod
@@ -192,7 +208,18 @@ class PivData:
                 for slot, k in raw["keys"].items()
             },
             objects={int(oid, 16): bytes.fromhex(data) for oid, data in raw["objects"].items()},
+            quirks=frozenset(check_piv_quirks(raw.get("quirks", []), error=StateError)),
         )
+
+
+def check_piv_quirks(quirks: Any, *, error: type[Exception] = UsageError) -> list[str]:
+    """``quirks`` sorted if each is a known :data:`PIV_QUIRKS` name; else raise ``error``."""
+    if not isinstance(quirks, list | tuple | set | frozenset) or not all(isinstance(q, str) for q in quirks):
+        raise error(f"simulated PIV quirks must be a list of names, not {quirks!r}")
+    unknown = sorted(set(quirks) - set(PIV_QUIRKS))
+    if unknown:
+        raise error(f"unknown PIV simulator quirk(s) {', '.join(unknown)}: use {', '.join(PIV_QUIRKS)}")
+    return sorted(set(quirks))
 
 
 def default_management_key_type(firmware: tuple[int, int, int]) -> int:
@@ -288,22 +315,42 @@ def create_piv_sim(
     serial: int | None = None,
     firmware: tuple[int, int, int] = DEFAULT_FIRMWARE,
     management_key_type: int | None = None,
+    quirks: list[str] | tuple[str, ...] = (),
 ) -> PivStateFile:
     """Create a factory-fresh simulated YubiKey PIV card (PIN 123456, PUK 12345678, default key).
 
-    :raises UsageError: a card of that name already exists.
+    :param quirks: deliberate defects from :data:`PIV_QUIRKS` (tests of what enrolment refuses).
+    :raises UsageError: a card of that name already exists, or an unknown quirk.
     """
+    wanted = frozenset(check_piv_quirks(list(quirks)))
     state = PivStateFile(piv_state_path(home, name))
     serial = serial if serial is not None else 10_000_000 + secrets.randbelow(80_000_000)
     data = PivData(serial=serial, firmware=firmware, pin=pad_pin(DEFAULT_PIN), puk=pad_pin(DEFAULT_PUK))
     data.mgm_type = management_key_type if management_key_type is not None else default_management_key_type(firmware)
-    f9_key = ec.generate_private_key(ec.SECP256R1())
-    data.keys[SLOT_ATTESTATION] = KeySlot(
-        KEY_ECCP256, PIN_POLICY_ONCE, TOUCH_POLICY_NEVER, ORIGIN_IMPORTED, _pkcs8(f9_key)
-    )
-    data.objects[OBJ_ATTESTATION] = _cert_object(_f9_certificate(f9_key, serial))
+    data.quirks = wanted
+    if not wanted & {"no-attestation", "not-yubikey"}:
+        f9_key = ec.generate_private_key(ec.SECP256R1())
+        data.keys[SLOT_ATTESTATION] = KeySlot(
+            KEY_ECCP256, PIN_POLICY_ONCE, TOUCH_POLICY_NEVER, ORIGIN_IMPORTED, _pkcs8(f9_key)
+        )
+        data.objects[OBJ_ATTESTATION] = _cert_object(_f9_certificate(f9_key, serial))
+    if "not-yubikey" in wanted:
+        data.objects[OBJ_CHUID] = chuid_object(chuid_guid(serial))
     state.create(data)
     return state
+
+
+def chuid_guid(serial: int) -> bytes:
+    """The CHUID GUID a simulated plain PIV card carries: a fixed prefix and its serial."""
+    return b"kms-sim-" + serial.to_bytes(8, "big")
+
+
+def chuid_object(guid: bytes) -> bytes:
+    """A CHUID (SP 800-73-4 §3.1.2): FASC-N, GUID, expiry, empty signature, LRC."""
+    from yubikit.core import Tlv
+
+    fascn = bytes.fromhex("d4e739da739ced39ce739d836858210842108421c84210c3eb")
+    return bytes(Tlv(0x30, fascn) + Tlv(0x34, guid) + Tlv(0x35, b"20991231") + Tlv(0x3E, b"") + Tlv(0xFE, b""))
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:

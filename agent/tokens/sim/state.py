@@ -18,7 +18,7 @@ import datetime
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,12 @@ PIN_RETRIES = 8
 SIM_AAGUID = b"kms-agent-sim\x00\x00\x01"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _BYTES_FIELDS = ("aaguid", "master_key", "attestation_key", "attestation_cert")
+#: Ways a simulated FIDO2 token can be built broken, so tests can prove enrolment refuses it.
+FIDO2_QUIRKS: dict[str, str] = {
+    "no-user-presence": "getInfo says up=false; it never waits for a touch yet still sets the UP flag",
+    "self-attestation": "packed self attestation (no certificate chain) and an all-zero AAGUID",
+    "no-attestation": 'attestation format "none" and an all-zero AAGUID',
+}
 
 
 @dataclass
@@ -51,6 +57,8 @@ class SimTokenState:
     attestation_key: bytes  # PKCS#8 DER
     attestation_cert: bytes  # DER, issued by the per-home test CA
     created: str
+    #: Deliberate defects (:data:`FIDO2_QUIRKS`); absent from older state files.
+    quirks: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,7 +77,19 @@ class SimTokenState:
         state = cls(**values)
         if len(state.master_key) != 32 or len(state.aaguid) != 16:
             raise ValueError("bad key or AAGUID length")
+        if not isinstance(state.quirks, list) or set(state.quirks) - set(FIDO2_QUIRKS):
+            raise ValueError(f"unknown quirks {state.quirks!r}")
         return state
+
+
+def check_quirks(quirks: list[str] | tuple[str, ...]) -> list[str]:
+    """Return ``quirks`` sorted if every one is a known FIDO2 simulator quirk, else raise UsageError."""
+    unknown = sorted(set(quirks) - set(FIDO2_QUIRKS))
+    if unknown:
+        raise UsageError(f"unknown FIDO2 simulator quirk(s) {', '.join(unknown)}: use {', '.join(FIDO2_QUIRKS)}")
+    if {"self-attestation", "no-attestation"} <= set(quirks):
+        raise UsageError("choose one of self-attestation and no-attestation")
+    return sorted(set(quirks))
 
 
 def check_name(name: str) -> str:
@@ -128,16 +148,19 @@ class SimStateFile:
             if after != before:
                 write_json(self.path, after)
 
-    def create(self, *, pin: str) -> None:
+    def create(self, *, pin: str, quirks: list[str] | tuple[str, ...] = ()) -> None:
         """Create a factory-fresh token with ``pin`` set; leave an existing one untouched."""
+        wanted = check_quirks(quirks)
         sim_dir(self.home)
         with locked(self.lock_path):
             if self.exists():
                 return
-            att_key, att_cert = new_attestation_identity(self.home, self.name, SIM_AAGUID)
+            # A token without attestation usually hides its model too: zero AAGUID (CTAP 2.1 §6.1.2).
+            aaguid = bytes(16) if {"self-attestation", "no-attestation"} & set(wanted) else SIM_AAGUID
+            att_key, att_cert = new_attestation_identity(self.home, self.name, aaguid)
             state = SimTokenState(
                 name=self.name,
-                aaguid=SIM_AAGUID,
+                aaguid=aaguid,
                 master_key=secrets.token_bytes(32),
                 pin=pin,
                 pin_retries=PIN_RETRIES,
@@ -146,6 +169,7 @@ class SimStateFile:
                 attestation_key=att_key,
                 attestation_cert=att_cert,
                 created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                quirks=wanted,
             )
             write_json(self.path, state.to_json())
 
@@ -153,15 +177,18 @@ class SimStateFile:
 # --- public helpers (exported from agent.tokens.sim) ------------------------------------------------
 
 
-def create_sim_token(home: Path, name: str, *, pin: str = DEFAULT_PIN) -> Path:
+def create_sim_token(
+    home: Path, name: str, *, pin: str = DEFAULT_PIN, quirks: list[str] | tuple[str, ...] = ()
+) -> Path:
     """Create the simulated token ``sim:NAME`` (PIN ``pin``) unless it exists; return its state file.
 
-    :raises UsageError: invalid name or PIN (4-63 bytes of UTF-8).
+    :param quirks: deliberate defects from :data:`FIDO2_QUIRKS`, for tests of what enrolment refuses.
+    :raises UsageError: invalid name, PIN (4-63 bytes of UTF-8) or quirk.
     """
     if len(pin) < 4 or len(pin.encode()) > 63:
         raise UsageError("a simulated token PIN must be 4 to 63 bytes long")
     store = SimStateFile(home, name)
-    store.create(pin=pin)
+    store.create(pin=pin, quirks=quirks)
     return store.path
 
 
