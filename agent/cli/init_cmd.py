@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[str, typer.Option(help="token kind for sim: tokens: fido2 or piv")] = "fido2",
         rp_id: Annotated[str, typer.Option(help="FIDO2 relying-party id for this deployment")] = "kms-agent.local",
         pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
+        allow_unattested: Annotated[
+            bool,
+            typer.Option(
+                "--allow-unattested",
+                help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
+            ),
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """create a vault: enrol each operator's first token and split the data key across them"""
@@ -80,7 +87,9 @@ def register(app: typer.Typer) -> None:
         specs = [parse_operator(o) for o in operator]
         if any(spec.startswith("sim:") for _, spec in specs):
             err("WARNING: enrolling SIMULATED tokens: insecure, for demos and tests only.")
-        tokens = [(name, open_token(spec, paths.home, kind=kind)) for name, spec in specs]
+        tokens = [
+            (name, open_token(spec, paths.home, kind=kind, allow_unattested=allow_unattested)) for name, spec in specs
+        ]
         prompts = CliPrompts(paths, pin_stdin=pin_stdin)
         pending = create_vault(
             paths.vault,

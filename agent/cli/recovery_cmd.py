@@ -57,6 +57,13 @@ def enrol_token(
     token: Annotated[str, typer.Argument(help="the replacement token: sim:NAME, fido2[:ID] or piv[:SERIAL]")],
     operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
     kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
+    allow_unattested: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unattested",
+            help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """when tokens are lost: open the vault with recovery shares (stdin) and enrol a replacement token"""
@@ -70,7 +77,7 @@ def enrol_token(
 
     err("Opening the vault with recovery shares (this bypasses the operator quorum; it is logged).")
     with open_with_recovery(vault, shares, state_dir=paths.state, purpose=f"enrol {token} for {operator}") as opened:
-        new = open_token(token, paths.home, kind=kind)
+        new = open_token(token, paths.home, kind=kind, allow_unattested=allow_unattested)
         with new:
             slot = opened.prepare_slot(operator, new, CliPrompts(paths))
         opened.transact(lambda v: v.add_slot(slot))

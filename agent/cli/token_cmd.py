@@ -42,6 +42,13 @@ def enrol(
     token: Annotated[str, typer.Argument(help="sim:NAME, fido2[:ID] or piv[:SERIAL]")],
     operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
     kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
+    allow_unattested: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unattested",
+            help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
+        ),
+    ] = False,
     approver: Approvers = None,
     pin_stdin: PinStdin = False,
     as_json: Json = False,
@@ -52,7 +59,7 @@ def enrol(
 
     paths = Paths.resolve()
     with unlock(paths, operators=approver, pin_stdin=pin_stdin) as vault:
-        new = open_token(token, paths.home, kind=kind)
+        new = open_token(token, paths.home, kind=kind, allow_unattested=allow_unattested)
         with new:  # the new token's touch happens before the writer lock is taken
             slot = vault.prepare_slot(operator, new, CliPrompts(paths, pin_stdin=pin_stdin))
         vault.transact(lambda v: v.add_slot(slot))
