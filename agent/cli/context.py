@@ -12,12 +12,23 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from agent.errors import PinRequired
 
 if TYPE_CHECKING:
     from agent.vault.vault import PublicVault
+
+#: One spelling of the option everywhere a token is enrolled (init, token enrol, recovery enrol-token).
+AllowUnattested = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unattested",
+        help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
+    ),
+]
 
 HOME_ENV = "KMS_AGENT_HOME"
 SIM_TOUCH_ENV = "KMS_AGENT_SIM_TOUCH"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.cli.context import AllowUnattested, CliPrompts, Paths, emit, err
 from agent.errors import UsageError
 
 
@@ -70,13 +70,7 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[str, typer.Option(help="token kind for sim: tokens: fido2 or piv")] = "fido2",
         rp_id: Annotated[str, typer.Option(help="FIDO2 relying-party id for this deployment")] = "kms-agent.local",
         pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
-        allow_unattested: Annotated[
-            bool,
-            typer.Option(
-                "--allow-unattested",
-                help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
-            ),
-        ] = False,
+        allow_unattested: AllowUnattested = False,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """create a vault: enrol each operator's first token and split the data key across them"""

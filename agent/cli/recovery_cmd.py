@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.cli.context import AllowUnattested, CliPrompts, Paths, emit, err
 from agent.errors import UsageError
 
 app = typer.Typer(help="recovery words: test them, or use them to replace lost tokens", no_args_is_help=True)
@@ -57,13 +57,7 @@ def enrol_token(
     token: Annotated[str, typer.Argument(help="the replacement token: sim:NAME, fido2[:ID] or piv[:SERIAL]")],
     operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
     kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
-    allow_unattested: Annotated[
-        bool,
-        typer.Option(
-            "--allow-unattested",
-            help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
-        ),
-    ] = False,
+    allow_unattested: AllowUnattested = False,
     as_json: Json = False,
 ) -> None:
     """when tokens are lost: open the vault with recovery shares (stdin) and enrol a replacement token"""

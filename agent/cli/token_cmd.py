@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.context import CliPrompts, Paths, emit
+from agent.cli.context import AllowUnattested, CliPrompts, Paths, emit
 
 app = typer.Typer(help="enrol, list and remove tokens", no_args_is_help=True)
 
@@ -42,13 +42,7 @@ def enrol(
     token: Annotated[str, typer.Argument(help="sim:NAME, fido2[:ID] or piv[:SERIAL]")],
     operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
     kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
-    allow_unattested: Annotated[
-        bool,
-        typer.Option(
-            "--allow-unattested",
-            help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
-        ),
-    ] = False,
+    allow_unattested: AllowUnattested = False,
     approver: Approvers = None,
     pin_stdin: PinStdin = False,
     as_json: Json = False,
