@@ -179,6 +179,7 @@ EXIT_CODES: dict[int, str] = {
     7: "vault not found",
     8: "chain: transaction could not be decoded or signed",
     9: "agent state or audit store unusable",
+    130: "interrupted (Ctrl-C); nothing was written",
 }
 
 #: The machine-readable ``error.code`` that ``--json`` prints for each exit code.

@@ -24,7 +24,7 @@ def open_with_recovery(vault: PublicVault, shares: Sequence[str], *, state_dir: 
         with AuditLog(state_dir).transaction() as rows:
             rows.append(
                 AuditKind.RECOVERY,
-                {"purpose": purpose, "shares_used": len(shares), "generation": vault.header["generation"]},
+                {"purpose": purpose, "shares_used": len(shares), "generation": vault.header.generation},
             )
             rows.append(AuditKind.ALERT, {"rule": "recovery-used", "detail": detail})
     except BaseException:

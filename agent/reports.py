@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from agent.cli.context import Paths
+from agent.paths import Paths
 from agent.text import escape_text
 
 #: Characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
@@ -47,7 +47,7 @@ def _names(paths: Paths) -> dict[str, str]:
     from agent.vault.vault import PublicVault
 
     vault = PublicVault.load(paths.vault, paths.pin)
-    return {bytes(op["operator_id"]).hex(): str(op["name"]) for op in vault.header["operators"]}
+    return {op.operator_id.hex(): op.name for op in vault.header.operators}
 
 
 def withdrawals_report(paths: Paths, *, since: int | None = None) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ def withdrawals_report(paths: Paths, *, since: int | None = None) -> list[dict[s
 def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str, Any]]:
     """Denials, escalations, vetoes, signCount alerts and velocity near its limits."""
     from agent.audit import AuditLog
-    from agent.policy import HistoryEntry, near_limit
+    from agent.policy import HistoryEntry, near_limit, policy_of
     from agent.vault.vault import PublicVault
     from agent.withdrawals.service import Withdrawals
 
@@ -143,7 +143,7 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
     rows += _new_destinations(paths, since)
     vault = PublicVault.load(paths.vault, paths.pin)
     history: list[HistoryEntry] = Withdrawals(paths.home)._history()
-    for usage in near_limit(vault.policy(), history, int(time.time())):
+    for usage in near_limit(policy_of(vault.header), history, int(time.time())):
         rows.append(
             {
                 "day": _day(int(time.time())),

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.cli.context import Paths
+from agent.policy import initial_policy
 from agent.tokens.discovery import find_token, open_token
 from agent.tokens.sim.prompts import SimulatorPrompts
 from agent.vault.vault import PublicVault, create_vault
@@ -50,7 +51,7 @@ def main() -> None:
     paths = Paths(home)
     prompts = SimulatorPrompts(home)
     tokens = [(name, open_token(f"sim:{name}", home)) for name in ("alice", "bob", "carol")]
-    pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts)
+    pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts, policy=initial_policy(2))
     vault = pending.commit()
     from agent.chains import get_chain
 
@@ -65,7 +66,7 @@ def main() -> None:
             print(f"  filling: {i}/{n}", file=sys.stderr)
     vault.save()
     fill_s = time.perf_counter() - t
-    sig_id = vault.header["wallets"][n // 2][0]
+    sig_id = vault.header.wallets[n // 2].signature_id
     size_mib = paths.vault.stat().st_size / 2**20
     print(f"vault: {n} wallets, {size_mib:.1f} MiB, filled in {fill_s:.1f} s")
 
@@ -85,7 +86,7 @@ def main() -> None:
     def open_and_derive() -> None:
         public = PublicVault.load(paths.vault, paths.pin)
         w = public.wallet(sig_id)
-        btc.address_from_xpub(w["xpub"], 7, testnet=False)
+        btc.address_from_xpub(w.xpub, 7, testnet=False)
 
     print(
         f"library: open vault + verify signature + derive one address, median of {RUNS}: "
@@ -107,7 +108,19 @@ def main() -> None:
     runs = [cli(home, "--help") for _ in range(RUNS)]
     print(f"CLI: `kms-agent --help` start-up, median of {RUNS}: {statistics.median(r[0] for r in runs):.0f} ms")
     runs = [
-        cli(home, "wallet", "generate", "ETH", "--private-key", "--approver", "alice", "--approver", "bob", "--json")
+        cli(
+            home,
+            "wallet",
+            "generate",
+            "ETH",
+            "--testnet",
+            "--private-key",
+            "--operator",
+            "alice",
+            "--operator",
+            "bob",
+            "--json",
+        )
         for _ in range(3)
     ]
     print(
@@ -115,7 +128,18 @@ def main() -> None:
         f"{statistics.median(r[0] for r in runs):.0f} ms"
     )
     elapsed, _ = cli(
-        home, "wallet", "generate", "ETH", "--count", "1000", "--approver", "alice", "--approver", "bob", "--json"
+        home,
+        "wallet",
+        "generate",
+        "ETH",
+        "--testnet",
+        "--count",
+        "1000",
+        "--operator",
+        "alice",
+        "--operator",
+        "bob",
+        "--json",
     )
     print(f"CLI: `kms-agent wallet generate ETH --count 1000` (24-word mnemonics + xpubs): {elapsed / 1000:.1f} s")
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.chains.evm import ETH
 from agent.cli.context import Paths
-from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
+from agent.policy import AssetLimits, Policy, Rule, UnknownDestination, initial_policy
 from agent.tokens.discovery import find_token, open_token
 from agent.tokens.sim.prompts import SimulatorPrompts
 from agent.vault.vault import create_vault
@@ -29,14 +29,14 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="kms-bench-wd-"))
     paths, prompts = Paths(home), SimulatorPrompts(home)
     tokens = [(n, open_token(f"sim:{n}", home)) for n in ("alice", "bob", "carol")]
-    vault = create_vault(paths.vault, paths.pin, tokens, 2, prompts).commit()
+    vault = create_vault(paths.vault, paths.pin, tokens, 2, prompts, policy=initial_policy(2)).commit()
     sig = vault.add_wallet(
         wallet_type="MNEMONIC",
         chain="ETH",
         testnet=True,
         secret=bytearray(MNEMONIC.encode()),
         xpub=ETH.xpub_from_mnemonic(MNEMONIC, testnet=True),
-    )["signatureId"]
+    ).signature_id
     vault.save()
     vault.close()
     service = Withdrawals(home)
@@ -58,7 +58,7 @@ def main() -> None:
     times, phases = [], {"create": [], "approve+sign": []}
     start = time.perf_counter()
     for nonce in range(count):
-        tx = ETH.build_transfer(to=COLD, value=10**15, nonce=nonce, chain_id=11155111, max_fee_per_gas=10**10)
+        tx = ETH.build_transfer(to=COLD, value=10**17, nonce=nonce, chain_id=11155111, max_fee_per_gas=10**10)
         t0 = time.perf_counter()
         req = service.create(chain="ETH", signature_id=sig, index=0, tx=tx, initiator="app:bench")
         t1 = time.perf_counter()

@@ -68,6 +68,9 @@ class Cli:
 @pytest.fixture
 def cli(home: Path) -> Cli:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_AGENT_")}
+    # Many CLI tests check mainnet derivations (bc1..., chain id 1) on simulated tokens: allowed here
+    # by the documented override; tests/cli/test_cli.py checks the refusal without it.
+    env["KMS_AGENT_ALLOW_SIMULATED_MAINNET"] = "1"
     return Cli(home, env)
 
 

@@ -84,7 +84,7 @@ def test_reports_escape_free_text_and_csv_neutralises_formulas(home: Path, promp
     )
     tx = eth.build_transfer(to=COLD, value=10**16, nonce=0, chain_id=11155111, max_fee_per_gas=30 * 10**9)
     rec = service.create(
-        chain="ETH", signature_id=entry["signatureId"], index=0, tx=tx, initiator="app:x\x1b[2K\u202efake"
+        chain="ETH", signature_id=entry.signature_id, index=0, tx=tx, initiator="app:x\x1b[2K\u202efake"
     )
     service.reject(rec["id"], operator="carol", reason='=HYPERLINK("http://evil","click")\x1b[1A')
 

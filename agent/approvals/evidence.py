@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ApprovalInvalid, ProgrammingError
 from agent.tokens.base import Approval
+
+if TYPE_CHECKING:  # the header records only; approvals stay pure functions of plain values
+    from agent.vault.records import VaultHeader
 
 ID_LEN = 16
 _HEX = re.compile(r"(?:[0-9a-f]{2})*")
@@ -52,25 +55,19 @@ class Operator:
 Roster = Mapping[bytes, Operator]
 
 
-def roster_from_header(header: Mapping[str, Any], *, suspended: Collection[bytes] = ()) -> dict[bytes, Operator]:
+def roster_from_header(header: VaultHeader, *, suspended: Collection[bytes] = ()) -> dict[bytes, Operator]:
     """Operators and their slots as the (already verified) vault header lists them.
 
     :param suspended: operator ids the agent's state marks as suspended (cloned-token alerts).
     """
     slots: dict[bytes, list[Slot]] = {}
-    for raw in header["slots"]:
-        slot = Slot(
-            bytes(raw["slot_id"]), bytes(raw["operator_id"]), str(raw["kind"]), str(raw["label"]), dict(raw["public"])
-        )
+    for entry in header.slots:
+        slot = Slot(entry.slot_id, entry.operator_id, entry.kind, entry.label, dict(entry.public))
         slots.setdefault(slot.operator_id, []).append(slot)
+    out = set(suspended)
     return {
-        bytes(op["operator_id"]): Operator(
-            bytes(op["operator_id"]),
-            str(op["name"]),
-            tuple(slots.get(bytes(op["operator_id"]), ())),
-            bytes(op["operator_id"]) in set(suspended),
-        )
-        for op in header["operators"]
+        op.operator_id: Operator(op.operator_id, op.name, tuple(slots.get(op.operator_id, ())), op.operator_id in out)
+        for op in header.operators
     }
 
 

@@ -342,10 +342,12 @@ def _valid_approvals(
         try:
             verify_approval(approval, slot, digest)
         except ApprovalInvalid as exc:
+            # A signature that does not verify over *this* digest is what a replay from another
+            # request or a tampered transaction looks like; the other refusals say what they are.
+            why = " (a replay or a tampered transaction?)" if "does not verify" in exc.message else ""
             scan.note(
                 "signature",
-                f"approval by {op.display} via {slot.label!r} refused: {exc.message} (a replay from "
-                "another request or a tampered transaction gives exactly this)",
+                f"approval by {op.display} via {slot.label!r} refused: {exc.message}{why}",
                 op,
                 slot,
                 alert=True,

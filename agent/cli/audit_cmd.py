@@ -10,12 +10,12 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.context import CliPrompts, Paths, emit
+from agent.cli.options import Json, Operators, PinStdin
 from agent.errors import StateError, UsageError
 
 audit_app = typer.Typer(help="the hash-chained audit log", no_args_is_help=True)
 policy_app = typer.Typer(help="the custody policy (in the signed vault header)", no_args_is_help=True)
 report_app = typer.Typer(help="reports of withdrawals and anomalies", no_args_is_help=True)
-Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 @audit_app.command("verify")
@@ -99,16 +99,17 @@ def show(
 def policy_show(as_json: Json = False) -> None:
     """print the policy in force (no token needed)"""
     from agent.cli.session import load_public
+    from agent.policy import policy_of
 
-    policy = load_public(Paths.resolve()).policy()
+    policy = policy_of(load_public(Paths.resolve()).header)
     emit(policy.to_dict(), True)  # the policy document is JSON either way
 
 
 @policy_app.command("set")
 def policy_set(
     file: Annotated[Path, typer.Argument(help="JSON policy document (see docs/policy.md); '-' for stdin")],
-    operator: Annotated[list[str] | None, typer.Option("--operator", help="approver (repeat)")] = None,
-    pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
     as_json: Json = False,
 ) -> None:
     """replace the policy: a policy change is itself a request that needs a quorum of touches"""

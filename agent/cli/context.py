@@ -10,55 +10,17 @@ import getpass
 import json
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import PinRequired
+from agent.paths import HOME_ENV, Paths, default_home
+
+__all__ = ["HOME_ENV", "SIM_TOUCH_ENV", "CliPrompts", "Paths", "default_home", "emit", "err", "warn_if_simulated"]
 
 if TYPE_CHECKING:
     from agent.vault.vault import PublicVault
 
-#: One spelling of the option everywhere a token is enrolled (init, token enrol, recovery enrol-token).
-AllowUnattested = Annotated[
-    bool,
-    typer.Option(
-        "--allow-unattested",
-        help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
-    ),
-]
-
-HOME_ENV = "KMS_AGENT_HOME"
 SIM_TOUCH_ENV = "KMS_AGENT_SIM_TOUCH"
-
-
-def default_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "kms-agent"
-
-
-@dataclass(frozen=True)
-class Paths:
-    home: Path
-
-    @classmethod
-    def resolve(cls, home: Path | None = None) -> Paths:
-        env = os.environ.get(HOME_ENV)
-        return cls((home or (Path(env) if env else default_home())).expanduser().absolute())
-
-    @property
-    def vault(self) -> Path:
-        return self.home / "wallet.dat"
-
-    @property
-    def state(self) -> Path:
-        return self.home / "state"
-
-    @property
-    def pin(self) -> Path:
-        return self.state / "vault-pin.json"
 
 
 def err(message: str) -> None:

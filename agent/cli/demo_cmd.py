@@ -55,13 +55,13 @@ def _steps() -> list[Step]:
         Step("List operators and their tokens (no token needed)", ["operator", "list"]),
         Step(
             "Generate a BTC wallet (alice and bob approve with a touch)",
-            ["wallet", "generate", "BTC", "--testnet", "--approver", "alice", "--approver", "bob"],
-            capture=("btc", "signatureId"),
+            ["wallet", "generate", "BTC", "--testnet", "--operator", "alice", "--operator", "bob"],
+            capture=("btc", "wallets.0.signatureId"),
         ),
         Step(
             "Generate an ETH wallet (bob and carol approve)",
-            ["wallet", "generate", "ETH", "--testnet", "--approver", "bob", "--approver", "carol"],
-            capture=("eth", "signatureId"),
+            ["wallet", "generate", "ETH", "--testnet", "--operator", "bob", "--operator", "carol"],
+            capture=("eth", "wallets.0.signatureId"),
         ),
         Step("List wallets from the signed public index (no token needed)", ["wallet", "list"]),
         Step("Derive BTC deposit address 0 (no token needed)", ["wallet", "address", "{btc}", "0"]),
@@ -132,6 +132,16 @@ def _prepare(home: Path) -> dict[str, str]:
     return {"tx_ok": tx(10**17, 0), "tx_big": tx(5 * 10**18, 1)}
 
 
+def _dig(data: Any, path: str) -> Any:
+    """``wallets.0.signatureId`` -> data["wallets"][0]["signatureId"] ("" when absent)."""
+    for part in path.split("."):
+        try:
+            data = data[int(part)] if isinstance(data, list) else data[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return ""
+    return data
+
+
 def _run(step: Step, env: dict[str, str], subs: dict[str, str]) -> dict[str, Any]:
     args = [a.format(**subs) for a in step.args] + (["--json"] if step.json else [])
     proc = subprocess.run(
@@ -183,7 +193,7 @@ def register(app: typer.Typer) -> None:
             results.append(result)
             out = result["output"]
             if step.capture and isinstance(out, dict):
-                subs[step.capture[0]] = str(out.get(step.capture[1], ""))
+                subs[step.capture[0]] = str(_dig(out, step.capture[1]))
             if not as_json:
                 print("$ " + " ".join(result["command"]))
                 print(json.dumps(out, indent=2) if out is not None else "")

@@ -57,21 +57,7 @@ def _check_piv() -> dict[str, Any]:
 
     cards = list_piv_cards()
     unsupported = [c for c in cards if not c.supported]
-    lines = []
-    for c in cards:
-        facts = [
-            f"serial {c.serial}"
-            if c.serial_source == "yubikey"
-            else f"CHUID GUID {c.serial}"
-            if c.serial
-            else "no serial",
-            f"version {c.version or 'unknown'}",
-            f"PIN retries {'unknown' if c.pin_retries is None else c.pin_retries}",
-        ]
-        if c.simulated:
-            facts.append("SIMULATED")
-        status = "supported" if c.supported else f"unsupported because {c.reason}"
-        lines.append(f"{c.spec or 'PIV card'} in {c.reader!r}: {', '.join(facts)}; {status}")
+    lines = [c.summary() for c in cards]
     return {
         "check": "PIV cards",
         # Informational: a card kms-agent cannot use is not a fault of this machine.
@@ -96,7 +82,7 @@ def _check_vault(paths: Paths) -> dict[str, Any]:
     return {
         "check": "vault",
         "ok": True,
-        "detail": f"generation {vault.header['generation']}, "
+        "detail": f"generation {vault.header.generation}, "
         f"{'SIMULATED tokens' if vault.simulated else 'hardware tokens'}",
         "hint": None,
     }

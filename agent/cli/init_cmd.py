@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli.context import AllowUnattested, CliPrompts, Paths, emit, err
+from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.cli.options import AllowUnattested
 from agent.errors import UsageError
 
 
@@ -74,6 +75,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     ) -> None:
         """create a vault: enrol each operator's first token and split the data key across them"""
+        from agent.policy import initial_policy
         from agent.tokens.discovery import open_token
         from agent.vault.vault import create_vault
 
@@ -91,6 +93,7 @@ def register(app: typer.Typer) -> None:
             tokens,
             quorum,
             prompts,
+            policy=initial_policy(quorum),
             recovery_threshold=recovery_threshold,
             recovery_shares=recovery_shares,
             rp_id=rp_id,
@@ -119,10 +122,10 @@ def register(app: typer.Typer) -> None:
             header = vault.header
             result: dict[str, Any] = {
                 "vault": str(paths.vault),
-                "vault_id": header["vault_id"].hex(),
+                "vault_id": header.vault_id.hex(),
                 "fingerprint": vault.fingerprint,
-                "generation": header["generation"],
-                "quorum": header["quorum"],
+                "generation": header.generation,
+                "quorum": header.quorum,
                 "operators": [{"name": n, "token": s} for n, s in specs],
                 "recovery": {
                     "threshold": recovery_threshold,
@@ -131,7 +134,7 @@ def register(app: typer.Typer) -> None:
                     "files": share_files,
                     "test_recovered": True,
                 },
-                "simulated": header["simulated"],
+                "simulated": header.simulated,
             }
             if recovery_out is None and (as_json or not sys.stdin.isatty()):
                 result["recovery"]["words"] = words

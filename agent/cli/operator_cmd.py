@@ -20,11 +20,11 @@ def list_operators(as_json: Annotated[bool, typer.Option("--json", help="print J
     h = vault.header
     ops = [
         {
-            "name": op["name"],
-            "id": op["operator_id"].hex(),
-            "tokens": [s["label"] for s in h["slots"] if s["operator_id"] == op["operator_id"]],
+            "name": op.name,
+            "id": op.operator_id.hex(),
+            "tokens": [s.label for s in h.slots_of(op.operator_id)],
         }
-        for op in h["operators"]
+        for op in h.operators
     ]
-    lines = [f"quorum: {h['quorum']} of {len(ops)}"] + [f"{o['name']:<16} {', '.join(o['tokens'])}" for o in ops]
-    emit({"quorum": h["quorum"], "operators": ops}, as_json, "\n".join(lines))
+    lines = [f"quorum: {h.quorum} of {len(ops)}"] + [f"{o['name']:<16} {', '.join(o['tokens'])}" for o in ops]
+    emit({"quorum": h.quorum, "operators": ops}, as_json, "\n".join(lines))

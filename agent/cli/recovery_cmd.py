@@ -7,15 +7,18 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.context import AllowUnattested, CliPrompts, Paths, emit, err
+from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.cli.options import AllowUnattested, Json, Owner
 from agent.errors import UsageError
 
 app = typer.Typer(help="recovery words: test them, or use them to replace lost tokens", no_args_is_help=True)
-Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _read_shares() -> list[str]:
-    """Shares from stdin (one per line, blank lines between shares allowed) or hidden prompts."""
+def _read_shares(until: str | None = None) -> list[str]:
+    """Shares from stdin (one per line, blank lines between shares allowed) or hidden prompts.
+
+    :param until: a line that ends the shares on stdin, so that PINs can follow it (``--pin-stdin``).
+    """
     if sys.stdin.isatty():
         shares: list[str] = []
         while True:
@@ -29,11 +32,13 @@ def _read_shares() -> list[str]:
                 break
             shares.append(line.strip())
     else:
-        shares = [
-            line.strip()
-            for line in sys.stdin.read().splitlines()
-            if line.strip() and not line.startswith("recovery share")
-        ]
+        shares = []
+        for raw in iter(sys.stdin.buffer.readline, b""):  # the binary buffer: PINs are read from it next
+            line = raw.decode(errors="replace").strip()
+            if until is not None and line == until:
+                break
+            if line and not line.startswith("recovery share"):
+                shares.append(line)
     if not shares:
         raise UsageError("no recovery shares given")
     return shares
@@ -48,16 +53,19 @@ def verify(as_json: Json = False) -> None:
     paths = Paths.resolve()
     vault = load_public(paths)
     with open_with_recovery(vault, _read_shares(), state_dir=paths.state, purpose="recovery verify") as opened:
-        wallets = len(opened.header["wallets"])
+        wallets = len(opened.header.wallets)
     emit({"ok": True, "wallets": wallets}, as_json, f"OK: the recovery shares open this vault ({wallets} wallets).")
 
 
 @app.command("enrol-token")
 def enrol_token(
     token: Annotated[str, typer.Argument(help="the replacement token: sim:NAME, fido2[:ID] or piv[:SERIAL]")],
-    operator: Annotated[str, typer.Option("--operator", help="whose token this is")],
+    owner: Owner,
     kind: Annotated[str, typer.Option(help="fido2 or piv (for sim: tokens)")] = "fido2",
     allow_unattested: AllowUnattested = False,
+    pin_stdin: Annotated[
+        bool, typer.Option("--pin-stdin", help="after the shares, a line '--', then the new token's PIN")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """when tokens are lost: open the vault with recovery shares (stdin) and enrol a replacement token"""
@@ -66,17 +74,17 @@ def enrol_token(
 
     paths = Paths.resolve()
     vault = load_public(paths)
-    shares = _read_shares()
+    shares = _read_shares(until="--" if pin_stdin else None)
     from agent.recovery import open_with_recovery
 
     err("Opening the vault with recovery shares (this bypasses the operator quorum; it is logged).")
-    with open_with_recovery(vault, shares, state_dir=paths.state, purpose=f"enrol {token} for {operator}") as opened:
+    with open_with_recovery(vault, shares, state_dir=paths.state, purpose=f"enrol {token} for {owner}") as opened:
         new = open_token(token, paths.home, kind=kind, allow_unattested=allow_unattested)
         with new:
-            slot = opened.prepare_slot(operator, new, CliPrompts(paths))
+            slot = opened.prepare_slot(owner, new, CliPrompts(paths, pin_stdin=pin_stdin))
         opened.transact(lambda v: v.add_slot(slot))
     emit(
-        {"label": slot["label"], "operator": operator, "via": "recovery"},
+        {"label": slot.label, "operator": owner, "via": "recovery"},
         as_json,
-        f"Enrolled {slot['label']} for {operator} using the recovery shares.",
+        f"Enrolled {slot.label} for {owner} using the recovery shares.",
     )

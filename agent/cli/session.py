@@ -9,9 +9,11 @@ from agent.cli.context import CliPrompts, Paths, warn_if_simulated
 from agent.vault.vault import PublicVault, UnlockedVault
 
 
-def load_public(paths: Paths, *, require_pin: bool = True) -> PublicVault:
+def load_public(paths: Paths, *, require_pin: bool = True, quiet: bool = False) -> PublicVault:
+    """The vault, checked without a token; warns once per command when its tokens are simulated."""
     vault = PublicVault.load(paths.vault, paths.pin, require_pin=require_pin)
-    warn_if_simulated(vault)
+    if not quiet:
+        warn_if_simulated(vault)
     return vault
 
 

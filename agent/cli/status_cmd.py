@@ -26,13 +26,13 @@ def register(app: typer.Typer) -> None:
         h = vault.header
         result.update(
             {
-                "vault_id": h["vault_id"].hex(),
+                "vault_id": h.vault_id.hex(),
                 "fingerprint": vault.fingerprint,
-                "generation": h["generation"],
-                "quorum": h["quorum"],
-                "operators": len(h["operators"]),
-                "tokens": len(h["slots"]),
-                "wallets": len(h["wallets"]),
+                "generation": h.generation,
+                "quorum": h.quorum,
+                "operators": len(h.operators),
+                "tokens": len(h.slots),
+                "wallets": len(h.wallets),
                 "simulated": vault.simulated,
             }
         )
@@ -42,10 +42,10 @@ def register(app: typer.Typer) -> None:
             "\n".join(
                 [
                     f"home:        {paths.home}",
-                    f"vault:       {paths.vault} (generation {h['generation']})",
+                    f"vault:       {paths.vault} (generation {h.generation})",
                     f"fingerprint: {vault.fingerprint}",
-                    f"quorum:      {h['quorum']} of {len(h['operators'])} operators ({len(h['slots'])} tokens)",
-                    f"wallets:     {len(h['wallets'])}",
+                    f"quorum:      {h.quorum} of {len(h.operators)} operators ({len(h.slots)} tokens)",
+                    f"wallets:     {len(h.wallets)}",
                     f"simulated:   {'yes (INSECURE)' if vault.simulated else 'no'}",
                 ]
             ),

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agent.cli.context import Paths, emit
 from agent.errors import UsageError
 
+if TYPE_CHECKING:
+    from agent.vault.records import WalletRow
 
-def read_utxos(path: Path, chain: Any, wallet: dict[str, Any]) -> list[Any]:
+
+def read_utxos(path: Path, chain: Any, wallet: WalletRow) -> list[Any]:
     """Coins the caller says the wallet owns: JSON [{txid, vout, amount, address | index[, prev_tx]}]."""
     from agent.chains.utxo import Utxo
 
@@ -27,7 +30,9 @@ def read_utxos(path: Path, chain: Any, wallet: dict[str, Any]) -> list[Any]:
         for c in raw:
             address = c.get("address")
             if address is None:  # derive from the wallet index the caller names
-                address = chain.address_from_xpub(wallet["xpub"], int(c["index"]), testnet=wallet["testnet"])
+                if wallet.xpub is None:
+                    raise KeyError("xpub")  # a private-key wallet: each coin must name its address
+                address = chain.address_from_xpub(wallet.xpub, int(c["index"]), testnet=wallet.testnet)
             prev = bytes.fromhex(c["prev_tx"]) if c.get("prev_tx") else None
             coins.append(Utxo(str(c["txid"]), int(c["vout"]), int(c["amount"]), address, prev))
         return coins
@@ -58,8 +63,8 @@ def register(app: typer.Typer) -> None:
         from agent.cli.session import load_public
 
         wallet = load_public(Paths.resolve()).wallet(signature_id)
-        chain: Any = get_chain(wallet["chain"])  # each family's build_sweep takes its own arguments
-        testnet = wallet["testnet"]
+        chain: Any = get_chain(wallet.chain)  # each family's build_sweep takes its own arguments
+        testnet = wallet.testnet
         if chain.family is Family.UTXO:
             if utxos is None or fee_rate is None:
                 raise UsageError("a UTXO sweep needs --utxos FILE and --fee-rate")

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
 from agent.cli.context import Paths, emit
+from agent.cli.options import Json, Operators, PinStdin
 
 
 def register(app: typer.Typer) -> None:
     @app.command("unlock")
     def unlock_cmd(
-        operator: Annotated[
-            list[str] | None,
-            typer.Option("--operator", help="operator to ask (repeat; default: every operator with a token present)"),
-        ] = None,
-        pin_stdin: Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        operator: Operators = None,
+        pin_stdin: PinStdin = False,
+        as_json: Json = False,
     ) -> None:
         """open the vault with a quorum of touches, check it, and close it again"""
         from agent.cli.session import unlock
@@ -35,9 +31,9 @@ def register(app: typer.Typer) -> None:
             ]
             result = {
                 "unlocked": True,
-                "quorum": vault.header["quorum"],
+                "quorum": vault.header.quorum,
                 "touched": touches,
-                "wallets": len(vault.header["wallets"]),
+                "wallets": len(vault.header.wallets),
             }
         emit(
             result,

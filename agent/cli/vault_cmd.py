@@ -22,19 +22,19 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     result: dict[str, Any] = {
         "ok": True,
         "vault": str(paths.vault),
-        "vault_id": h["vault_id"].hex(),
-        "generation": h["generation"],
+        "vault_id": h.vault_id.hex(),
+        "generation": h.generation,
         "fingerprint": vault.fingerprint,
         "checks": ["structure", "signature", "pinned-key", "rollback"],
-        "operators": len(h["operators"]),
-        "tokens": len(h["slots"]),
-        "wallets": len(h["wallets"]),
+        "operators": len(h.operators),
+        "tokens": len(h.slots),
+        "wallets": len(h.wallets),
         "simulated": vault.simulated,
     }
     emit(
         result,
         as_json,
-        f"OK: {paths.vault} generation {h['generation']} is sound (signed by {vault.fingerprint}, not rolled back).",
+        f"OK: {paths.vault} generation {h.generation} is sound (signed by {vault.fingerprint}, not rolled back).",
     )
 
 

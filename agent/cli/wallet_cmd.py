@@ -9,24 +9,26 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.context import Paths, emit
+from agent.cli.options import Json, Operators, PinStdin
 from agent.errors import UsageError
 
 app = typer.Typer(help="generate, store, list and derive wallets", no_args_is_help=True)
 
-Json = Annotated[bool, typer.Option("--json", help="print JSON")]
 Testnet = Annotated[bool, typer.Option("--testnet", help="testnet wallet")]
-Approvers = Annotated[list[str] | None, typer.Option("--approver", help="operator to ask for the unlock (repeat)")]
 
 
 def _wipe(buf: bytearray) -> None:
     buf[:] = bytes(len(buf))
 
 
-def _read_secret() -> bytearray:
-    """A mnemonic or private key from stdin (scripts) or a hidden prompt; never from argv."""
+def _read_secret(*, first_line_only: bool = False) -> bytearray:
+    """A mnemonic or private key from stdin (scripts) or a hidden prompt; never from argv.
+
+    :param first_line_only: ``--pin-stdin``: the secret is the first line, PINs follow it.
+    """
     if sys.stdin.isatty():
         return bytearray(getpass.getpass("mnemonic or private key: ").strip().encode())
-    data = bytearray(sys.stdin.buffer.read())
+    data = bytearray(sys.stdin.buffer.readline() if first_line_only else sys.stdin.buffer.read())
     secret = bytearray(b" ".join(bytes(data).split()))
     _wipe(data)
     if not secret:
@@ -34,20 +36,8 @@ def _read_secret() -> bytearray:
     return secret
 
 
-def _classify(chain: Any, secret: bytearray, testnet: bool) -> tuple[str, dict[str, Any]]:
-    """Decide mnemonic vs private key and derive the public part; errors never quote the secret."""
-    from mnemonic import Mnemonic
-
-    text = secret.decode(errors="replace")
-    if len(text.split()) >= 12:
-        if not Mnemonic("english").check(text):
-            raise UsageError("that is not a valid BIP-39 English mnemonic (bad word or checksum)")
-        return "MNEMONIC", {"xpub": chain.xpub_from_mnemonic(text, testnet=testnet)}
-    key = chain.parse_private_key(text, testnet=testnet)
-    try:
-        return "PRIVATE_KEY", {"address": chain.address_from_private_key(bytes(key), testnet=testnet)}
-    finally:
-        _wipe(key)
+#: One command's batch: secrets are held in memory until the single write (about 2 KB each).
+MAX_COUNT = 100_000
 
 
 @app.command("generate")
@@ -58,20 +48,26 @@ def generate(
     private_key: Annotated[
         bool, typer.Option("--private-key", help="a private-key wallet instead of a mnemonic")
     ] = False,
-    approver: Approvers = None,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
     as_json: Json = False,
 ) -> None:
     """generate wallets inside the vault; prints signatureId and xpub (or address), never the secret"""
     from agent.chains import get_chain
     from agent.chains.wallets import generate_mnemonic_wallet, generate_private_key_wallet
     from agent.cli.session import unlock
+    from agent.vault.records import WalletRow
 
-    if count < 1:
-        raise UsageError("--count must be at least 1")
+    if not 1 <= count <= MAX_COUNT:
+        raise UsageError(f"--count must be between 1 and {MAX_COUNT:,}")
+    from agent.cli.session import load_public
+    from agent.wallets.mainnet import refuse_simulated_mainnet
+
     impl = get_chain(chain)
     paths = Paths.resolve()
+    refuse_simulated_mainnet(simulated=load_public(paths, quiet=True).simulated, testnet=testnet, what="wallet")
     made: list[dict[str, Any]] = []
-    with unlock(paths, operators=approver) as vault:
+    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
         # Secrets are made before the writer lock is taken (24-word mnemonics cost milliseconds each);
         # under the lock they are sealed into the newest wallet.dat, on top of any concurrent write.
         show_progress = count >= 100 and sys.stderr.isatty()
@@ -87,7 +83,7 @@ def generate(
                 if show_progress and (i + 1) % 100 == 0:
                     print(f"\rgenerated {i + 1}/{count}", end="", file=sys.stderr, flush=True)
 
-            def add_all(v: Any) -> list[dict[str, Any]]:
+            def add_all(v: Any) -> list[WalletRow]:
                 return [
                     v.add_wallet(
                         wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, xpub=xpub, address=addr
@@ -100,9 +96,9 @@ def generate(
             for _, secret, _, _ in fresh:
                 _wipe(secret)
         for entry, (_, _, xpub, addr) in zip(entries, fresh, strict=True):
-            made.append({"signatureId": entry["signatureId"], **({"xpub": xpub} if xpub else {"address": addr})})
+            made.append({"signatureId": entry.signature_id, **({"xpub": xpub} if xpub else {"address": addr})})
     if as_json:
-        emit(made[0] if count == 1 else {"wallets": made}, True)
+        emit({"wallets": made}, True)  # one shape, whatever --count is
     else:
         print("\n".join(f"{w['signatureId']}  {w.get('xpub') or w.get('address')}" for w in made))
 
@@ -111,27 +107,38 @@ def generate(
 def store(
     chain: Annotated[str, typer.Argument(help="BTC, ETH, ...")],
     testnet: Testnet = False,
-    approver: Approvers = None,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
     as_json: Json = False,
 ) -> None:
     """store a mnemonic or private key read from stdin (or a hidden prompt), never from the command line"""
     from agent.chains import get_chain
-    from agent.cli.session import unlock
+    from agent.cli.session import load_public, unlock
+    from agent.wallets.classify import classify_secret
+    from agent.wallets.mainnet import refuse_simulated_mainnet
 
     impl = get_chain(chain)
-    secret = _read_secret()
+    paths = Paths.resolve()
+    refuse_simulated_mainnet(simulated=load_public(paths, quiet=True).simulated, testnet=testnet, what="wallet")
+    secret = _read_secret(first_line_only=pin_stdin)
     try:
-        kind, public = _classify(impl, secret, testnet)
-        paths = Paths.resolve()
-        with unlock(paths, operators=approver) as vault:
+        found = classify_secret(impl, secret, testnet=testnet)
+        with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
             entry = vault.transact(
-                lambda v: v.add_wallet(wallet_type=kind, chain=impl.name, testnet=testnet, secret=secret, **public)
+                lambda v: v.add_wallet(
+                    wallet_type=found.wallet_type,
+                    chain=impl.name,
+                    testnet=testnet,
+                    secret=secret,
+                    xpub=found.xpub,
+                    address=found.address,
+                )
             )
     finally:
         _wipe(secret)
     # Tatum's shapes: storemanagedwallet prints {signatureId, xpub}; storemanagedprivatekey {signatureId}.
-    result = {"signatureId": entry["signatureId"], **({"xpub": public["xpub"]} if "xpub" in public else {})}
-    emit(result, as_json, f"{entry['signatureId']}  {public.get('xpub') or public.get('address')}")
+    result = {"signatureId": entry.signature_id, **({"xpub": found.xpub} if found.xpub else {})}
+    emit(result, as_json, f"{entry.signature_id}  {found.xpub or found.address}")
 
 
 @app.command("list")
@@ -141,11 +148,11 @@ def list_wallets(as_json: Json = False) -> None:
 
     wallets = load_public(Paths.resolve()).wallets()
     if as_json:
-        emit({"wallets": wallets}, True)
+        emit({"wallets": [w.to_json() for w in wallets]}, True)
         return
     for w in wallets:
-        net = "testnet" if w["testnet"] else "mainnet"
-        print(f"{w['signatureId']}  {w['chain']:<5} {net:<7} {w['type']:<11} {w.get('xpub') or w.get('address')}")
+        net = "testnet" if w.testnet else "mainnet"
+        print(f"{w.signature_id}  {w.chain:<5} {net:<7} {w.type:<11} {w.xpub or w.address}")
 
 
 @app.command("address")
@@ -161,10 +168,10 @@ def address(
     if index < 0 or index >= 2**31:
         raise UsageError("index must be between 0 and 2^31-1")
     wallet = load_public(Paths.resolve()).wallet(signature_id)
-    if wallet.get("xpub"):
-        addr = get_chain(wallet["chain"]).address_from_xpub(wallet["xpub"], index, testnet=wallet["testnet"])
-    elif index == 0:
-        addr = wallet["address"]
+    if wallet.xpub:
+        addr = get_chain(wallet.chain).address_from_xpub(wallet.xpub, index, testnet=wallet.testnet)
+    elif index == 0 and wallet.address is not None:
+        addr = wallet.address
     else:
         raise UsageError("a private-key wallet has one address: use index 0")
     emit({"address": addr}, as_json, addr)
@@ -173,13 +180,14 @@ def address(
 @app.command("remove")
 def remove(
     signature_id: Annotated[str, typer.Argument(help="the wallet's signatureId")],
-    approver: Approvers = None,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
     as_json: Json = False,
 ) -> None:
     """delete a wallet and its secret from the vault (a quorum must unlock)"""
     from agent.cli.session import unlock
 
-    with unlock(Paths.resolve(), operators=approver) as vault:
+    with unlock(Paths.resolve(), operators=operator, pin_stdin=pin_stdin) as vault:
         vault.transact(lambda v: v.remove_wallet(signature_id))
     emit({"removed": signature_id}, as_json, f"Removed {signature_id}.")
 

@@ -9,11 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.context import CliPrompts, Paths, emit, err
+from agent.cli.options import Json, Operators, PinStdin
 from agent.errors import UsageError
 
 app = typer.Typer(help="withdrawal requests: create, list, show", no_args_is_help=True)
-Json = Annotated[bool, typer.Option("--json", help="print JSON")]
-PinStdin = Annotated[bool, typer.Option(help="read token PINs from stdin, one per line")]
 
 
 def _service() -> Any:
@@ -25,7 +24,7 @@ def _service() -> Any:
 def describe(rec: dict[str, Any]) -> str:
     """The summary an approver reads: decoded again from the logged bytes, amounts in units, text escaped."""
     from agent.chains import get_chain
-    from agent.policy import Reason
+    from agent.policy import Reason, policy_of
     from agent.vault.vault import PublicVault
     from agent.withdrawals.display import render_request
     from agent.withdrawals.service import _owned
@@ -47,7 +46,7 @@ def describe(rec: dict[str, Any]) -> str:
         approvals=len(rec["approvals"]),
         approvals_required=int(rec["rule"].get("approvals_required", 0)),
         request_id=rec["id"],
-        max_fee_percent=vault.policy().rule_for(rec["chain"], rec["signature_id"]).max_fee_percent,
+        max_fee_percent=policy_of(vault.header).rule_for(rec["chain"], rec["signature_id"]).max_fee_percent,
     )
 
 
@@ -66,7 +65,7 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
         "rule",
         "signed",
     )
-    out = {k: rec[k] for k in keys}
+    out = {("signatureId" if k == "signature_id" else k): rec[k] for k in keys}  # Tatum's name for a wallet
     out["approvals"] = [
         {
             "operator_id": a["operator_id"],
@@ -144,10 +143,10 @@ def _build_intent(
     coins, change = [], None
     if utxos is not None:
         coins = read_utxos(utxos, impl, wallet)
-        if wallet.get("xpub"):
-            change = impl.address_from_xpub(wallet["xpub"], change_index, testnet=wallet["testnet"])
+        if wallet.xpub:
+            change = impl.address_from_xpub(wallet.xpub, change_index, testnet=wallet.testnet)
         else:
-            change = wallet.get("address")
+            change = wallet.address
     return build(
         Intent(
             chain,
@@ -160,7 +159,7 @@ def _build_intent(
             fee_rate=fee_rate,
             change_address=change,
         ),
-        testnet=wallet["testnet"],
+        testnet=wallet.testnet,
     )
 
 
@@ -198,12 +197,7 @@ def register(root: typer.Typer) -> None:
     @root.command("approve")
     def approve(
         request_id: str,
-        operator: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--operator", help="operator approving (repeat; default: every operator with a token present)"
-            ),
-        ] = None,
+        operator: Operators = None,
         pin_stdin: PinStdin = False,
         as_json: Json = False,
     ) -> None:

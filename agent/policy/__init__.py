@@ -22,6 +22,8 @@ from agent.policy.rules import (
     TimeWindow,
     UnknownDestination,
     VelocityScope,
+    initial_policy,
+    policy_of,
 )
 from agent.policy.summary import (
     AssetUnit,
@@ -54,8 +56,10 @@ __all__ = [
     "canonical_ref",
     "evaluate",
     "from_tx_summary",
+    "initial_policy",
     "near_limit",
     "policy_change_payload",
     "policy_change_rule",
+    "policy_of",
     "withdrawal_payload",
 ]

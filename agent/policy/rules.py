@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 
@@ -243,6 +243,27 @@ class Policy:
 
     def sha256(self) -> bytes:
         return hashlib.sha256(self.canonical_bytes()).digest()
+
+
+def initial_policy(quorum: int) -> dict[str, Any]:
+    """A new vault's policy document: withdrawals and policy changes need as many distinct
+    approvers as the vault's unlock quorum (what ``create_vault`` is given at init)."""
+    return Policy(generation=1, default=Rule(approvals_required=quorum), admin_approvals=quorum).to_dict()
+
+
+class PolicyHolder(Protocol):
+    """Anything carrying a policy document, such as ``agent.vault.records.VaultHeader``."""
+
+    @property
+    def policy(self) -> Mapping[str, Any]: ...
+
+
+def policy_of(header: PolicyHolder) -> Policy:
+    """The policy in force in a (verified) vault header, parsed strictly.
+
+    :raises PolicyFormatError: naming the offending path.
+    """
+    return Policy.from_dict(header.policy)
 
 
 # --- (de)serialisation helpers ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.errors import TokenNotFound, UsageError, WrongToken
 from agent.tokens.base import Token
@@ -22,6 +22,19 @@ from agent.tokens.base import Token
 logger = logging.getLogger(__name__)
 
 SIM_PREFIX = "sim:"
+
+
+class EnrolledSlot(Protocol):
+    """What finding a slot's token reads from it (``agent.vault.records.SlotEntry`` has these)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def public(self) -> Mapping[str, Any]: ...
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -119,13 +132,13 @@ def open_token(spec: str, home: Path, *, kind: str = "fido2", allow_unattested: 
     return Fido2Token(dev, label, anchors=simulator_anchors(home), allow_unattested=allow_unattested)
 
 
-def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
+def find_token(slot: EnrolledSlot, home: Path) -> Token | None:
     """Return an opened token holding ``slot``'s credential, or None when none is plugged in."""
-    label = str(slot["label"])
-    if slot["kind"] == "piv":
+    label = slot.label
+    if slot.kind == "piv":
         from agent.tokens.piv_token import find_piv_token
 
-        found: Token | None = find_piv_token(slot["public"], home)
+        found: Token | None = find_piv_token(slot.public, home)
         return found
     if label.startswith(SIM_PREFIX):
         from agent.tokens.sim import sim_token_exists
@@ -137,7 +150,7 @@ def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
             token = _sim_fido2(home, name)
         except TokenNotFound:
             return None  # unplugged
-        if token.holds(slot["public"]):
+        if token.holds(slot.public):
             return token
         token.close()
         raise WrongToken(f"{label} is plugged in but does not hold its enrolled credential (reset or replaced?)")
@@ -145,7 +158,7 @@ def find_token(slot: Mapping[str, Any], home: Path) -> Token | None:
 
     for found_label, dev in _real_fido2_devices():
         token = Fido2Token(dev, found_label)
-        if token.holds(slot["public"]):
+        if token.holds(slot.public):
             token.label = label
             return token
         token.close()

@@ -69,6 +69,19 @@ class PivCardInfo:
         name = self.spec or (f"PIV card (CHUID GUID {self.serial})" if self.serial else "PIV card")
         return f"{name} in {self.reader!r}"
 
+    def summary(self) -> str:
+        """One line for people: which card, serial, version, PIN retries, and whether kms-agent can use it."""
+        if self.serial_source == "yubikey":
+            serial = f"serial {self.serial}"
+        else:
+            serial = f"CHUID GUID {self.serial}" if self.serial else "no serial"
+        retries = "unknown" if self.pin_retries is None else self.pin_retries
+        facts = [serial, f"version {self.version or 'unknown'}", f"PIN retries {retries}"]
+        if self.simulated:
+            facts.append("SIMULATED")
+        status = "supported" if self.supported else f"unsupported because {self.reason}"
+        return f"{self.spec or 'PIV card'} in {self.reader!r}: {', '.join(facts)}; {status}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "reader": self.reader,

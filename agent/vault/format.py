@@ -20,7 +20,7 @@ from typing import Any
 import cbor2
 
 from agent.errors import VaultFormatError
-from agent.vault.schema import check_header
+from agent.vault.records import VaultHeader
 
 MAGIC = b"KMSVAULT"
 VERSION = 1
@@ -33,9 +33,9 @@ MAX_HEADER_LEN = 1 << 30
 
 @dataclass(frozen=True)
 class VaultFile:
-    """The four parts of a wallet.dat, with the header already decoded."""
+    """The four parts of a wallet.dat, with the header already decoded and checked."""
 
-    header: dict[str, Any]
+    header: VaultHeader
     header_bytes: bytes
     header_mac: bytes
     header_sig: bytes
@@ -91,6 +91,5 @@ def split(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
 
 def parse(data: bytes) -> VaultFile:
     header_bytes, header_mac, header_sig, body = split(data)
-    header = decode_canonical(header_bytes, "header")
-    check_header(header)
+    header = VaultHeader.from_cbor_map(decode_canonical(header_bytes, "header"))
     return VaultFile(header, header_bytes, header_mac, header_sig, body)

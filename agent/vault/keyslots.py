@@ -8,10 +8,8 @@ opens (docs/wallet-format.md §5).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from agent.vault import primitives as p
+from agent.vault.records import RecoveryEntry, SlotEntry
 
 RECOVERY_KIND = "slip39-recovery"
 
@@ -44,11 +42,11 @@ def wrap_share(
         p.wipe(kek)
 
 
-def unwrap_share(slot: Mapping[str, Any], ikm: bytearray, vault_id: bytes) -> bytearray:
-    kek = _kek(ikm, slot["kind"], slot["kdf_salt"], vault_id, slot["slot_id"])
+def unwrap_share(slot: SlotEntry, ikm: bytearray, vault_id: bytes) -> bytearray:
+    kek = _kek(ikm, slot.kind, slot.kdf_salt, vault_id, slot.slot_id)
     try:
-        aad = _aad(slot["kind"], vault_id, slot["slot_id"], slot["operator_id"])
-        return p.open_sealed(kek, slot["nonce"], slot["wrapped"], aad)
+        aad = _aad(slot.kind, vault_id, slot.slot_id, slot.operator_id)
+        return p.open_sealed(kek, slot.nonce, slot.wrapped, aad)
     finally:
         p.wipe(kek)
 
@@ -64,9 +62,9 @@ def wrap_recovery(
         p.wipe(kek)
 
 
-def unwrap_recovery(recovery: Mapping[str, Any], recovery_secret: bytearray, vault_id: bytes) -> bytearray:
+def unwrap_recovery(recovery: RecoveryEntry, recovery_secret: bytearray, vault_id: bytes) -> bytearray:
     kek = p.hkdf(recovery_secret, salt=vault_id, info=b"recovery")
     try:
-        return p.open_sealed(kek, recovery["nonce"], recovery["wrapped"], p.DOMAIN + b"recovery\0" + vault_id)
+        return p.open_sealed(kek, recovery.nonce, recovery.wrapped, p.DOMAIN + b"recovery\0" + vault_id)
     finally:
         p.wipe(kek)

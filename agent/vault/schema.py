@@ -1,7 +1,8 @@
 """Exact shape of the v1 header and body maps (docs/wallet-format.md §3).
 
 A tiny declarative checker instead of a schema library: the header is small, its rules are exact
-(types *and* byte lengths), and the error must quote the path of the offending field.
+(types *and* byte lengths), and the error must quote the path of the offending field. These checks
+are what :meth:`agent.vault.records.VaultHeader.from_cbor_map` runs before it builds the records.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _WALLET_TYPES: tuple[type | tuple[type, ...], ...] = (str, str, str, bool, int, 
 
 
 class _Rows:
-    """Marker spec for the wallet index; checked by the tight loop in :func:`_check_wallets`."""
+    """Marker spec for the wallet index; checked by the tight loop in :func:`check_wallet_rows`."""
 
 
 RECOVERY: dict[str, Spec] = {
@@ -72,7 +73,7 @@ BODY: dict[str, Spec] = {
 }
 
 
-def _check_wallets(rows: Any, path: str) -> None:
+def check_wallet_rows(rows: Any, path: str) -> None:
     if not isinstance(rows, list):
         raise VaultFormatError(f"header field {path} must be a list")
     width = len(WALLET_FIELDS)
@@ -86,9 +87,10 @@ def _check_wallets(rows: Any, path: str) -> None:
                 raise VaultFormatError(f"header field {path}[{i}].{name} has the wrong type")
 
 
-def _check(value: Any, spec: Spec, path: str) -> None:
+def check(value: Any, spec: Spec, path: str) -> None:
+    """:raises VaultFormatError: ``value`` does not match ``spec``, naming the field at ``path``."""
     if isinstance(spec, _Rows):
-        _check_wallets(value, path)
+        check_wallet_rows(value, path)
         return
     if isinstance(spec, tuple):
         kind, length = spec
@@ -99,7 +101,7 @@ def _check(value: Any, spec: Spec, path: str) -> None:
         if not isinstance(value, list):
             raise VaultFormatError(f"header field {path} must be a list")
         for i, item in enumerate(value):
-            _check(item, spec[0], f"{path}[{i}]")
+            check(item, spec[0], f"{path}[{i}]")
         return
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -110,7 +112,7 @@ def _check(value: Any, spec: Spec, path: str) -> None:
         for key, sub in spec.items():
             if key not in value:
                 raise VaultFormatError(f"header field {path}.{key} is missing")
-            _check(value[key], sub, f"{path}.{key}")
+            check(value[key], sub, f"{path}.{key}")
         return
     # bool is an int subclass: keep them apart so `true` never passes as a count.
     if spec is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -120,7 +122,7 @@ def _check(value: Any, spec: Spec, path: str) -> None:
 
 
 def check_header(header: Any) -> None:
-    _check(header, HEADER, "header")
+    check(header, HEADER, "header")
     n = len(header["operators"])
     if not 1 <= header["quorum"] <= n:
         raise VaultFormatError(f"header quorum {header['quorum']} is impossible with {n} operators")
@@ -133,4 +135,4 @@ def check_header(header: Any) -> None:
 
 
 def check_body(body: Any) -> None:
-    _check(body, BODY, "body")
+    check(body, BODY, "body")

@@ -16,6 +16,7 @@ from typing import Any
 from agent.errors import VaultIntegrityError
 from agent.vault import format as fmt
 from agent.vault import primitives as p
+from agent.vault.records import VaultHeader
 from agent.vault.schema import check_body
 
 
@@ -41,18 +42,18 @@ def signed_bytes(prefix: bytes, header_mac: bytes, body: bytes) -> bytes:
     return prefix + header_mac + p.sha256(body)
 
 
-def seal_file(header: dict[str, Any], body: dict[str, Any], keys: VaultKeys) -> bytes:
-    """Serialise a complete file. ``header['body_nonce']`` must be fresh for every call."""
+def seal_file(header: VaultHeader, body: dict[str, Any], keys: VaultKeys) -> bytes:
+    """Serialise a complete file. ``header.body_nonce`` must be fresh for every call."""
     return seal_file_with_mac(header, body, keys)[0]
 
 
-def seal_file_with_mac(header: dict[str, Any], body: dict[str, Any], keys: VaultKeys) -> tuple[bytes, bytes]:
+def seal_file_with_mac(header: VaultHeader, body: dict[str, Any], keys: VaultKeys) -> tuple[bytes, bytes]:
     """As :func:`seal_file`, also returning the header MAC (which the agent pins)."""
-    header_bytes = fmt.encode_canonical(header)
+    header_bytes = fmt.encode_canonical(header.to_cbor_map())
     prefix = fmt.PREFIX.pack(fmt.MAGIC, fmt.VERSION, len(header_bytes)) + header_bytes
     plaintext = bytearray(fmt.encode_canonical(body))
     try:
-        ciphertext = p.seal(keys.body_key, header["body_nonce"], plaintext, prefix)
+        ciphertext = p.seal(keys.body_key, header.body_nonce, plaintext, prefix)
     finally:
         p.wipe(plaintext)
     header_mac = p.mac(keys.mac_key, prefix)
@@ -62,15 +63,15 @@ def seal_file_with_mac(header: dict[str, Any], body: dict[str, Any], keys: Vault
 
 def check_file_signature(vf: fmt.VaultFile) -> None:
     """Token-free check of every byte against the header's own signing key (pin it separately)."""
-    p.check_signature(vf.header["signing_key"], vf.header_sig, signed_bytes(vf.prefix, vf.header_mac, vf.body))
+    p.check_signature(vf.header.signing_key, vf.header_sig, signed_bytes(vf.prefix, vf.header_mac, vf.body))
 
 
 def open_body(vf: fmt.VaultFile, keys: VaultKeys) -> dict[str, Any]:
     """With the DEK: check the header MAC and signing key, then decrypt the body map."""
     p.check_mac(keys.mac_key, vf.prefix, vf.header_mac)
-    if keys.signing_public != vf.header["signing_key"]:
+    if keys.signing_public != vf.header.signing_key:
         raise VaultIntegrityError()
-    plaintext = p.open_sealed(keys.body_key, vf.header["body_nonce"], vf.body, vf.prefix)
+    plaintext = p.open_sealed(keys.body_key, vf.header.body_nonce, vf.body, vf.prefix)
     try:
         body = fmt.decode_canonical(bytes(plaintext), "body")
     finally:

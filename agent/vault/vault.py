@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from agent.vault import format as fmt
 from agent.vault import keyslots, quorum
 from agent.vault import primitives as p
 from agent.vault.pin import VaultPin, check_pin, load_pin, save_pin
-from agent.vault.schema import WALLET_FIELDS
+from agent.vault.records import WALLET_TYPES, OperatorEntry, RecoveryEntry, SlotEntry, VaultHeader, WalletRow
 from agent.vault.sealed import (
     VaultKeys,
     check_file_signature,
@@ -42,12 +42,11 @@ from agent.vault.sealed import (
 )
 
 #: Given a slot, return an opened token that holds its credential, or None if none is plugged in.
-TokenFinder = Callable[[Mapping[str, Any]], Token | None]
+TokenFinder = Callable[[SlotEntry], Token | None]
 
 T = TypeVar("T")
 
 DEFAULT_RP_ID = "kms-agent.local"
-WALLET_TYPES = ("MNEMONIC", "PRIVATE_KEY")
 
 
 @dataclass(frozen=True)
@@ -86,49 +85,45 @@ class PublicVault:
             h = vf.header
             check_pin(
                 pin,
-                vault_id=h["vault_id"],
-                signing_key=h["signing_key"],
-                generation=h["generation"],
+                vault_id=h.vault_id,
+                signing_key=h.signing_key,
+                generation=h.generation,
                 header_mac=vf.header_mac,
             )
         return cls(path, pin_path, vf)
 
     # --- public facts -------------------------------------------------------------------------
     @property
-    def header(self) -> dict[str, Any]:
+    def header(self) -> VaultHeader:
         return self.file.header
 
     @property
     def fingerprint(self) -> str:
-        return p.fingerprint(self.header["signing_key"])
+        return p.fingerprint(self.header.signing_key)
 
     @property
     def simulated(self) -> bool:
-        return bool(self.header["simulated"])
+        return self.header.simulated
 
     def operator_name(self, operator_id: bytes) -> str:
         return _name(self.header, operator_id)
 
-    def wallet(self, signature_id: str) -> dict[str, Any]:
-        for row in self.header["wallets"]:
-            if row[0] == signature_id:
-                return wallet_dict(row)
-        raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+    def wallet(self, signature_id: str) -> WalletRow:
+        """One row of the public index (``.to_json()`` is the Tatum-shaped dict users see).
 
-    def policy(self) -> Any:
-        """The custody policy in the signed header, as an ``agent.policy.Policy``."""
-        from agent.policy import Policy
+        :raises UsageError: no wallet with that signatureId.
+        """
+        row = self.header.wallet(signature_id)
+        if row is None:
+            raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+        return row
 
-        return Policy.from_dict(self.header["policy"])
-
-    def wallets(self) -> list[dict[str, Any]]:
-        return [wallet_dict(row) for row in self.header["wallets"]]
+    def wallets(self) -> list[WalletRow]:
+        return list(self.header.wallets)
 
     def trust(self) -> VaultPin:
         """Pin this vault (after an operator compared the fingerprint printed at init)."""
-        pin = VaultPin(
-            self.header["vault_id"], self.header["signing_key"], self.header["generation"], self.file.header_mac
-        )
+        pin = VaultPin(self.header.vault_id, self.header.signing_key, self.header.generation, self.file.header_mac)
         save_pin(self.pin_path, pin)
         return pin
 
@@ -147,8 +142,8 @@ class PublicVault:
         :raises QuorumNotMet: fewer distinct operators had a token present.
         :raises TokenError: a token refused (wrong PIN, no touch, removed): nothing is changed.
         """
-        digest = digest or unlock_digest(self.header["vault_id"], self.header["generation"])
-        collected = self.collect(finder, prompts, digest=digest, operators=operators, want=self.header["quorum"])
+        digest = digest or unlock_digest(self.header.vault_id, self.header.generation)
+        collected = self.collect(finder, prompts, digest=digest, operators=operators, want=self.header.quorum)
         return self.open_with(collected)
 
     def collect(
@@ -169,18 +164,18 @@ class PublicVault:
         (called before an operator is asked; False skips them) takes per-operator locks in one
         global order. The caller must :meth:`Collected.wipe` (or open) the result.
         """
-        by_name = {op["name"]: op for op in self.header["operators"]}
-        wanted = list(operators) if operators else [op["name"] for op in self.header["operators"]]
+        by_name = {op.name: op for op in self.header.operators}
+        wanted = list(operators) if operators else [op.name for op in self.header.operators]
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
             raise UsageError(f"no operator named {', '.join(unknown)} in this vault (see `kms-agent operator list`)")
-        names = [op["name"] for op in self.header["operators"] if op["name"] in wanted]
+        names = [op.name for op in self.header.operators if op.name in wanted]
         collected = Collected(self)
         try:
             for name in names:
                 if len(collected.touches) >= want:
                     break
-                op_id = by_name[name]["operator_id"]
+                op_id = by_name[name].operator_id
                 if op_id in skip:
                     continue
                 if hold is not None and not hold(op_id):
@@ -198,7 +193,7 @@ class PublicVault:
 
     def open_with(self, collected: Collected) -> UnlockedVault:
         """Rebuild the data key from collected shares (quorum distinct operators) and open the body."""
-        need = self.header["quorum"]
+        need = self.header.quorum
         try:
             if len(collected.shares) < need:
                 touched = ", ".join(t.operator for t in collected.touches) or "nobody"
@@ -217,9 +212,7 @@ class PublicVault:
     ) -> tuple[bytearray, Touch] | None:
         """The first of the operator's tokens that is present unwraps; a wrong one defers to a backup."""
         wrong: WrongToken | None = None
-        for slot in self.header["slots"]:
-            if slot["operator_id"] != op_id:
-                continue
+        for slot in self.header.slots_of(op_id):
             try:
                 token = finder(slot)
             except WrongToken as exc:
@@ -228,22 +221,22 @@ class PublicVault:
             if token is None:
                 continue
             with token:
-                unwrapped = token.unwrap(slot["public"], digest=digest, prompts=prompts)
+                unwrapped = token.unwrap(slot.public, digest=digest, prompts=prompts)
             try:
-                share = keyslots.unwrap_share(slot, unwrapped.ikm, self.header["vault_id"])
+                share = keyslots.unwrap_share(slot, unwrapped.ikm, self.header.vault_id)
             finally:
                 p.wipe(unwrapped.ikm)
-            return share, Touch(self.operator_name(op_id), slot["label"], unwrapped.approval, op_id, slot["slot_id"])
+            return share, Touch(self.operator_name(op_id), slot.label, unwrapped.approval, op_id, slot.slot_id)
         if wrong is not None:
             raise wrong
         return None
 
     def recover(self, shares: Sequence[str]) -> UnlockedVault:
         """Open with the recovery officers' SLIP-39 words instead of tokens (bypasses the quorum)."""
-        rec = self.header["recovery"]
-        secret = quorum.combine(shares, rec["threshold"])
+        rec = self.header.recovery
+        secret = quorum.combine(shares, rec.threshold)
         try:
-            dek = keyslots.unwrap_recovery(rec, secret, self.header["vault_id"])
+            dek = keyslots.unwrap_recovery(rec, secret, self.header.vault_id)
         finally:
             p.wipe(secret)
         return UnlockedVault.open(self, dek, [])
@@ -273,26 +266,43 @@ class Collected:
 
 @dataclass
 class UnlockedVault:
-    """A vault with its data key in memory. Use as a context manager so the key is always wiped."""
+    """A vault with its data key in memory. Use as a context manager so the key is always wiped.
+
+    ``header`` is an immutable :class:`VaultHeader`: the methods below replace it with a changed
+    copy, and :meth:`save` writes whichever header is current.
+    """
 
     path: Path
     pin_path: Path
-    header: dict[str, Any]
+    _header: VaultHeader
     body: dict[str, Any]
     keys: VaultKeys
     touches: list[Touch] = field(default_factory=list)
+    #: Rows added since ``header`` was last read: appending 100,000 wallets in one transaction must
+    #: not copy the whole index each time, so they join the header when it is next read.
+    _new_wallets: list[WalletRow] = field(default_factory=list, repr=False)
+
+    @property
+    def header(self) -> VaultHeader:
+        if self._new_wallets:
+            self._header = self._header.with_wallets((*self._header.wallets, *self._new_wallets))
+            self._new_wallets = []
+        return self._header
+
+    @header.setter
+    def header(self, header: VaultHeader) -> None:
+        """Replace the whole header (rows added since it was last read go with the old one)."""
+        self._header, self._new_wallets = header, []
 
     @classmethod
     def open(cls, public: PublicVault, dek: bytearray, touches: list[Touch]) -> UnlockedVault:
-        keys = VaultKeys(dek, public.header["vault_id"])
+        keys = VaultKeys(dek, public.header.vault_id)
         try:
             body = open_body(public.file, keys)
         except KmsAgentError:
             keys.wipe()
             raise
-        header = dict(public.header)
-        header["wallets"] = list(header["wallets"])  # add/remove must not reach the loaded file's view
-        return cls(public.path, public.pin_path, header, body, keys, touches)
+        return cls(public.path, public.pin_path, public.header, body, keys, touches)
 
     def __enter__(self) -> UnlockedVault:
         return self
@@ -306,18 +316,18 @@ class UnlockedVault:
 
     # --- operators and tokens -------------------------------------------------------------------
     def operator_id(self, name: str) -> bytes:
-        for op in self.header["operators"]:
-            if op["name"] == name:
-                return bytes(op["operator_id"])
-        raise UsageError(f"no operator named {name!r} in this vault")
+        op = self.header.operator_named(name)
+        if op is None:
+            raise UsageError(f"no operator named {name!r} in this vault")
+        return op.operator_id
 
-    def enrol_token(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> dict[str, Any]:
+    def enrol_token(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> SlotEntry:
         """Add ``token`` as another token of ``operator``: it wraps that operator's own share."""
         slot = self.prepare_slot(operator, token, prompts, now=now)
         self.add_slot(slot)
         return slot
 
-    def prepare_slot(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> dict[str, Any]:
+    def prepare_slot(self, operator: str, token: Token, prompts: Prompts, *, now: int | None = None) -> SlotEntry:
         """Enrol ``token`` (PIN, touch) and wrap ``operator``'s share for it, without changing the header.
 
         Kept apart from :meth:`add_slot` so the touch happens before the writer lock is taken.
@@ -330,32 +340,35 @@ class UnlockedVault:
         finally:
             p.wipe(share)
 
-    def add_slot(self, slot: dict[str, Any]) -> None:
+    def add_slot(self, slot: SlotEntry) -> None:
         """Add a slot made by :meth:`prepare_slot` (re-checked: the header may have moved on since)."""
-        _name(self.header, slot["operator_id"])  # the operator must still be in this vault
-        self._check_new_label(slot["label"])
-        self.header["slots"] = [*self.header["slots"], slot]
-        self.header["simulated"] = any(s["simulated"] for s in self.header["slots"])
+        _name(self.header, slot.operator_id)  # the operator must still be in this vault
+        self._check_new_label(slot.label)
+        self.header = self.header.with_slots([*self.header.slots, slot])
 
     def _check_new_label(self, label: str) -> None:
-        if any(s["label"] == label for s in self.header["slots"]):
+        if any(s.label == label for s in self.header.slots):
             raise UsageError(f"token {label} is already enrolled in this vault")
 
-    def remove_token(self, label: str) -> dict[str, Any]:
-        slots = self.header["slots"]
-        match = [s for s in slots if s["label"] == label]
+    def remove_token(self, label: str) -> SlotEntry:
+        slots = self.header.slots
+        match = [s for s in slots if s.label == label]
         if not match:
             raise TokenNotFound(f"no token {label} is enrolled in this vault")
-        slot: dict[str, Any] = match[0]
-        left = [s for s in slots if s["operator_id"] == slot["operator_id"] and s is not slot]
+        slot = match[0]
+        left = [s for s in slots if s.operator_id == slot.operator_id and s is not slot]
         if not left:
             raise UsageError(
-                f"{label} is the last token of operator {_name(self.header, slot['operator_id'])}; "
+                f"{label} is the last token of operator {_name(self.header, slot.operator_id)}; "
                 "enrol another token first, or that operator's share is lost",
             )
-        self.header["slots"] = [s for s in slots if s is not slot]
-        self.header["simulated"] = any(s["simulated"] for s in self.header["slots"])
+        self.header = self.header.with_slots(s for s in slots if s is not slot)
         return slot
+
+    # --- policy -------------------------------------------------------------------------------
+    def set_policy(self, policy: Mapping[str, Any]) -> None:
+        """Replace the policy document (the caller checked it and its approvals: agent.policy)."""
+        self.header = self.header.with_policy(policy)
 
     # --- wallets ------------------------------------------------------------------------------
     def add_wallet(
@@ -369,7 +382,7 @@ class UnlockedVault:
         address: str | None = None,
         signature_id: str | None = None,
         now: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> WalletRow:
         """Store one secret (mnemonic or private key, UTF-8) and its public index entry."""
         if wallet_type not in WALLET_TYPES:
             raise UsageError(f"unknown wallet type {wallet_type!r}")
@@ -381,15 +394,17 @@ class UnlockedVault:
             self.body["entries"][sig_id] = seal_entry(self.keys, sig_id, plaintext)
         finally:
             p.wipe(plaintext)
-        row = [sig_id, wallet_type, chain, testnet, int(now if now is not None else time.time()), xpub, address]
-        self.header["wallets"].append(row)
-        return wallet_dict(row)
+        row = WalletRow(
+            sig_id, wallet_type, chain, testnet, int(now if now is not None else time.time()), xpub, address
+        )
+        self._new_wallets.append(row)
+        return row
 
     def remove_wallet(self, signature_id: str) -> None:
         if signature_id not in self.body["entries"]:
             raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
         del self.body["entries"][signature_id]
-        self.header["wallets"] = [w for w in self.header["wallets"] if w[0] != signature_id]
+        self.header = self.header.with_wallets(w for w in self.header.wallets if w.signature_id != signature_id)
 
     def read_secret(self, signature_id: str) -> tuple[str, bytearray]:
         """Decrypt exactly one wallet's secret; the caller wipes the returned bytearray."""
@@ -416,23 +431,19 @@ class UnlockedVault:
         """
         with writer_lock(self.pin_path.parent):
             current = PublicVault.load(self.path, self.pin_path)
-            if current.header["generation"] != self.header["generation"]:
+            if current.header.generation != self.header.generation:
                 self._rebase(current)
             result = change(self)
             self.save(now=now)
             return result
 
     def _rebase(self, current: PublicVault) -> None:
-        if current.header["vault_id"] != self.header["vault_id"] or (
-            current.header["signing_key"] != self.keys.signing_public
-        ):
+        if current.header.vault_id != self.header.vault_id or (current.header.signing_key != self.keys.signing_public):
             raise VaultIntegrityError(
                 "wallet.dat was replaced by another vault while this command ran; nothing was written"
             )
         body = open_body(current.file, self.keys)
-        header = dict(current.header)
-        header["wallets"] = list(header["wallets"])
-        self.header, self.body = header, body
+        self.header, self.body = current.header, body
 
     def save(self, *, now: int | None = None) -> None:
         """Write generation + 1 atomically and move the pin forward with it.
@@ -440,16 +451,16 @@ class UnlockedVault:
         Callers other than :meth:`transact` and a new vault's first write hold the writer lock
         themselves (or are alone: tests, the crash harness).
         """
-        self.header["generation"] += 1
-        self.header["updated_at"] = int(now if now is not None else time.time())
-        self.header["body_nonce"] = p.random_bytes(p.NONCE_LEN)
+        self.header = self.header.next_write(
+            updated_at=int(now if now is not None else time.time()), body_nonce=p.random_bytes(p.NONCE_LEN)
+        )
         data, header_mac = seal_file_with_mac(self.header, self.body, self.keys)
         crash_point("before-vault-save")
         atomic_write(self.path, data)
         crash_point("after-vault-save")
         save_pin(
             self.pin_path,
-            VaultPin(self.header["vault_id"], self.keys.signing_public, self.header["generation"], header_mac),
+            VaultPin(self.header.vault_id, self.keys.signing_public, self.header.generation, header_mac),
         )
 
     @property
@@ -457,21 +468,16 @@ class UnlockedVault:
         return p.fingerprint(self.keys.signing_public)
 
 
-def wallet_dict(row: Sequence[Any]) -> dict[str, Any]:
-    """One public index row as the JSON shape users see (Tatum's field names; absent fields omitted)."""
-    return {k: v for k, v in zip(WALLET_FIELDS, row, strict=True) if v is not None}
-
-
-def _name(header: Mapping[str, Any], operator_id: bytes) -> str:
+def _name(header: VaultHeader, operator_id: bytes) -> str:
     """An operator's name; an id the header does not list means the header is not what it claims."""
-    for op in header["operators"]:
-        if op["operator_id"] == operator_id:
-            return str(op["name"])
-    raise VaultIntegrityError()
+    op = header.operator(operator_id)
+    if op is None:
+        raise VaultIntegrityError()
+    return op.name
 
 
 def _enrol_slot(
-    header: Mapping[str, Any],
+    header: VaultHeader,
     operator_id: bytes,
     operator: str,
     token: Token,
@@ -479,10 +485,10 @@ def _enrol_slot(
     prompts: Prompts,
     *,
     now: int | None,
-) -> dict[str, Any]:
+) -> SlotEntry:
     slot_id = p.random_bytes(16)
     enrolment = token.enrol(
-        rp_id=header["rp_id"], user_id=slot_id, user_name=operator, salt=p.random_bytes(32), prompts=prompts
+        rp_id=header.rp_id, user_id=slot_id, user_name=operator, salt=p.random_bytes(32), prompts=prompts
     )
     try:
         kind = enrolment.kind
@@ -492,34 +498,24 @@ def _enrol_slot(
             enrolment.ikm,
             kind=kind,
             kdf_salt=kdf_salt,
-            vault_id=header["vault_id"],
+            vault_id=header.vault_id,
             slot_id=slot_id,
             operator_id=operator_id,
         )
     finally:
         p.wipe(enrolment.ikm)
-    return {
-        "slot_id": slot_id,
-        "operator_id": operator_id,
-        "kind": kind,
-        "label": enrolment.token_label,
-        "simulated": enrolment.simulated,
-        "enrolled_at": int(now if now is not None else time.time()),
-        "public": enrolment.slot_public,
-        "kdf_salt": kdf_salt,
-        "nonce": nonce,
-        "wrapped": wrapped,
-    }
-
-
-def _default_policy(quorum_size: int) -> dict[str, Any]:
-    """At init, withdrawals need as many distinct approvers as the vault's unlock quorum."""
-    from agent.policy import Policy, Rule
-
-    policy: dict[str, Any] = Policy(
-        generation=1, default=Rule(approvals_required=quorum_size), admin_approvals=quorum_size
-    ).to_dict()
-    return policy
+    return SlotEntry(
+        slot_id=slot_id,
+        operator_id=operator_id,
+        kind=kind,
+        label=enrolment.token_label,
+        simulated=enrolment.simulated,
+        enrolled_at=int(now if now is not None else time.time()),
+        public=enrolment.slot_public,
+        kdf_salt=kdf_salt,
+        nonce=nonce,
+        wrapped=wrapped,
+    )
 
 
 @dataclass
@@ -531,10 +527,10 @@ class PendingVault:
 
     def check_recovery(self, shares: Sequence[str]) -> None:
         """Prove the given words rebuild this vault's data key (init refuses to finish otherwise)."""
-        rec = self.vault.header["recovery"]
-        secret = quorum.combine(shares, rec["threshold"])
+        rec = self.vault.header.recovery
+        secret = quorum.combine(shares, rec.threshold)
         try:
-            dek = keyslots.unwrap_recovery(rec, secret, self.vault.header["vault_id"])
+            dek = keyslots.unwrap_recovery(rec, secret, self.vault.header.vault_id)
         finally:
             p.wipe(secret)
         ok = p.sha256(bytes(dek)) == p.sha256(bytes(self.vault.keys.dek))
@@ -546,7 +542,7 @@ class PendingVault:
         with writer_lock(self.vault.pin_path.parent):
             if self.vault.path.exists():
                 raise UsageError(f"{self.vault.path} already exists; refusing to overwrite a vault")
-            self.vault.header["generation"] = 0  # save() makes it 1
+            self.vault.header = replace(self.vault.header, generation=0)  # save() makes it 1
             self.vault.save(now=now)
         return self.vault
 
@@ -558,12 +554,17 @@ def create_vault(
     quorum_size: int,
     prompts: Prompts,
     *,
+    policy: Mapping[str, Any],
     recovery_threshold: int = 2,
     recovery_shares: int = 3,
     rp_id: str = DEFAULT_RP_ID,
     now: int | None = None,
 ) -> PendingVault:
-    """Enrol each operator's first token, split the data key k-of-n across operators, add recovery."""
+    """Enrol each operator's first token, split the data key k-of-n across operators, add recovery.
+
+    :param policy: the initial custody policy document, stored as given (the caller builds it with
+        :mod:`agent.policy`; the vault keeps it opaque).
+    """
     names = [name for name, _ in operators]
     if len(set(names)) != len(names):
         raise UsageError("each operator needs a distinct name")
@@ -585,30 +586,30 @@ def create_vault(
     finally:
         p.wipe(recovery_secret)
     keys = VaultKeys(dek, vault_id)
-    ops: list[dict[str, Any]] = [{"operator_id": p.random_bytes(16), "name": name} for name in names]
-    header: dict[str, Any] = {
-        "vault_id": vault_id,
-        "generation": 0,
-        "created_at": ts,
-        "updated_at": ts,
-        "rp_id": rp_id,
-        "quorum": quorum_size,
-        "operators": ops,
-        "slots": [],
-        "recovery": {
-            "kind": keyslots.RECOVERY_KIND,
-            "threshold": recovery_threshold,
-            "shares": recovery_shares,
-            "nonce": rec_nonce,
-            "wrapped": rec_wrapped,
-        },
-        "signing_key": keys.signing_public,
-        "body_nonce": p.random_bytes(p.NONCE_LEN),
-        "simulated": False,
-        "wallets": [],
-        "policy": _default_policy(quorum_size),
-    }
-    shares = {bytes(op["operator_id"]).hex(): share for op, share in zip(ops, op_shares, strict=True)}
+    ops = tuple(OperatorEntry(p.random_bytes(16), name) for name in names)
+    header = VaultHeader(
+        vault_id=vault_id,
+        generation=0,
+        created_at=ts,
+        updated_at=ts,
+        rp_id=rp_id,
+        quorum=quorum_size,
+        operators=ops,
+        slots=(),
+        recovery=RecoveryEntry(
+            kind=keyslots.RECOVERY_KIND,
+            threshold=recovery_threshold,
+            shares=recovery_shares,
+            nonce=rec_nonce,
+            wrapped=rec_wrapped,
+        ),
+        signing_key=keys.signing_public,
+        body_nonce=p.random_bytes(p.NONCE_LEN),
+        simulated=False,
+        wallets=(),
+        policy=dict(policy),
+    )
+    shares = {op.operator_id.hex(): share for op, share in zip(ops, op_shares, strict=True)}
     body: dict[str, Any] = {"shares": shares, "entries": {}}
     vault = UnlockedVault(path, pin_path, header, body, keys)
     try:

@@ -51,16 +51,15 @@ from agent.errors import (
 )
 from agent.faults import crash_point
 from agent.locks import OperatorLocks, writer_lock
-from agent.policy import Decision, HistoryEntry, RequestSummary, SummaryOutput, evaluate, from_tx_summary
+from agent.policy import Decision, HistoryEntry, RequestSummary, SummaryOutput, evaluate, from_tx_summary, policy_of
 from agent.policy import withdrawal_payload as _withdrawal_payload
 from agent.tokens.base import Prompts
 from agent.vault.primitives import wipe
+from agent.vault.records import WalletRow
 from agent.vault.vault import Collected, PublicVault, TokenFinder
+from agent.wallets.mainnet import refuse_simulated_mainnet
 from agent.withdrawals.ledger import VELOCITY_HORIZON, DecisionStage, Ledger, RequestState, Status
 from agent.withdrawals.queue import Queue, differences
-
-#: Simulated tokens keep their secrets in files: mainnet withdrawals need this set to "1".
-ALLOW_SIM_MAINNET_ENV = "KMS_AGENT_ALLOW_SIMULATED_MAINNET"
 
 PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
 
@@ -184,20 +183,15 @@ class Withdrawals:
         vault = self.vault()
         wallet = vault.wallet(signature_id)
         impl = get_chain(chain)
-        if impl.name != wallet["chain"]:
-            raise UsageError(f"wallet {signature_id} is a {wallet['chain']} wallet, not {impl.name}")
-        if not 0 <= index < 2**31 or (wallet.get("address") and index != 0):
+        if impl.name != wallet.chain:
+            raise UsageError(f"wallet {signature_id} is a {wallet.chain} wallet, not {impl.name}")
+        if not 0 <= index < 2**31 or (wallet.address and index != 0):
             raise UsageError("bad derivation index for this wallet (0 to 2^31-1; 0 for a private-key wallet)")
-        if vault.simulated and not wallet["testnet"] and os.environ.get(ALLOW_SIM_MAINNET_ENV) != "1":
-            raise UsageError(
-                "this vault is enrolled with SIMULATED tokens: refusing a mainnet withdrawal",
-                hint=f"use testnet wallets, enrol hardware tokens, or set {ALLOW_SIM_MAINNET_ENV}=1 "
-                "if you really mean it",
-            )
+        refuse_simulated_mainnet(simulated=vault.simulated, testnet=wallet.testnet, what="withdrawal")
         raw = tx_bytes(tx)
-        summary = impl.decode(raw, testnet=wallet["testnet"], owned=_owned(wallet))
+        summary = impl.decode(raw, testnet=wallet.testnet, owned=_owned(wallet))
         req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)
-        policy = vault.policy()
+        policy = policy_of(vault.header)
         now = self._now()
         decision = evaluate(req_summary, policy, self.history(now), now)
         initiator_id = _operator_id(vault, initiator)
@@ -205,7 +199,7 @@ class Withdrawals:
         payload = dataclasses.replace(
             _withdrawal_payload(
                 req_summary,
-                vault_id=vault.header["vault_id"],
+                vault_id=vault.header.vault_id,
                 request_id=request_id,
                 derivation_index=index,
                 unsigned_tx_sha256=hashlib.sha256(raw).digest(),
@@ -221,7 +215,7 @@ class Withdrawals:
                 AuditKind.REQUEST,
                 {
                     "chain": impl.name,
-                    "testnet": wallet["testnet"],
+                    "testnet": wallet.testnet,
                     "signature_id": signature_id,
                     "index": index,
                     "tx": raw.hex(),
@@ -270,7 +264,7 @@ class Withdrawals:
         digest = approval_digest(state.payload)
         roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
         now = self._now()
-        policy_decision = evaluate(self._decode(state, vault), vault.policy(), self.history(now), now)
+        policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.history(now), now)
         rule = _quorum_rule(policy_decision, vault)
         before = self._evaluate(state, [], rule, roster, now)
         if before.outcome.value in ("expired", "rejected", "stale"):
@@ -334,13 +328,13 @@ class Withdrawals:
             raise ApprovalError(f"request {rid} was {state.status.value} meanwhile; nothing recorded", request_id=rid)
         self._check_binding(state)
         summary = self._decode(state, vault)
-        policy_decision = evaluate(summary, vault.policy(), self.history(now), now)
+        policy_decision = evaluate(summary, policy_of(vault.header), self.history(now), now)
         rule = _quorum_rule(policy_decision, vault)
         decision = self._evaluate(state, fresh, rule, roster, now)
         signing = decision.approved and state.signed is None
-        if signing and policy_decision.allowed and len(collected.shares) < vault.header["quorum"]:
+        if signing and policy_decision.allowed and len(collected.shares) < vault.header.quorum:
             signing = False
-            short = vault.header["quorum"] - len(collected.shares)
+            short = vault.header.quorum - len(collected.shares)
         else:
             short = 0
         denied = decision.approved and state.signed is None and not policy_decision.allowed
@@ -368,7 +362,7 @@ class Withdrawals:
             raise ApprovalInvalid(f"request {rid}: the approval was refused: {decision.explain()}", request_id=rid)
         if short:
             raise QuorumNotMet(
-                f"request {rid} is approved, but opening the vault to sign needs {vault.header['quorum']} "
+                f"request {rid} is approved, but opening the vault to sign needs {vault.header.quorum} "
                 f"operators' touches and only {len(collected.shares)} were present",
                 hint="run `kms-agent approve` again when more operators' tokens are plugged in",
                 request_id=rid,
@@ -469,7 +463,7 @@ class Withdrawals:
         operators: Sequence[str] | None,
     ) -> None:
         """Approvals given earlier carry no share: ask more operators present to touch (never blocking)."""
-        need = vault.header["quorum"] - len(collected.shares)
+        need = vault.header.quorum - len(collected.shares)
         if need <= 0:
             return
         extra = vault.collect(
@@ -559,11 +553,11 @@ class Withdrawals:
         from agent.policy import policy_change_payload, policy_change_rule
 
         vault = self.vault()
-        current = vault.policy()
+        current = policy_of(vault.header)
         now = self._now()
         rule = policy_change_rule(current)
         payload = policy_change_payload(
-            vault_id=vault.header["vault_id"],
+            vault_id=vault.header.vault_id,
             request_id=os.urandom(16),
             current=current,
             new=new,
@@ -593,7 +587,7 @@ class Withdrawals:
         from agent.policy import policy_change_rule
 
         vault = self.vault()
-        current = vault.policy()
+        current = policy_of(vault.header)
         now = self._now()
         if current.generation != payload.policy_generation:
             raise ApprovalError(
@@ -617,7 +611,7 @@ class Withdrawals:
         decision = evaluate_quorum(ApprovalRequest(payload), fresh, [], rule, roster, now, self.ledger.counters())
         with self.audit.transaction() as rows:
             self._record(rows, rid, payload, decision, fresh, roster, vault, now)
-            if decision.approved and len(collected.shares) >= vault.header["quorum"]:
+            if decision.approved and len(collected.shares) >= vault.header.quorum:
                 rows.append(
                     AuditKind.POLICY_CHANGE,
                     {"generation": new.generation, "sha256": new.sha256().hex(), "policy": new.to_dict()},
@@ -629,14 +623,14 @@ class Withdrawals:
                 f"policy change needs {rule.approvals_required} distinct approvers: {decision.explain()}",
                 request_id=rid,
             )
-        if len(collected.shares) < vault.header["quorum"]:
+        if len(collected.shares) < vault.header.quorum:
             raise QuorumNotMet(
-                f"the policy change is approved, but writing it needs {vault.header['quorum']} operators' "
+                f"the policy change is approved, but writing it needs {vault.header.quorum} operators' "
                 f"touches and only {len(collected.shares)} were present",
                 request_id=rid,
             )
         with vault.open_with(collected) as opened:
-            opened.transact(lambda v: v.header.__setitem__("policy", new.to_dict()))
+            opened.transact(lambda v: v.set_policy(new.to_dict()))
         return {
             "id": rid,
             "generation": new.generation,
@@ -668,23 +662,23 @@ class Withdrawals:
 CHANGE_GAP = 100
 
 
-def _owned(wallet: dict[str, Any]) -> Owned:
-    addresses = {wallet["address"]} if wallet.get("address") else set()
-    xpub = wallet.get("xpub")
-    impl = get_chain(wallet["chain"])
+def _owned(wallet: WalletRow) -> Owned:
+    addresses = {wallet.address} if wallet.address else set()
+    xpub = wallet.xpub
+    impl = get_chain(wallet.chain)
     from agent.chains.utxo import UtxoChain
 
     if xpub and isinstance(impl, UtxoChain):
-        addresses.update(impl.addresses_from_xpub(xpub, range(CHANGE_GAP), testnet=wallet["testnet"]))
+        addresses.update(impl.addresses_from_xpub(xpub, range(CHANGE_GAP), testnet=wallet.testnet))
     return Owned(addresses=frozenset(addresses), xpub=xpub)
 
 
 def _operator_id(vault: PublicVault, name: str | None) -> bytes | None:
     if name is None:
         return None
-    for op in vault.header["operators"]:
-        if op["name"] == name:
-            return bytes(op["operator_id"])
+    op = vault.header.operator_named(name)
+    if op is not None:
+        return op.operator_id
     if name.startswith("app:"):
         return None  # an application, not an operator: it can never approve anything anyway
     raise UsageError(f"no operator named {name!r} (applications initiate as app:NAME)")
@@ -695,7 +689,7 @@ def _quorum_rule(decision: Decision, vault: PublicVault) -> QuorumRule:
         decision.approvals_required,
         initiator_may_approve=decision.rule.initiator_may_approve,
         approval_ttl=decision.rule.approval_ttl,
-        policy_generation=vault.policy().generation,
+        policy_generation=policy_of(vault.header).generation,
     )
 
 

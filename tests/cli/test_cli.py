@@ -69,6 +69,11 @@ def test_every_command_warns_about_simulated_tokens(cli: Cli, initialised: dict)
 
 
 def test_store_and_address_match_tatum_style_json(cli: Cli, initialised: dict) -> None:  # type: ignore[type-arg]
+    cli.env.pop("KMS_AGENT_ALLOW_SIMULATED_MAINNET")
+    refused = cli("wallet", "store", "BTC", input=MNEMONIC.encode())  # a simulated vault holds no mainnet value
+    assert refused.returncode == 2 and "SIMULATED tokens: refusing a mainnet wallet" in refused.stderr
+    assert cli.json("wallet", "list")["wallets"] == []
+    cli.env["KMS_AGENT_ALLOW_SIMULATED_MAINNET"] = "1"  # ...unless told (README, "Scripting contract")
     stored = cli.json("wallet", "store", "BTC", input=MNEMONIC.encode())
     assert set(stored) == {"signatureId", "xpub"}
     # Tatum derives BTC at m/44'/0'/0'/0 with P2WPKH addresses: check against bip-utils directly.
@@ -96,7 +101,7 @@ def test_store_private_key_eth(cli: Cli, initialised: dict) -> None:  # type: ig
 def test_generate_prints_no_secret(cli: Cli, initialised: dict, home: Path) -> None:  # type: ignore[type-arg]
     proc = cli("wallet", "generate", "ETH", "--testnet", "--json")
     assert proc.returncode == 0, proc.stderr
-    made = json.loads(proc.stdout)
+    [made] = json.loads(proc.stdout)["wallets"]  # one shape for one wallet or many
     assert set(made) == {"signatureId", "xpub"}
     assert made["xpub"].startswith(("tpub", "xpub"))
     addr = cli.json("wallet", "address", made["signatureId"], "3")
@@ -166,7 +171,7 @@ def test_no_terminal_and_no_auto_touch_means_no_pin(cli: Cli, initialised: dict)
         ["wallet", "generate", "NOPE"],
         ["wallet", "address", "no-such-id", "0"],
         ["init", "--operator", "alice", "--quorum", "1"],
-        ["token", "enrol", "usb:x", "--operator", "alice"],
+        ["token", "enrol", "usb:x", "--owner", "alice"],
     ],
 )
 def test_bad_input_is_a_usage_error(cli: Cli, initialised: dict, home: Path, args: list[str]) -> None:  # type: ignore[type-arg]
@@ -218,7 +223,7 @@ def test_restored_vault_needs_explicit_trust(cli: Cli, initialised: dict, home: 
 
 
 def test_token_enrol_and_remove(cli: Cli, initialised: dict) -> None:  # type: ignore[type-arg]
-    enrolled = cli.json("token", "enrol", "sim:alice2", "--operator", "alice")
+    enrolled = cli.json("token", "enrol", "sim:alice2", "--owner", "alice")
     assert enrolled["operator"] == "alice" and len(enrolled["approved_by"]) == 2
     labels = [t["label"] for t in cli.json("token", "list")["tokens"]]
     assert labels == ["sim:alice", "sim:bob", "sim:carol", "sim:alice2"]
@@ -255,7 +260,7 @@ def test_recovery_words_verify_and_replace_lost_tokens(cli: Cli, initialised: di
     assert cli("unlock").returncode == 5
     for name in ("alice", "bob"):
         out = cli.json(
-            "recovery", "enrol-token", f"sim:{name}-new", "--operator", name, input="\n".join(words[1:]).encode()
+            "recovery", "enrol-token", f"sim:{name}-new", "--owner", name, input="\n".join(words[1:]).encode()
         )
         assert out["via"] == "recovery"
     result = cli.json("unlock")
@@ -270,7 +275,7 @@ def test_mixed_piv_and_fido2_operators(cli: Cli) -> None:
     assert kinds == {"sim:alice": "fido2-hmac", "sim:bob": "piv"}
     touched = cli.json("unlock")["touched"]
     assert [(t["operator"], t["token"]) for t in touched] == [("alice", "sim:alice"), ("bob", "sim:bob")]
-    added = cli.json("token", "enrol", "sim:alice-piv", "--kind", "piv", "--operator", "alice")
+    added = cli.json("token", "enrol", "sim:alice-piv", "--kind", "piv", "--owner", "alice")
     assert added["kind"] == "piv"
 
 

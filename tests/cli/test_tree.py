@@ -314,7 +314,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     vault = base / "vault"
     vault.mkdir(mode=0o700)
     _cli(vault, *init_args(), "--json")
-    wallet = json.loads(_cli(vault, "wallet", "store", "ETH", "--json", stdin=ETH_KEY.encode()))["signatureId"]
+    wallet = json.loads(_cli(vault, "wallet", "store", "ETH", "--testnet", "--json", stdin=ETH_KEY.encode()))[
+        "signatureId"
+    ]
     policy = json.loads(_cli(vault, "policy", "show"))
     policy["generation"] += 1
     (base / "policy.json").write_text(json.dumps(policy))

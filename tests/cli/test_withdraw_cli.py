@@ -19,7 +19,7 @@ def ready(cli: Cli, home: Path) -> dict:  # type: ignore[type-arg]
     from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
 
     cli.json(*init_args())
-    wallet = cli.json("wallet", "generate", "ETH", "--testnet")
+    wallet = cli.json("wallet", "generate", "ETH", "--testnet")["wallets"][0]
     policy = Policy(
         generation=2,
         default=Rule(
@@ -38,6 +38,16 @@ def ready(cli: Cli, home: Path) -> dict:  # type: ignore[type-arg]
         return str(ETH.build_transfer(to=COLD, value=value, nonce=nonce, chain_id=11155111, max_fee_per_gas=10**10))
 
     return {"sig": wallet["signatureId"], "tx": tx}
+
+
+def test_free_text_reaches_the_approver_escaped(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
+    # An ANSI sequence that would erase the line and draw a fake amount in a terminal.
+    trick = "app:x\x1b[2K\r  pay 0.001 ETH to 0x00000000000000000000000000000000000c01D0"
+    req = cli.json("request", "create", "ETH", ready["sig"], "0", "--tx", ready["tx"](9 * 10**17), "--initiator", trick)
+    shown = cli("request", "show", req["id"])
+    assert "\x1b" not in shown.stdout + shown.stderr  # no raw escape reaches the terminal...
+    assert "\\x1b[2K" in shown.stdout  # ...it is shown, visibly escaped
+    assert "pay 0.9 ETH (900000000000000000 wei)" in shown.stdout
 
 
 def test_request_approve_sign(cli: Cli, ready: dict) -> None:  # type: ignore[type-arg]
@@ -136,7 +146,7 @@ def test_sweep_to_cold_wallet_is_one_command(cli: Cli, ready: dict) -> None:  # 
 
 def test_btc_sweep_builds_a_psbt(cli: Cli, home: Path) -> None:
     cli.json(*init_args())
-    wallet = cli.json("wallet", "generate", "BTC", "--testnet")
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet")["wallets"][0]
     coins = [
         {"txid": "11" * 32, "vout": 0, "amount": 40_000, "index": 0},
         {"txid": "22" * 32, "vout": 1, "amount": 60_000, "index": 3},
@@ -193,7 +203,7 @@ def test_intents_become_unsigned_transactions(cli: Cli, ready: dict) -> None:  #
 
 def test_btc_intent_with_change(cli: Cli, home: Path) -> None:
     cli.json(*init_args())
-    wallet = cli.json("wallet", "generate", "BTC", "--testnet")
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet")["wallets"][0]
     (home / "utxos.json").write_text(json.dumps([{"txid": "33" * 32, "vout": 0, "amount": 80_000, "index": 0}]))
     proc = cli(
         "request",
@@ -226,7 +236,7 @@ def test_generated_btc_private_key_wallet_signs(cli: Cli, home: Path) -> None:
     from agent.policy import AssetLimits, Policy, Rule
 
     cli.json(*init_args())
-    wallet = cli.json("wallet", "generate", "BTC", "--testnet", "--private-key")
+    wallet = cli.json("wallet", "generate", "BTC", "--testnet", "--private-key")["wallets"][0]
     assert wallet["address"].startswith("tb1q")
     policy = Policy(
         generation=2,

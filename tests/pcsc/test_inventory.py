@@ -60,6 +60,20 @@ def test_doctor_lists_a_plain_piv_card_and_why_it_is_unsupported(pcscd: Pcscd, t
             open_piv_token("piv", home)
         assert "unsupported because it is not a YubiKey PIV applet" in refused.value.message
 
+        # `token list --cards` shows it next to the enrolled tokens, with the same facts.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_AGENT_")}
+        env.update(KMS_AGENT_HOME=str(home), KMS_AGENT_SIM_TOUCH="auto")
+        cli = [sys.executable, "-m", "agent"]
+        init = [*cli, "init", "--operator", "alice=sim:alice", "--operator", "bob=sim:bob", "--quorum", "2", "--json"]
+        assert subprocess.run(init, env=env, cwd=REPO, capture_output=True, timeout=120).returncode == 0
+        listed_proc = subprocess.run(
+            [*cli, "token", "list", "--cards", "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert listed_proc.returncode == 0, listed_proc.stderr
+        out = json.loads(listed_proc.stdout)
+        assert [t["label"] for t in out["tokens"]] == ["sim:alice", "sim:bob"]
+        assert info.to_json() in out["cards"]
+
 
 def test_doctor_lists_a_yubikey_like_card_with_what_it_lacks(pcscd: Pcscd, tmp_path: Path) -> None:
     home = tmp_path / "kms"

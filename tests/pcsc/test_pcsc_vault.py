@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli.context import Paths
 from agent.errors import QuorumNotMet
+from agent.policy import initial_policy
 from agent.tokens.discovery import find_token, open_token
 from agent.tokens.piv_token import verify_approval
 from agent.tokens.sim import create_sim_token
@@ -42,19 +43,19 @@ def test_mixed_piv_and_fido2_quorum_over_pcscd(pcscd: Pcscd, tmp_path: Path, mon
             ("bob", open_token("fido2", home, allow_unattested=True)),
         ]
         assert [t.kind for _, t in tokens] == ["piv", "fido2-hmac"]
-        pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts)
+        pending = create_vault(paths.vault, paths.pin, tokens, 2, prompts, policy=initial_policy(2))
         pending.commit().close()
 
         vault = PublicVault.load(paths.vault, paths.pin)
-        assert [s["kind"] for s in vault.header["slots"]] == ["piv", "fido2-hmac"]
-        roots = [s["public"]["attestation_root"] for s in vault.header["slots"]]
+        assert [s.kind for s in vault.header.slots] == ["piv", "fido2-hmac"]
+        roots = [s.public["attestation_root"] for s in vault.header.slots]
         assert roots == ["simulator", "none"]
         digest = hashlib.sha256(b"an approval digest").digest()
         with vault.unlock(lambda slot: find_token(slot, home), prompts, digest=digest) as opened:
             touched = {t.operator: t for t in opened.touches}
         assert set(touched) == {"alice", "bob"}
         # Alice's PIV approval verifies against the attested signing key recorded at enrolment.
-        piv_slot = vault.header["slots"][0]["public"]
+        piv_slot = vault.header.slots[0].public
         assert verify_approval(piv_slot, digest, touched["alice"].approval.signature)
         assert not verify_approval(piv_slot, bytes(32), touched["alice"].approval.signature)
         assert touched["bob"].approval.user_verified

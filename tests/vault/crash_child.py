@@ -23,7 +23,7 @@ def main() -> None:
             wallet_type="PRIVATE_KEY", chain="ETH", testnet=True, secret=bytearray(b"%064x" % n), address=f"0x{n:040x}"
         )
         vault.save()
-        print(vault.header["generation"], flush=True)
+        print(vault.header.generation, flush=True)
 
 
 if __name__ == "__main__":

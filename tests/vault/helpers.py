@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.cli.context import Paths
+from agent.policy import initial_policy
 from agent.tokens.discovery import find_token, open_token
 from agent.vault.vault import PublicVault, UnlockedVault, create_vault
 from tests.conftest import AutoPrompts
@@ -16,7 +17,7 @@ def make_vault(
 ) -> tuple[Paths, list[str]]:
     paths = Paths(home)
     tokens = [(name, open_token(f"sim:{name}", home)) for name in operators]
-    pending = create_vault(paths.vault, paths.pin, tokens, quorum, prompts)
+    pending = create_vault(paths.vault, paths.pin, tokens, quorum, prompts, policy=initial_policy(quorum))
     words = pending.recovery_shares
     pending.check_recovery(words[:2])
     pending.commit().close()

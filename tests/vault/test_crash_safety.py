@@ -24,7 +24,7 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
     paths, words = make_vault(home, prompts)
     rng = random.Random(1234)
     generations_seen = set()
-    last_generation = load(paths).header["generation"]
+    last_generation = load(paths).header.generation
     for _ in range(TRIALS):
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.vault.crash_child", str(home)],
@@ -43,9 +43,9 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
         child.wait()
         # The file on disk is a whole vault: parsed, signed, pinned, and its body decrypts.
         public = load(paths)
-        generation = public.header["generation"]
+        generation = public.header.generation
         with public.recover(words[:2]) as opened:
-            assert len(opened.body["entries"]) == len(opened.header["wallets"])
+            assert len(opened.body["entries"]) == len(opened.header.wallets)
         # ...and it is either the last completed save or the one being written when killed.
         newest_completed = completed[-1] if completed else last_generation
         assert generation in (newest_completed, newest_completed + 1)

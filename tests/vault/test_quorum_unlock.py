@@ -106,7 +106,7 @@ def test_touch_failures_are_clear_and_change_nothing(
 def test_recovery_words_open_without_tokens(vault3) -> None:  # type: ignore[no-untyped-def]
     paths, words = vault3
     with load(paths).recover(words[1:3]) as vault:
-        assert vault.header["quorum"] == 2
+        assert vault.header.quorum == 2
     with pytest.raises(QuorumNotMet):
         load(paths).recover(words[:1])
 

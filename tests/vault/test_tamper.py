@@ -105,7 +105,7 @@ def test_header_from_another_vault_is_refused(vault, tmp_path: Path, prompts: Au
 def test_rolled_back_file_is_refused(vault, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     old = vault.vault.read_bytes()
     with unlock(vault, prompts, operators=["bob", "carol"]) as v:
-        v.remove_wallet(v.header["wallets"][0][0])
+        v.remove_wallet(v.header.wallets[0].signature_id)
         v.save()
     vault.vault.write_bytes(old)
     with pytest.raises(VaultRollback, match="older than generation"):

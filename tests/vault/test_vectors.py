@@ -11,6 +11,7 @@ from agent.errors import VaultError, VaultFormatError, VaultIntegrityError
 from agent.vault import format as fmt
 from agent.vault import keyslots
 from agent.vault.primitives import fingerprint
+from agent.vault.records import VaultHeader
 from agent.vault.sealed import VaultKeys, check_file_signature, open_body, open_entry, seal_entry, seal_file
 from tests.vault import make_vectors
 
@@ -43,12 +44,14 @@ def test_product_code_writes_the_vector_byte_for_byte() -> None:
     rec_nonce, rec_wrapped = keyslots.wrap_recovery(
         dek, bytearray(h(INPUTS["recovery_secret"])), vid, nonce=h(INPUTS["recovery_nonce"])
     )
-    header = {
-        **ref_header,
-        "slots": [slot],
-        "signing_key": keys.signing_public,
-        "recovery": {**ref_header["recovery"], "nonce": rec_nonce, "wrapped": rec_wrapped},
-    }
+    header = VaultHeader.from_cbor_map(
+        {
+            **ref_header,
+            "slots": [slot],
+            "signing_key": keys.signing_public,
+            "recovery": {**ref_header["recovery"], "nonce": rec_nonce, "wrapped": rec_wrapped},
+        }
+    )
     secret = bytearray(b"MNEMONIC\0" + INPUTS["mnemonic"].encode())
     body = {
         "shares": {INPUTS["operator_a"]: INPUTS["share_a"], INPUTS["operator_b"]: INPUTS["share_b"]},
@@ -68,18 +71,18 @@ def test_product_code_reads_the_vector() -> None:
     assert body["shares"][INPUTS["operator_b"]] == INPUTS["share_b"]
     entry = open_entry(keys, INPUTS["signature_id"], body["entries"][INPUTS["signature_id"]])
     assert bytes(entry) == b"MNEMONIC\0" + INPUTS["mnemonic"].encode()
-    share = keyslots.unwrap_share(vf.header["slots"][0], bytearray(h(INPUTS["slot_ikm"])), vf.header["vault_id"])
+    share = keyslots.unwrap_share(vf.header.slots[0], bytearray(h(INPUTS["slot_ikm"])), vf.header.vault_id)
     assert bytes(share) == INPUTS["share_a"].encode()
-    assert vf.header["wallets"][0][5] == INPUTS["xpub"]
+    assert vf.header.wallets[0].xpub == INPUTS["xpub"]
 
 
 def test_wrong_key_material_is_an_opaque_integrity_failure() -> None:
     vf = fmt.parse(FILE)
     with pytest.raises(VaultIntegrityError) as exc:
-        keyslots.unwrap_share(vf.header["slots"][0], bytearray(32), vf.header["vault_id"])
+        keyslots.unwrap_share(vf.header.slots[0], bytearray(32), vf.header.vault_id)
     assert str(exc.value) == str(VaultIntegrityError())
     with pytest.raises(VaultIntegrityError):
-        open_body(vf, VaultKeys(bytearray(32), vf.header["vault_id"]))
+        open_body(vf, VaultKeys(bytearray(32), vf.header.vault_id))
 
 
 def test_every_single_byte_flip_is_detected_without_a_token() -> None:

@@ -89,7 +89,7 @@ def ready_home(
         admin_approvals=2,
     )
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["alice", "bob"])
-    return Ready(home, service, finder, prompts, entry["signatureId"], eth)
+    return Ready(home, service, finder, prompts, entry.signature_id, eth)
 
 
 def home_paths(home: Path) -> Any:

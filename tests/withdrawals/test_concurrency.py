@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.audit import AuditLog
-from agent.policy import Policy
+from agent.policy import policy_of
 from tests.conftest import AutoPrompts
 from tests.procs import CliRunner
 from tests.vault.helpers import load
@@ -76,10 +76,10 @@ def test_approve_racing_a_veto_never_signs_after_the_veto(ready: Ready, tmp_path
 @pytest.mark.slow
 def test_sixteen_parallel_wallet_writers_lose_nothing(ready: Ready, tmp_path: Path) -> None:
     runner = CliRunner(ready.home, tmp_path / "procs")
-    before = {w["signatureId"] for w in load(home_paths(ready.home)).wallets()}
+    before = {w.signature_id for w in load(home_paths(ready.home)).wallets()}
     commands = []
     for i in range(16):
-        approvers = [a.replace("--operator", "--approver") for a in _operators(PAIRS[i % 3])]
+        approvers = _operators(PAIRS[i % 3])
         if i % 2:
             commands.append(["wallet", "generate", "ETH", "--testnet", "--json", *approvers])
         else:
@@ -88,11 +88,11 @@ def test_sixteen_parallel_wallet_writers_lose_nothing(ready: Ready, tmp_path: Pa
     children.append(runner.start("wallet", "store", "ETH", "--testnet", "--json", stdin=MNEMONIC.encode()))
     results = [(c.wait(), c.stdout, c.stderr) for c in children]
     assert [code for code, _, _ in results] == [0] * 17, [err for _, _, err in results]
-    printed = {json.loads(out)["signatureId"] for _, out, _ in results}
+    printed = {w["signatureId"] for _, out, _ in results for w in json.loads(out).get("wallets", [json.loads(out)])}
     vault = load(home_paths(ready.home))
-    assert {w["signatureId"] for w in vault.wallets()} == before | printed  # every printed id is in the vault
+    assert {w.signature_id for w in vault.wallets()} == before | printed  # every printed id is in the vault
     assert len(printed) == 17
-    assert vault.header["generation"] >= 17
+    assert vault.header.generation >= 17
 
 
 @pytest.mark.slow
@@ -100,23 +100,21 @@ def test_token_removal_and_policy_change_racing_wallet_writes_hold(
     ready: Ready, tmp_path: Path, prompts: AutoPrompts
 ) -> None:
     runner = CliRunner(ready.home, tmp_path / "procs")
-    enrol = runner.start(
-        "token", "enrol", "sim:alice2", "--operator", "alice", "--approver", "alice", "--approver", "bob"
-    )
+    enrol = runner.start("token", "enrol", "sim:alice2", "--owner", "alice", "--operator", "alice", "--operator", "bob")
     assert enrol.wait() == 0, enrol.stderr
-    policy = load(home_paths(ready.home)).policy().to_dict()
+    policy = policy_of(load(home_paths(ready.home)).header).to_dict()
     policy["generation"] += 1
     policy["default"]["frozen"] = True  # a freeze must never be lost to a racing writer
     (tmp_path / "freeze.json").write_text(json.dumps(policy))
-    children = [runner.start("token", "remove", "sim:alice2", "--approver", "bob", "--approver", "carol")]
+    children = [runner.start("token", "remove", "sim:alice2", "--operator", "bob", "--operator", "carol")]
     children.append(runner.start("policy", "set", str(tmp_path / "freeze.json"), *_operators(("bob", "carol"))))
     for _ in range(6):
         children.append(
-            runner.start("wallet", "generate", "ETH", "--testnet", "--approver", "alice", "--approver", "carol")
+            runner.start("wallet", "generate", "ETH", "--testnet", "--operator", "alice", "--operator", "carol")
         )
     results = [(c.wait(), c.stderr) for c in children]
     assert [code for code, _ in results] == [0] * 8, results
     vault = load(home_paths(ready.home))
-    assert "sim:alice2" not in [s["label"] for s in vault.header["slots"]]  # the removal held
-    assert Policy.from_dict(vault.header["policy"]).default.frozen  # and so did the freeze
+    assert "sim:alice2" not in [s.label for s in vault.header.slots]  # the removal held
+    assert policy_of(vault.header).default.frozen  # and so did the freeze
     assert AuditLog(ready.home / "state").verify().ok

@@ -90,15 +90,15 @@ def test_a_kill_at_each_named_point_of_a_vault_write(ready: Ready, tmp_path: Pat
     runner = CliRunner(ready.home, tmp_path / "procs")
     paths = home_paths(ready.home)
     for point in ("before-vault-save", "after-vault-save"):
-        generation = load(paths).header["generation"]
+        generation = load(paths).header.generation
         child = runner.start("wallet", "generate", "ETH", "--testnet", "--json", env={CRASH_ENV: point})
         assert child.wait() == -signal.SIGKILL
         after = load(paths)  # the old or the new vault, pinned, never a broken one
-        assert after.header["generation"] == generation + (point == "after-vault-save")
+        assert after.header.generation == generation + (point == "after-vault-save")
         again = runner.start("wallet", "generate", "ETH", "--testnet", "--json")
         assert again.wait() == 0, again.stderr
-        sig = json.loads(again.stdout)["signatureId"]
-        assert sig in [w["signatureId"] for w in load(paths).wallets()]
+        sig = json.loads(again.stdout)["wallets"][0]["signatureId"]
+        assert sig in [w.signature_id for w in load(paths).wallets()]
 
 
 @pytest.mark.slow

@@ -114,9 +114,7 @@ def test_deleting_an_operators_suspension(ready: Ready, home: Path) -> None:
     third = ready.create(ETHER // 100, nonce=2)
     rec = ready.service.approve(third, finder=ready.finder, prompts=ready.prompts, operators=["bob", "alice"])
     assert rec["status"] == "pending"  # bob counts; suspended alice does not (the audit log says so)
-    assert [a["operator_id"] for a in rec["approvals"]] == [
-        ready.service.vault().header["operators"][1]["operator_id"].hex()
-    ]
+    assert [a["operator_id"] for a in rec["approvals"]] == [ready.service.vault().header.operators[1].operator_id.hex()]
 
 
 def test_deleting_the_queue_loses_nothing_but_speed(ready: Ready) -> None:

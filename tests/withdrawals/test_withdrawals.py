@@ -11,7 +11,7 @@ from eth_account import Account
 from agent.audit import AuditLog
 from agent.chains import get_chain
 from agent.errors import ApprovalError, ApprovalInvalid, PolicyDenied, QuorumNotMet, StateError, UsageError
-from agent.policy import AssetLimits, Policy, Rule, UnknownDestination
+from agent.policy import AssetLimits, Policy, Rule, UnknownDestination, policy_of
 from agent.tokens.discovery import find_token
 from agent.withdrawals.service import Withdrawals
 from tests.conftest import AutoPrompts
@@ -49,7 +49,7 @@ def env(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
         admin_approvals=2,
     )
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["alice", "bob"])
-    return service, finder, entry["signatureId"], eth
+    return service, finder, entry.signature_id, eth
 
 
 def _tx(eth, to: str, value: int, nonce: int = 0) -> str:  # type: ignore[no-untyped-def]
@@ -105,7 +105,7 @@ def test_a_veto_stops_the_request(env, prompts: AutoPrompts) -> None:  # type: i
 
 def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, _, _ = env
-    current = service.vault().policy()
+    current = policy_of(service.vault().header)
     looser = dataclasses.replace(
         current,
         generation=current.generation + 1,
@@ -113,7 +113,7 @@ def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> N
     )
     with pytest.raises(QuorumNotMet):
         service.change_policy(looser, finder=finder, prompts=prompts, operators=["alice"])
-    assert service.vault().policy().generation == current.generation
+    assert policy_of(service.vault().header).generation == current.generation
 
 
 def test_nothing_is_signed_when_the_audit_log_cannot_be_written(env, prompts: AutoPrompts, home: Path) -> None:  # type: ignore[no-untyped-def]
@@ -152,7 +152,8 @@ def test_btc_psbt_withdrawal_is_signed_and_valid_for_bitcoin_core(home: Path, pr
         v.save()
     service, finder = Withdrawals(home), (lambda slot: find_token(slot, home))
     cold = "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
-    change = btc.address_from_xpub(entry["xpub"], 1, testnet=True)
+    assert entry.xpub is not None
+    change = btc.address_from_xpub(entry.xpub, 1, testnet=True)
     policy = Policy(
         generation=2,
         default=Rule(
@@ -166,7 +167,7 @@ def test_btc_psbt_withdrawal_is_signed_and_valid_for_bitcoin_core(home: Path, pr
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["bob", "carol"])
     coins = make_coins(btc, [(0, AddressKind.P2WPKH, 50_000)], testnet=True)  # type: ignore[arg-type]
     psbt = btc.build_psbt([c.utxo for c in coins], [(cold, 30_000), (change, 19_000)], testnet=True)  # type: ignore[attr-defined]
-    req = service.create(chain="BTC", signature_id=entry["signatureId"], index=0, tx=psbt, initiator="app:exchange")
+    req = service.create(chain="BTC", signature_id=entry.signature_id, index=0, tx=psbt, initiator="app:exchange")
     assert [o["isChange"] for o in req["summary"]["outputs"]] == [False, True]
     assert req["summary"]["fee"] == "1000"
     rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "carol"])
@@ -213,7 +214,7 @@ def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPr
     with pytest.raises(ApprovalInvalid, match="signCount"):
         service.approve(second["id"], finder=finder, prompts=prompts, operators=["alice"])
     assert service.get(second["id"])["approvals"] == []
-    assert service.ledger.suspended() == {bytes(service.vault().header["operators"][0]["operator_id"])}
+    assert service.ledger.suspended() == {service.vault().header.operators[0].operator_id}
     alerts = [r for r in service.audit.rows(kinds=["alert"])]
     assert alerts and "sign" in alerts[0].payload_text.lower()
 
@@ -241,7 +242,7 @@ def test_simulated_vault_refuses_mainnet_unless_told(
             testnet=False,
             secret=bytearray(MNEMONIC.encode()),
             xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=False),
-        )["signatureId"]
+        ).signature_id
         v.save()
     service = Withdrawals(home)
     tx = eth.build_transfer(to=COLD, value=1, nonce=0, chain_id=1, max_fee_per_gas=10**10)

@@ -65,6 +65,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
     """Replace ``path`` atomically with mode 0600 (the same durable write wallet.dat gets)."""
-    from agent.vault.store import atomic_write
+    from agent.files import atomic_write
 
     atomic_write(path, json.dumps(value, indent=1, sort_keys=True).encode())
