@@ -62,9 +62,9 @@ def main() -> None:
         t0 = time.perf_counter()
         req = service.create(chain="ETH", signature_id=sig, index=0, tx=tx, initiator="app:bench")
         t1 = time.perf_counter()
-        rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
+        rec = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
         t2 = time.perf_counter()
-        assert rec["status"] == "signed"
+        assert rec.status == "signed"
         times.append((t2 - t0) * 1000)
         phases["create"].append((t1 - t0) * 1000)
         phases["approve+sign"].append((t2 - t1) * 1000)

@@ -86,7 +86,7 @@ def test_reports_escape_free_text_and_csv_neutralises_formulas(home: Path, promp
     rec = service.create(
         chain="ETH", signature_id=entry.signature_id, index=0, tx=tx, initiator="app:x\x1b[2K\u202efake"
     )
-    service.reject(rec["id"], operator="carol", reason='=HYPERLINK("http://evil","click")\x1b[1A')
+    service.reject(rec.request_id, operator="carol", reason='=HYPERLINK("http://evil","click")\x1b[1A')
 
     rows = withdrawals_report(Paths.resolve(home))
     assert [r["initiator"] for r in rows] == ["app:x\\x1b[2K\\u202efake"]

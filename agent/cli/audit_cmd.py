@@ -130,9 +130,9 @@ def policy_set(
         operators=operator,
     )
     emit(
-        result,
+        result.to_json(),
         as_json,
-        f"Policy generation {result['generation']} in force (approved by {', '.join(result['approved_by'])}).",
+        f"Policy generation {result.generation} in force (approved by {', '.join(result.approved_by)}).",
     )
 
 

@@ -7,37 +7,13 @@ withdrawal queue, where policy and the approvers treat it like any other withdra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from agent.cli.context import Paths, emit
 from agent.errors import UsageError
-
-if TYPE_CHECKING:
-    from agent.vault.records import WalletRow
-
-
-def read_utxos(path: Path, chain: Any, wallet: WalletRow) -> list[Any]:
-    """Coins the caller says the wallet owns: JSON [{txid, vout, amount, address | index[, prev_tx]}]."""
-    from agent.chains.utxo import Utxo
-
-    try:
-        raw = json.loads(path.read_text())
-        coins = []
-        for c in raw:
-            address = c.get("address")
-            if address is None:  # derive from the wallet index the caller names
-                if wallet.xpub is None:
-                    raise KeyError("xpub")  # a private-key wallet: each coin must name its address
-                address = chain.address_from_xpub(wallet.xpub, int(c["index"]), testnet=wallet.testnet)
-            prev = bytes.fromhex(c["prev_tx"]) if c.get("prev_tx") else None
-            coins.append(Utxo(str(c["txid"]), int(c["vout"]), int(c["amount"]), address, prev))
-        return coins
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"cannot read UTXOs from {path}: {type(exc).__name__} {exc}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +37,7 @@ def register(app: typer.Typer) -> None:
         """build the unsigned sweep of a wallet's funds to a cold address (optionally queue it)"""
         from agent.chains import Family, get_chain
         from agent.cli.session import load_public
+        from agent.wallets.coins import read_utxos
 
         wallet = load_public(Paths.resolve()).wallet(signature_id)
         chain: Any = get_chain(wallet.chain)  # each family's build_sweep takes its own arguments
@@ -94,5 +71,5 @@ def register(app: typer.Typer) -> None:
             rec = Withdrawals(Paths.resolve().home).create(
                 chain=chain.name, signature_id=signature_id, index=index, tx=tx, initiator="app:sweep"
             )
-            result["request"] = rec["id"]
+            result["request"] = rec.request_id
         emit(result, as_json, f"{tx}" + (f"\nqueued as request {result['request']}" if request else ""))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agent.cli.context import CliPrompts, Paths, emit, err
 from agent.cli.options import Json, Operators, PinStdin
+
+if TYPE_CHECKING:
+    from agent.withdrawals.ledger import RequestState
 from agent.errors import UsageError
 
 app = typer.Typer(help="withdrawal requests: create, list, show", no_args_is_help=True)
@@ -21,7 +24,7 @@ def _service() -> Any:
     return Withdrawals(Paths.resolve().home)
 
 
-def describe(rec: dict[str, Any]) -> str:
+def describe(state: RequestState) -> str:
     """The summary an approver reads: decoded again from the logged bytes, amounts in units, text escaped."""
     from agent.chains import get_chain
     from agent.policy import Reason, policy_of
@@ -31,22 +34,22 @@ def describe(rec: dict[str, Any]) -> str:
 
     paths = Paths.resolve()
     vault = PublicVault.load(paths.vault, paths.pin)
-    summary = get_chain(rec["chain"]).decode(
-        bytes.fromhex(rec["tx"]), testnet=rec["testnet"], owned=_owned(vault.wallet(rec["signature_id"]))
+    summary = get_chain(state.chain).decode(
+        state.tx, testnet=state.testnet, owned=_owned(vault.wallet(state.signature_id))
     )
     return render_request(
         summary,
-        chain=rec["chain"],
-        testnet=rec["testnet"],
-        signature_id=rec["signature_id"],
-        index=rec["index"],
-        initiator=rec["initiator"],
-        status=rec["status"],
-        reasons=[Reason.from_json(r) for r in rec["decision"].get("reasons", [])],
-        approvals=len(rec["approvals"]),
-        approvals_required=int(rec["rule"].get("approvals_required", 0)),
-        request_id=rec["id"],
-        max_fee_percent=policy_of(vault.header).rule_for(rec["chain"], rec["signature_id"]).max_fee_percent,
+        chain=state.chain,
+        testnet=state.testnet,
+        signature_id=state.signature_id,
+        index=state.index,
+        initiator=state.initiator,
+        status=state.status.value,
+        reasons=[Reason.from_json(r) for r in state.decision.get("reasons", [])],
+        approvals=len({a.operator_id for a in state.approvals}),
+        approvals_required=int(state.rule.get("approvals_required", 0)),
+        request_id=state.request_id,
+        max_fee_percent=policy_of(vault.header).rule_for(state.chain, state.signature_id).max_fee_percent,
     )
 
 
@@ -114,53 +117,18 @@ def create(
         if sys.stdin.isatty():
             raise UsageError("give the unsigned transaction with --tx or on stdin")
         tx = sys.stdin.read().strip()
-    rec = _service().create(chain=chain, signature_id=signature_id, index=index, tx=tx, initiator=initiator)
-    emit(_public(rec), as_json, describe(rec))
+    state = _service().create(chain=chain, signature_id=signature_id, index=index, tx=tx, initiator=initiator)
+    emit(_public(state.to_record()), as_json, describe(state))
 
 
-def _build_intent(
-    chain: str,
-    signature_id: str,
-    *,
-    to: str,
-    amount: int | None,
-    asset: str | None,
-    nonce: int | None,
-    max_fee_per_gas: int | None,
-    utxos: Path | None,
-    fee_rate: float | None,
-    change_index: int,
-) -> str:
-    from agent.chains import get_chain
+def _build_intent(chain: str, signature_id: str, *, amount: int | None, **intent: Any) -> str:
     from agent.cli.session import load_public
-    from agent.cli.sweep_cmd import read_utxos
-    from agent.withdrawals.intent import Intent, build
+    from agent.withdrawals.intent import build_for_wallet
 
     if amount is None:
         raise UsageError("an intent needs --amount")
-    wallet = load_public(Paths.resolve()).wallet(signature_id)
-    impl = get_chain(chain)
-    coins, change = [], None
-    if utxos is not None:
-        coins = read_utxos(utxos, impl, wallet)
-        if wallet.xpub:
-            change = impl.address_from_xpub(wallet.xpub, change_index, testnet=wallet.testnet)
-        else:
-            change = wallet.address
-    return build(
-        Intent(
-            chain,
-            to,
-            amount,
-            token=asset,
-            nonce=nonce,
-            max_fee_per_gas=max_fee_per_gas,
-            utxos=coins,
-            fee_rate=fee_rate,
-            change_address=change,
-        ),
-        testnet=wallet.testnet,
-    )
+    wallet = load_public(Paths.resolve(), quiet=True).wallet(signature_id)
+    return build_for_wallet(wallet, chain=chain, amount=amount, **intent)
 
 
 @app.command("list")
@@ -180,8 +148,8 @@ def list_requests(
 @app.command("show")
 def show(request_id: str, as_json: Json = False) -> None:
     """show a request decoded from its raw bytes, with its policy decision and approvals"""
-    rec = _service().get(request_id)  # from the audit log, not the index
-    emit(_public(rec), as_json, describe(rec))
+    state = _service().request(request_id)  # from the audit log, not the index
+    emit(_public(state.to_record()), as_json, describe(state))
 
 
 @app.command("rebuild")
@@ -207,19 +175,20 @@ def register(root: typer.Typer) -> None:
 
         paths = Paths.resolve()
         service = _service()
-        rec = service.get(request_id)
+        state = service.request(request_id)
         vault = load_public(paths)  # warns when the tokens are simulated
-        err(describe(rec))
-        rec = service.approve(
+        err(describe(state))
+        state = service.approve(
             request_id,
             finder=lambda slot: find_token(slot, paths.home),
             prompts=CliPrompts(paths, pin_stdin=pin_stdin),
             operators=operator,
             vault=vault,
         )
+        rec = state.to_record()
         result = _public(rec)
-        if rec["status"] == "signed":
-            emit(result, as_json, f"Signed. txid {rec['signed']['txid']}\n{rec['signed']['raw']}")
+        if state.signed is not None:
+            emit(result, as_json, f"Signed. txid {state.signed.txid}\n{state.signed.raw}")
         else:
             emit(
                 result,
@@ -236,5 +205,5 @@ def register(root: typer.Typer) -> None:
         as_json: Json = False,
     ) -> None:
         """veto a withdrawal: it can no longer be signed"""
-        rec = _service().reject(request_id, operator=operator, reason=reason)
-        emit(_public(rec), as_json, f"Rejected {rec['id']}.")
+        state = _service().reject(request_id, operator=operator, reason=reason)
+        emit(_public(state.to_record()), as_json, f"Rejected {state.request_id}.")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.chains import Family, get_chain
 from agent.errors import UsageError
+from agent.vault.records import WalletRow
 
 DUST = 546
 
@@ -81,3 +83,41 @@ def build(intent: Intent, *, testnet: bool) -> str:
     pays = [(intent.to, intent.amount)] + ([(intent.change_address, change)] if change >= DUST else [])
     psbt: str = chain.build_psbt(list(intent.utxos), pays, testnet=testnet)
     return psbt
+
+
+def build_for_wallet(
+    wallet: WalletRow,
+    *,
+    chain: str,
+    to: str,
+    amount: int,
+    asset: str | None = None,
+    nonce: int | None = None,
+    max_fee_per_gas: int | None = None,
+    utxos: Path | None = None,
+    fee_rate: float | None = None,
+    change_index: int = 1,
+) -> str:
+    """An intent from ``wallet``: its coins from ``utxos`` (UTXO chains), change to its ``change_index`` address."""
+    from agent.wallets.coins import read_utxos
+
+    impl = get_chain(chain)
+    coins: list[Any] = []
+    change = None
+    if utxos is not None:
+        coins = read_utxos(utxos, impl, wallet)
+        change = (
+            impl.address_from_xpub(wallet.xpub, change_index, testnet=wallet.testnet) if wallet.xpub else wallet.address
+        )
+    intent = Intent(
+        chain,
+        to,
+        amount,
+        token=asset,
+        nonce=nonce,
+        max_fee_per_gas=max_fee_per_gas,
+        utxos=coins,
+        fee_rate=fee_rate,
+        change_address=change,
+    )
+    return build(intent, testnet=wallet.testnet)

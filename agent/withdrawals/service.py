@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,18 @@ def _warn(message: str) -> None:
     print(f"kms-agent: warning: {message}", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class PolicyChanged:
+    """A policy change that a quorum approved and that is now in the signed header."""
+
+    request_id: str
+    generation: int
+    approved_by: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.request_id, "generation": self.generation, "approved_by": list(self.approved_by)}
+
+
 class Withdrawals:
     """The agent's withdrawal service over one data directory."""
 
@@ -112,7 +125,8 @@ class Withdrawals:
         status = state.status_at(self._now())
         return state if status is state.status else dataclasses.replace(state, status=status)
 
-    def get(self, request_id: str) -> dict[str, Any]:
+    def record(self, request_id: str) -> dict[str, Any]:
+        """The JSON view of :meth:`request` (what the CLI prints)."""
         return self.request(request_id).to_record()
 
     def check_index(self, state: RequestState) -> list[str]:
@@ -175,7 +189,7 @@ class Withdrawals:
     # --- create ---------------------------------------------------------------------------------
     def create(
         self, *, chain: str, signature_id: str, index: int, tx: str | bytes, initiator: str | None = None
-    ) -> dict[str, Any]:
+    ) -> RequestState:
         """Decode, judge and queue a request. A denied request is recorded, then refused.
 
         :raises PolicyDenied: the policy denied it (its audit rows are written first).
@@ -230,10 +244,10 @@ class Withdrawals:
             )
             tx_rows.append(AuditKind.DECISION, _policy_row(decision, DecisionStage.CREATE), request_id=rid, ts=now)
         self.sync()
-        record = self.get(rid)
+        state = self.request(rid)
         if not decision.allowed:
             raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}", request_id=rid)
-        return record
+        return state
 
     # --- approve and sign -----------------------------------------------------------------------
     def approve(
@@ -244,7 +258,7 @@ class Withdrawals:
         prompts: Prompts,
         operators: Sequence[str] | None = None,
         vault: PublicVault | None = None,
-    ) -> dict[str, Any]:
+    ) -> RequestState:
         """Touch approvals over the request's digest; when the quorum is met, sign.
 
         Each touch signs the approval digest *and* unwraps that operator's share, so the operators
@@ -308,7 +322,7 @@ class Withdrawals:
             request, [*state.approvals, *fresh], state.rejections, rule, roster, now, self.ledger.counters()
         )
 
-    def _decide(self, rid: str, collected: Collected) -> dict[str, Any]:
+    def _decide(self, rid: str, collected: Collected) -> RequestState:
         """Under the writer lock: re-derive every input, record the touches, and sign at most once."""
         state = self.request(rid)
         vault = self.vault()
@@ -367,7 +381,7 @@ class Withdrawals:
                 hint="run `kms-agent approve` again when more operators' tokens are plugged in",
                 request_id=rid,
             )
-        return result.to_record()
+        return result
 
     def _record(
         self,
@@ -545,7 +559,7 @@ class Withdrawals:
     # --- policy changes -----------------------------------------------------------------------------
     def change_policy(
         self, new: Any, *, finder: TokenFinder, prompts: Prompts, operators: Sequence[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> PolicyChanged:
         """Replace the policy in the vault header after ``admin_approvals`` distinct touches over it.
 
         :raises QuorumNotMet: too few approvers present (nothing is written; the attempt is audited).
@@ -583,7 +597,7 @@ class Withdrawals:
 
     def _decide_policy(
         self, rid: str, payload: ApprovalPayload, new: Any, collected: Collected, operators: Sequence[str] | None
-    ) -> dict[str, Any]:
+    ) -> PolicyChanged:
         from agent.policy import policy_change_rule
 
         vault = self.vault()
@@ -631,14 +645,10 @@ class Withdrawals:
             )
         with vault.open_with(collected) as opened:
             opened.transact(lambda v: v.set_policy(new.to_dict()))
-        return {
-            "id": rid,
-            "generation": new.generation,
-            "approved_by": [vault.operator_name(a.operator_id) for a in decision.accepted],
-        }
+        return PolicyChanged(rid, new.generation, tuple(vault.operator_name(a.operator_id) for a in decision.accepted))
 
     # --- veto -----------------------------------------------------------------------------------
-    def reject(self, request_id: str, *, operator: str, reason: str = "") -> dict[str, Any]:
+    def reject(self, request_id: str, *, operator: str, reason: str = "") -> RequestState:
         """Record an operator's veto under the writer lock: once it is durable, nothing signs the request."""
         vault = self.vault()
         op_id = _operator_id(vault, operator)
@@ -654,7 +664,7 @@ class Withdrawals:
             rejection = Rejection(bytes.fromhex(rid), op_id, self._now(), reason)
             self.audit.append(AuditKind.REJECTION, rejection.to_json(), request_id=rid, actor=operator)
             self.sync()
-            return self.get(rid)
+            return self.request(rid)
 
 
 #: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a

@@ -40,7 +40,7 @@ class Ready:
         rec = self.service.create(
             chain="ETH", signature_id=self.sig_id, index=0, tx=self.tx(value, nonce), initiator=initiator
         )
-        return str(rec["id"])
+        return rec.request_id
 
     def signature_rows(self, request_id: str | None = None) -> list[Any]:
         return self.service.audit.rows(kinds=["signature"], request_id=request_id)

@@ -69,7 +69,7 @@ def test_approve_racing_a_veto_never_signs_after_the_veto(ready: Ready, tmp_path
         assert len(signed) + len(vetoed) == 1, (codes, approve.stderr, veto.stderr)  # exactly one of them won
         assert (codes[0] == 0) == bool(signed) and (codes[1] == 0) == bool(vetoed)
         outcomes.add("signed" if signed else "vetoed")
-        assert ready.service.get(rid)["status"] == ("signed" if signed else "rejected")
+        assert ready.service.request(rid).status == ("signed" if signed else "rejected")
     assert ready.service.audit.verify().ok
 
 

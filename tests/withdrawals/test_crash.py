@@ -57,9 +57,9 @@ def _finish(ready: Ready, ids: list[str], released: dict[str, str]) -> None:
     service = Withdrawals(ready.home)
     assert check_queue(ready.home / "state") == []
     for rid in ids:
-        state = service.get(rid)
-        assert state["status"] in ("pending", "signed")
-        if state["status"] == "pending":
+        state = service.request(rid)
+        assert state.status in ("pending", "signed")
+        if state.status == "pending":
             service.approve(rid, finder=ready.finder, prompts=ready.prompts, operators=["alice", "bob"])
         else:
             with pytest.raises(ApprovalError, match="already signed"):

@@ -30,10 +30,10 @@ def test_pending_requests_approved_one_by_one_never_pass_the_hourly_limit(home: 
     statuses = []
     for rid in ids:
         try:
-            statuses.append(ready.service.approve(rid, finder=ready.finder, prompts=prompts)["status"])
+            statuses.append(ready.service.approve(rid, finder=ready.finder, prompts=prompts).status)
         except PolicyDenied as exc:
             assert "velocity-hour" in exc.message and rid in exc.message
-            statuses.append(ready.service.get(rid)["status"])
+            statuses.append(ready.service.request(rid).status)
     assert statuses == ["signed", "signed", "denied", "denied"]
     assert _signed_value(ready.service) == 2 * NINE_TENTHS <= 2 * ETHER
 
@@ -54,7 +54,7 @@ def test_pending_requests_approved_in_parallel_never_pass_the_hourly_limit(
     )
     assert sorted(code for code, _, _ in results) == [0, 0, 5, 5], [err for _, _, err in results]
     assert _signed_value(ready.service) == 2 * NINE_TENTHS
-    assert sorted(ready.service.get(rid)["status"] for rid in ids) == ["denied", "denied", "signed", "signed"]
+    assert sorted(ready.service.request(rid).status for rid in ids) == ["denied", "denied", "signed", "signed"]
 
 
 def test_a_request_created_inside_its_time_window_is_not_signed_outside_it(home: Path, prompts: AutoPrompts) -> None:
@@ -63,9 +63,9 @@ def test_a_request_created_inside_its_time_window_is_not_signed_outside_it(home:
     inside = Withdrawals(home, clock=lambda: monday_1659)
     rid = inside.create(
         chain="ETH", signature_id=ready.sig_id, index=0, tx=ready.tx(ETHER // 100), initiator="app:exchange"
-    )["id"]
+    ).request_id
     inside.approve(rid, finder=ready.finder, prompts=prompts, operators=["alice"])
     outside = Withdrawals(home, clock=lambda: monday_1659 + 120)  # 17:01: the window has closed
     with pytest.raises(PolicyDenied, match="time"):
         outside.approve(rid, finder=ready.finder, prompts=prompts, operators=["bob", "alice"])
-    assert outside.get(rid)["status"] == "denied" and ready.signature_rows(rid) == []
+    assert outside.request(rid).status == "denied" and ready.signature_rows(rid) == []

@@ -46,12 +46,17 @@ def _reported(ready: Ready, rid: str, capsys: pytest.CaptureFixture[str]) -> boo
 def test_rewriting_a_pending_requests_bytes_and_payload(ready: Ready, capsys: pytest.CaptureFixture[str]) -> None:
     rid = ready.create(ETHER // 100)
     other = Withdrawals(ready.home)  # build a consistent forgery: another request's bytes and payload
-    forged = other.get(ready.create(ETHER // 100, nonce=1))
-    ready.queue_sql("DELETE FROM requests WHERE id = ?", forged["id"])
-    _edit(ready, rid, tx=ready.tx(ETHER // 100, to=ELSEWHERE).removeprefix("0x"), payload=forged["payload"])
+    forged = other.request(ready.create(ETHER // 100, nonce=1))
+    ready.queue_sql("DELETE FROM requests WHERE id = ?", forged.request_id)
+    _edit(
+        ready,
+        rid,
+        tx=ready.tx(ETHER // 100, to=ELSEWHERE).removeprefix("0x"),
+        payload=forged.payload.canonical_bytes().hex(),
+    )
     done = ready.service.approve(rid, finder=ready.finder, prompts=ready.prompts, operators=["alice", "bob"])
-    assert done["tx"] == ready.service.ledger.request(rid).tx.hex()  # the logged bytes were signed
-    assert ELSEWHERE[2:] not in done["signed"]["raw"].lower()
+    assert done.tx == ready.service.ledger.request(rid).tx  # the logged bytes were signed
+    assert done.signed is not None and ELSEWHERE[2:] not in done.signed.raw.lower()
     assert _reported(ready, rid, capsys)
 
 
@@ -59,7 +64,7 @@ def test_lowering_the_approval_requirement(ready: Ready, capsys: pytest.CaptureF
     rid = ready.create(ETHER // 100)
     _edit(ready, rid, rule={"approvals_required": 1, "initiator_may_approve": True, "approval_ttl": 7200})
     rec = ready.service.approve(rid, finder=ready.finder, prompts=ready.prompts, operators=["alice"])
-    assert rec["status"] == "pending" and ready.signature_rows(rid) == []  # still 2 approvals needed
+    assert rec.status == "pending" and ready.signature_rows(rid) == []  # still 2 approvals needed
     assert _reported(ready, rid, capsys)
 
 
@@ -67,7 +72,7 @@ def test_blanking_the_initiator(ready: Ready, capsys: pytest.CaptureFixture[str]
     rid = ready.create(ETHER // 100, initiator="alice")
     _edit(ready, rid, initiator=None, initiator_id=None)
     rec = ready.service.approve(rid, finder=ready.finder, prompts=ready.prompts, operators=["alice"])
-    assert rec["approvals"] == []  # alice initiated it: the signed payload says so, whatever the queue says
+    assert rec.approvals == ()  # alice initiated it: the signed payload says so, whatever the queue says
     assert ready.prompts.touched == [] or "sim:alice" not in ready.prompts.touched[-1:]
     assert _reported(ready, rid, capsys)
 
@@ -113,8 +118,10 @@ def test_deleting_an_operators_suspension(ready: Ready, home: Path) -> None:
         ready.queue_sql(f"DELETE FROM {table}")  # whatever the queue held about it is gone
     third = ready.create(ETHER // 100, nonce=2)
     rec = ready.service.approve(third, finder=ready.finder, prompts=ready.prompts, operators=["bob", "alice"])
-    assert rec["status"] == "pending"  # bob counts; suspended alice does not (the audit log says so)
-    assert [a["operator_id"] for a in rec["approvals"]] == [ready.service.vault().header.operators[1].operator_id.hex()]
+    assert rec.status == "pending"  # bob counts; suspended alice does not (the audit log says so)
+    # suspended alice is not even asked to touch; bob's approval is the only one
+    assert {a.operator_id for a in rec.approvals} == {ready.service.vault().header.operators[1].operator_id}
+    assert rec.to_record()["rule"]["approvals_required"] == 2
 
 
 def test_deleting_the_queue_loses_nothing_but_speed(ready: Ready) -> None:

@@ -13,6 +13,7 @@ from agent.chains import get_chain
 from agent.errors import ApprovalError, ApprovalInvalid, PolicyDenied, QuorumNotMet, StateError, UsageError
 from agent.policy import AssetLimits, Policy, Rule, UnknownDestination, policy_of
 from agent.tokens.discovery import find_token
+from agent.withdrawals.ledger import RequestState
 from agent.withdrawals.service import Withdrawals
 from tests.conftest import AutoPrompts
 from tests.vault.helpers import make_vault, unlock
@@ -52,6 +53,11 @@ def env(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
     return service, finder, entry.signature_id, eth
 
 
+def _raw(state: RequestState) -> str:
+    assert state.signed is not None, state.status
+    return state.signed.raw
+
+
 def _tx(eth, to: str, value: int, nonce: int = 0) -> str:  # type: ignore[no-untyped-def]
     return eth.build_transfer(to=to, value=value, nonce=nonce, chain_id=SEPOLIA, max_fee_per_gas=30 * 10**9)
 
@@ -59,21 +65,21 @@ def _tx(eth, to: str, value: int, nonce: int = 0) -> str:  # type: ignore[no-unt
 def test_two_of_three_approve_and_sign_an_eth_withdrawal(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**17), initiator="app:exchange")
-    assert req["status"] == "pending"
-    one = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice"])
-    assert one["status"] == "pending"  # one approval is not enough
+    assert req.status == "pending"
+    one = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice"])
+    assert one.status == "pending"  # one approval is not enough
     # bob's touch completes the quorum; alice touches again only to open the vault (one-shot CLI mode)
-    done = service.approve(req["id"], finder=finder, prompts=prompts, operators=["bob", "alice"])
-    assert done["status"] == "signed"
-    sender = Account.recover_transaction(done["signed"]["raw"])
+    done = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["bob", "alice"])
+    assert done.status == "signed"
+    sender = Account.recover_transaction(_raw(done))
     assert sender == eth.address_from_xpub(eth.xpub_from_mnemonic(MNEMONIC, testnet=True), 0, testnet=True)
-    kinds = [r.kind for r in service.audit.rows(request_id=req["id"])]
+    kinds = [r.kind for r in service.audit.rows(request_id=req.request_id)]
     assert kinds[:2] == ["request", "decision"] and kinds[-1] == "signature"
     # alice's second touch (to open the vault) is recorded as evidence too; she still counts once
-    assert {r.actor for r in service.audit.rows(kinds=["approval"], request_id=req["id"])} == {"alice", "bob"}
+    assert {r.actor for r in service.audit.rows(kinds=["approval"], request_id=req.request_id)} == {"alice", "bob"}
     assert service.audit.verify().ok
     with pytest.raises(ApprovalError, match="signed"):
-        service.approve(req["id"], finder=finder, prompts=prompts)
+        service.approve(req.request_id, finder=finder, prompts=prompts)
 
 
 def test_policy_denies_unknown_destination_and_over_limit(env) -> None:  # type: ignore[no-untyped-def]
@@ -88,19 +94,19 @@ def test_policy_denies_unknown_destination_and_over_limit(env) -> None:  # type:
 def test_initiator_cannot_approve_own_request(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16), initiator="alice")
-    rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
-    assert rec["status"] == "pending"
+    rec = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
+    assert rec.status == "pending"
     assert prompts.touched[-1] == "sim:bob"  # alice was never asked
-    rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["carol", "bob"])
-    assert rec["status"] == "signed"
+    rec = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["carol", "bob"])
+    assert rec.status == "signed"
 
 
 def test_a_veto_stops_the_request(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
-    service.reject(req["id"], operator="carol", reason="not expected today")
+    service.reject(req.request_id, operator="carol", reason="not expected today")
     with pytest.raises(ApprovalError, match="rejected"):
-        service.approve(req["id"], finder=finder, prompts=prompts)
+        service.approve(req.request_id, finder=finder, prompts=prompts)
 
 
 def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
@@ -119,19 +125,19 @@ def test_policy_change_without_quorum_is_refused(env, prompts: AutoPrompts) -> N
 def test_nothing_is_signed_when_the_audit_log_cannot_be_written(env, prompts: AutoPrompts, home: Path) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
-    service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice"])
+    service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice"])
     db = home / "state" / "audit.sqlite"
     import subprocess
 
     subprocess.run(["chattr", "+i", str(db)], check=True)
     try:
         with pytest.raises(StateError) as exc:
-            service.approve(req["id"], finder=finder, prompts=prompts, operators=["bob"])
+            service.approve(req.request_id, finder=finder, prompts=prompts, operators=["bob"])
         assert "audit" in str(exc.value).lower()
     finally:
         subprocess.run(["chattr", "-i", str(db)], check=True)
-    rec = service.queue.get(req["id"])
-    assert rec["status"] == "pending" and rec["signed"] is None
+    queued = service.queue.get(req.request_id)
+    assert queued is not None and queued["status"] == "pending" and queued["signed"] is None
     assert AuditLog(home / "state").verify().ok
 
 
@@ -168,39 +174,40 @@ def test_btc_psbt_withdrawal_is_signed_and_valid_for_bitcoin_core(home: Path, pr
     coins = make_coins(btc, [(0, AddressKind.P2WPKH, 50_000)], testnet=True)  # type: ignore[arg-type]
     psbt = btc.build_psbt([c.utxo for c in coins], [(cold, 30_000), (change, 19_000)], testnet=True)  # type: ignore[attr-defined]
     req = service.create(chain="BTC", signature_id=entry.signature_id, index=0, tx=psbt, initiator="app:exchange")
-    assert [o["isChange"] for o in req["summary"]["outputs"]] == [False, True]
-    assert req["summary"]["fee"] == "1000"
-    rec = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "carol"])
-    assert rec["status"] == "signed"
-    assert kernel_verify(bytes.fromhex(rec["signed"]["raw"]), [(coins[0].spk, 50_000)]) == [True]
+    assert [o["isChange"] for o in req.summary["outputs"]] == [False, True]
+    assert req.summary["fee"] == "1000"
+    rec = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "carol"])
+    assert rec.status == "signed"
+    assert kernel_verify(bytes.fromhex(_raw(rec)), [(coins[0].spk, 50_000)]) == [True]
 
 
 def test_an_edited_queue_steers_nothing_and_is_reported(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
-    rec = service.queue.get(req["id"])
+    rec = service.queue.get(req.request_id)
+    assert rec is not None
     rec["tx"] = _tx(eth, ELSEWHERE, 10**16).removeprefix("0x")  # an attacker swaps the bytes after policy
     service.queue.put(rec)
-    done = service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
-    assert done["status"] == "signed"
-    assert Account.recover_transaction(done["signed"]["raw"])  # a real signature...
+    done = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
+    assert done.status == "signed"
+    assert Account.recover_transaction(_raw(done))  # a real signature...
     from eth_account.typed_transactions import TypedTransaction
     from hexbytes import HexBytes
 
-    signed = TypedTransaction.from_bytes(HexBytes(done["signed"]["raw"]))
+    signed = TypedTransaction.from_bytes(HexBytes(_raw(done)))
     assert "0x" + bytes(signed.as_dict()["to"]).hex() == COLD  # ...of the bytes the audit log holds, not the queue's
-    alerts = [r.payload["rule"] for r in service.audit.rows(kinds=["alert"], request_id=req["id"])]
+    alerts = [r.payload["rule"] for r in service.audit.rows(kinds=["alert"], request_id=req.request_id)]
     assert alerts == ["queue-tampered"]
 
 
 def test_expired_request_cannot_be_approved(env, prompts: AutoPrompts) -> None:  # type: ignore[no-untyped-def]
     service, finder, sig_id, eth = env
     req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16))
-    later = Withdrawals(service.home, clock=lambda: req["created_at"] + 7201)
+    later = Withdrawals(service.home, clock=lambda: req.created_at + 7201)
     touched = len(prompts.touched)
     with pytest.raises(ApprovalError, match="expired"):
-        later.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
-    assert later.queue.get(req["id"])["status"] == "expired"
+        later.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
+    assert later.queue.get(req.request_id)["status"] == "expired"
     assert len(prompts.touched) == touched  # nobody was asked to touch for a dead request
 
 
@@ -208,12 +215,12 @@ def test_cloned_token_is_refused_and_its_operator_suspended(env, prompts: AutoPr
     service, finder, sig_id, eth = env
     snapshot = (home / "sim" / "alice.fido2.json").read_bytes()  # a clone made today...
     first = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16, nonce=0))
-    service.approve(first["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])
+    service.approve(first.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
     (home / "sim" / "alice.fido2.json").write_bytes(snapshot)  # ...used later: its signCount is behind
     second = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 10**16, nonce=1))
     with pytest.raises(ApprovalInvalid, match="signCount"):
-        service.approve(second["id"], finder=finder, prompts=prompts, operators=["alice"])
-    assert service.get(second["id"])["approvals"] == []
+        service.approve(second.request_id, finder=finder, prompts=prompts, operators=["alice"])
+    assert service.request(second.request_id).approvals == ()
     assert service.ledger.suspended() == {service.vault().header.operators[0].operator_id}
     alerts = [r for r in service.audit.rows(kinds=["alert"])]
     assert alerts and "sign" in alerts[0].payload_text.lower()
@@ -224,7 +231,8 @@ def test_daily_velocity_counts_signed_withdrawals(env, prompts: AutoPrompts) -> 
     for nonce in range(3):
         req = service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=nonce))
         assert (
-            service.approve(req["id"], finder=finder, prompts=prompts, operators=["alice", "bob"])["status"] == "signed"
+            service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"]).status
+            == "signed"
         )
     with pytest.raises(PolicyDenied, match="velocity-day"):
         service.create(chain="ETH", signature_id=sig_id, index=0, tx=_tx(eth, COLD, 9 * 10**17, nonce=3))
