@@ -16,7 +16,8 @@ from agent.reports import anomalies_report, csv_cell, withdrawals_report, write_
 from agent.tokens.discovery import find_token
 from agent.withdrawals.service import Withdrawals
 from tests.conftest import AutoPrompts
-from tests.vault.helpers import make_vault, unlock
+from tests.vault.helpers import make_vault
+from tests.withdrawals.helpers import add_eth_wallet
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 COLD = "0x00000000000000000000000000000000000c01d0"
@@ -58,18 +59,10 @@ def test_write_csv_neutralises_every_cell_and_keeps_the_rest() -> None:
 
 
 def test_reports_escape_free_text_and_csv_neutralises_formulas(home: Path, prompts: AutoPrompts) -> None:
-    paths, _ = make_vault(home, prompts)
+    make_vault(home, prompts)
     eth = get_chain("ETH")
     assert isinstance(eth, EvmChain)
-    with unlock(paths, prompts, operators=["alice", "bob"]) as v:
-        entry = v.add_wallet(
-            wallet_type="MNEMONIC",
-            chain="ETH",
-            testnet=True,
-            secret=bytearray(MNEMONIC.encode()),
-            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
-        )
-        v.save()
+    entry = add_eth_wallet(home, prompts)
     service = Withdrawals(home)
     policy = Policy(
         generation=2,

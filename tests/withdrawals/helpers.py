@@ -63,15 +63,7 @@ def ready_home(
 ) -> Ready:
     make_vault(home, prompts)
     eth = get_chain("ETH")
-    with unlock(home_paths(home), prompts, operators=["alice", "bob"]) as v:
-        entry = v.add_wallet(
-            wallet_type="MNEMONIC",
-            chain="ETH",
-            testnet=True,
-            secret=bytearray(MNEMONIC.encode()),
-            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
-        )
-        v.save()
+    entry = add_eth_wallet(home, prompts)
     service = Withdrawals(home)
 
     def finder(slot: Any) -> Any:
@@ -90,6 +82,21 @@ def ready_home(
     )
     service.change_policy(policy, finder=finder, prompts=prompts, operators=["alice", "bob"])
     return Ready(home, service, finder, prompts, entry.signature_id, eth)
+
+
+def add_eth_wallet(home: Path, prompts: AutoPrompts) -> Any:
+    """The test mnemonic as a Sepolia ETH wallet, stored by a quorum (alice and bob)."""
+    eth = get_chain("ETH")
+    with unlock(home_paths(home), prompts, operators=["alice", "bob"]) as v:
+        entry = v.add_wallet(
+            wallet_type="MNEMONIC",
+            chain="ETH",
+            testnet=True,
+            secret=bytearray(MNEMONIC.encode()),
+            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
+        )
+        v.save()
+    return entry
 
 
 def home_paths(home: Path) -> Any:

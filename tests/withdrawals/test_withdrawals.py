@@ -17,6 +17,7 @@ from agent.withdrawals.ledger import RequestState
 from agent.withdrawals.service import Withdrawals
 from tests.conftest import AutoPrompts
 from tests.vault.helpers import make_vault, unlock
+from tests.withdrawals.helpers import add_eth_wallet
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 COLD = "0x00000000000000000000000000000000000c01d0"
@@ -26,17 +27,9 @@ SEPOLIA = 11155111
 
 @pytest.fixture
 def env(home: Path, prompts: AutoPrompts):  # type: ignore[no-untyped-def]
-    paths, _ = make_vault(home, prompts)
+    make_vault(home, prompts)
     eth = get_chain("ETH")
-    with unlock(paths, prompts, operators=["alice", "bob"]) as v:
-        entry = v.add_wallet(
-            wallet_type="MNEMONIC",
-            chain="ETH",
-            testnet=True,
-            secret=bytearray(MNEMONIC.encode()),
-            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
-        )
-        v.save()
+    entry = add_eth_wallet(home, prompts)
     service = Withdrawals(home)
     finder = lambda slot: find_token(slot, home)  # noqa: E731
     policy = Policy(
