@@ -169,8 +169,13 @@ def register(root: typer.Typer) -> None:
         pin_stdin: PinStdin = False,
         as_json: Json = False,
     ) -> None:
-        """approve a withdrawal with PIN and touch; signs as soon as the quorum is met"""
+        """approve a withdrawal with PIN and touch; signs as soon as the quorum is met
+
+        With `kms-agent serve` running, the touches go to the agent, which holds each approver's
+        share until the quorum signs: operators can approve hours apart, each with only their own token.
+        """
         from agent.cli.session import load_public
+        from agent.service.agent_client import AgentClient
         from agent.tokens.discovery import find_token
 
         paths = Paths.resolve()
@@ -178,24 +183,35 @@ def register(root: typer.Typer) -> None:
         state = service.request(request_id)
         vault = load_public(paths)  # warns when the tokens are simulated
         err(describe(state))
+        agent = AgentClient.find(paths.home)
+        answer: dict[str, Any] = {}
+
+        def submit(rid: str, collected: Any) -> RequestState:
+            assert agent is not None
+            answer.update(agent.approve(rid, collected))
+            decided: RequestState = service.request(rid)  # the agent committed: the audit log says what happened
+            return decided
+
         state = service.approve(
             request_id,
             finder=lambda slot: find_token(slot, paths.home),
             prompts=CliPrompts(paths, pin_stdin=pin_stdin),
             operators=operator,
             vault=vault,
+            submit=submit if agent is not None else None,
         )
         rec = state.to_record()
         result = _public(rec)
+        touches = answer.get("vault_touches")
+        if touches is not None:
+            result["vault_touches"] = touches
         if state.signed is not None:
             emit(result, as_json, f"Signed. txid {state.signed.txid}\n{state.signed.raw}")
-        else:
-            emit(
-                result,
-                as_json,
-                f"Recorded: {len(rec['approvals'])} of {rec['rule']['approvals_required']} "
-                "approvals; waiting for more.",
-            )
+            return
+        line = f"Recorded: {len(rec['approvals'])} of {rec['rule']['approvals_required']} approvals"
+        if touches is not None:
+            line += f"; the agent holds {touches['held']} of the {touches['needed']} shares that open the vault"
+        emit(result, as_json, line + "; waiting for more.")
 
     @root.command("reject")
     def reject(
@@ -205,5 +221,13 @@ def register(root: typer.Typer) -> None:
         as_json: Json = False,
     ) -> None:
         """veto a withdrawal: it can no longer be signed"""
-        state = _service().reject(request_id, operator=operator, reason=reason)
+        from agent.service.agent_client import AgentClient
+
+        service = _service()
+        agent = AgentClient.find(Paths.resolve().home)
+        if agent is not None:
+            agent.reject(request_id, operator=operator, reason=reason)  # the agent also wipes held shares
+            state = service.request(request_id)
+        else:
+            state = service.reject(request_id, operator=operator, reason=reason)
         emit(_public(state.to_record()), as_json, f"Rejected {state.request_id}.")

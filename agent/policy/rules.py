@@ -161,6 +161,10 @@ class Policy:
     frozen: bool = False
     #: Distinct operators who must approve a change of this policy (Ledger's admin rule).
     admin_approvals: int = 2
+    #: Whether a running agent may hold approvers' shares in memory until the quorum signs
+    #: (docs/threat-model.md). Off: every signing needs a quorum of touches at once. The canonical
+    #: form omits the key when it is true (documents written before it existed are unchanged).
+    hold_shares: bool = True
 
     def __post_init__(self) -> None:
         if not _uint(self.generation):
@@ -169,6 +173,8 @@ class Policy:
             raise PolicyFormatError("policy admin_approvals must be at least 1")
         if not isinstance(self.frozen, bool):
             raise PolicyFormatError("policy frozen must be a boolean")
+        if not isinstance(self.hold_shares, bool):
+            raise PolicyFormatError("policy hold_shares must be a boolean")
 
     def rule_for(self, chain: str, signature_id: str) -> Rule:
         rule = self.default
@@ -187,7 +193,7 @@ class Policy:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "v": VERSION,
             "generation": self.generation,
             "frozen": self.frozen,
@@ -196,6 +202,9 @@ class Policy:
             "chains": {k: _rule_to_dict(v.apply(Rule()), tuple(v.changes)) for k, v in sorted(self.chains.items())},
             "wallets": {k: _rule_to_dict(v.apply(Rule()), tuple(v.changes)) for k, v in sorted(self.wallets.items())},
         }
+        if not self.hold_shares:
+            doc["hold_shares"] = False
+        return doc
 
     @classmethod
     def from_dict(cls, raw: Any) -> Policy:
@@ -203,13 +212,16 @@ class Policy:
 
         :raises PolicyFormatError: naming the offending path.
         """
-        _keys(raw, {"v", "generation", "frozen", "admin_approvals", "default", "chains", "wallets"}, "policy")
+        keys = {"v", "generation", "frozen", "admin_approvals", "default", "chains", "wallets"}
+        _keys(raw, keys | ({"hold_shares"} if isinstance(raw, dict) and "hold_shares" in raw else set()), "policy")
         if raw["v"] != VERSION or not _uint(raw["v"]):
             raise PolicyFormatError(f"policy.v must be {VERSION}")
         for name in ("generation", "admin_approvals"):
             if not _uint(raw[name]):
                 raise PolicyFormatError(f"policy.{name} must be an unsigned integer")
         _bool(raw["frozen"], "policy.frozen")
+        hold_shares = raw.get("hold_shares", True)
+        _bool(hold_shares, "policy.hold_shares")
         default = Rule(**_rule_from_dict(raw["default"], "policy.default", partial=False))
         overrides: dict[str, dict[str, RuleOverride]] = {}
         for scope in ("chains", "wallets"):
@@ -220,7 +232,13 @@ class Policy:
                 k: RuleOverride.of(**_rule_from_dict(v, f"policy.{scope}.{k}", partial=True)) for k, v in table.items()
             }
         return cls(
-            raw["generation"], default, overrides["chains"], overrides["wallets"], raw["frozen"], raw["admin_approvals"]
+            raw["generation"],
+            default,
+            overrides["chains"],
+            overrides["wallets"],
+            raw["frozen"],
+            raw["admin_approvals"],
+            hold_shares,
         )
 
     def canonical_bytes(self) -> bytes:

@@ -46,6 +46,7 @@ from agent.errors import (
     ApprovalError,
     ApprovalInvalid,
     ChainError,
+    KmsAgentError,
     PolicyDenied,
     QuorumNotMet,
     UsageError,
@@ -59,6 +60,7 @@ from agent.vault.primitives import wipe
 from agent.vault.records import WalletRow
 from agent.vault.vault import Collected, PublicVault, TokenFinder
 from agent.wallets.mainnet import refuse_simulated_mainnet
+from agent.withdrawals.holding import ShareHolder
 from agent.withdrawals.ledger import VELOCITY_HORIZON, DecisionStage, Ledger, RequestState, Status
 from agent.withdrawals.queue import Queue, differences
 
@@ -258,11 +260,15 @@ class Withdrawals:
         prompts: Prompts,
         operators: Sequence[str] | None = None,
         vault: PublicVault | None = None,
+        submit: Callable[[str, Collected], RequestState] | None = None,
     ) -> RequestState:
         """Touch approvals over the request's digest; when the quorum is met, sign.
 
         Each touch signs the approval digest *and* unwraps that operator's share, so the operators
         present can approve and sign in one go; approvals given earlier still count.
+
+        :param submit: hand the touches to a running agent instead of deciding here (it holds the
+            shares of earlier approvers); called while this process still holds the operators' locks.
         """
         state = self.request(request_id)
         self.check_index(state)
@@ -289,6 +295,10 @@ class Withdrawals:
         initiator = state.payload.initiator
         excluded = [initiator] if initiator and not rule.initiator_may_approve else []
         want = max(rule.approvals_required - len(already), 0)
+        skip = [*already, *suspended, *excluded]
+        if submit is not None and want == 0:
+            # The approvals are complete but the agent lacks shares (it restarted): this touch lends one.
+            want, skip = 1, [*suspended, *excluded]
         with OperatorLocks(self.state) as held:
             collected = vault.collect(
                 finder,
@@ -296,11 +306,13 @@ class Withdrawals:
                 digest=digest,
                 want=want,
                 operators=operators,
-                skip=[*already, *suspended, *excluded],
+                skip=skip,
                 hold=held.acquire,
             )
             try:
                 crash_point("after-touch")
+                if submit is not None:
+                    return submit(rid, collected)
                 if len(already) + len(collected.touches) >= rule.approvals_required:
                     # The quorum will be met: opening the vault to sign needs its own quorum of shares.
                     self._more_shares(vault, collected, finder, prompts, digest, held, operators)
@@ -308,6 +320,60 @@ class Withdrawals:
                     return self._decide(rid, collected)
             finally:
                 collected.wipe()
+
+    def decide_held(self, rid: str, collected: Collected, holder: ShareHolder) -> tuple[RequestState, bool]:
+        """The running agent's decision: touches a CLI sent, plus the shares held for this request.
+
+        Shares of operators whose approval is recorded are kept (policy ``hold_shares``) until the
+        request is signed or dies. Returns the request and whether it is approved but still waits
+        for more touches to open the vault.
+        """
+        posted = {op: bytearray(share) for op, share in collected.shares.items()}
+        try:
+            with writer_lock(self.state):
+                hold = policy_of(self.vault().header).hold_shares
+                for op, share in holder.copies(rid).items():
+                    if op in collected.shares:
+                        wipe(share)
+                    else:
+                        collected.shares[op] = share
+                waiting = False
+                try:
+                    state = self._decide(rid, collected)
+                except QuorumNotMet:
+                    state, waiting = self.request(rid), True
+                except ApprovalError:
+                    if not self.request(rid).pending:
+                        holder.drop(rid)
+                    raise
+                except PolicyDenied:
+                    holder.drop(rid)
+                    raise
+                if state.pending and hold:
+                    approvers = {a.operator_id for a in state.approvals}
+                    for op, share in posted.items():
+                        if op in approvers:
+                            holder.keep(rid, op, share, until=state.payload.expires_at)
+                else:
+                    holder.drop(rid)
+                return state, waiting and state.pending
+        finally:
+            wipe(*posted.values())
+            collected.wipe()
+
+    def forget_dead(self, holder: ShareHolder) -> int:
+        """Wipe held shares of requests that can no longer be signed, and of expired ones."""
+        dead = 0
+        for rid in holder.requests():
+            try:
+                alive = self.request(rid).pending
+            except KmsAgentError:
+                alive = False
+            if not alive:
+                holder.drop(rid)
+                dead += 1
+        holder.sweep()
+        return dead
 
     def _evaluate(
         self,
