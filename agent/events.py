@@ -24,14 +24,19 @@ def record(state_dir: Path, command: str, exc: KmsAgentError) -> None:
     """Best effort: an unwritable events file must never mask the real error."""
     if not isinstance(exc, RECORDED) or isinstance(exc, PolicyDenied):
         return
+    note(state_dir, command, type(exc).__name__, exc.message)
+
+
+def note(state_dir: Path, command: str, error: str, message: str) -> None:
+    """Append one event that is not an exception (e.g. an alert no channel took). Best effort, never raises.
+
+    ``message`` MUST hold no secret: the caller builds it from names and counts only.
+    """
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(state_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         line = (
-            json.dumps(
-                {"ts": int(time.time()), "command": command, "error": type(exc).__name__, "message": exc.message},
-                sort_keys=True,
-            )
+            json.dumps({"ts": int(time.time()), "command": command, "error": error, "message": message}, sort_keys=True)
             + "\n"
         )
         try:

@@ -106,6 +106,7 @@ def _register() -> None:
         init_cmd,
         operator_cmd,
         recovery_cmd,
+        serve_cmd,
         sim_cmd,
         status_cmd,
         sweep_cmd,
@@ -130,6 +131,7 @@ def _register() -> None:
     app.add_typer(recovery_cmd.app, name="recovery")
     app.add_typer(withdraw_cmd.app, name="request")
     withdraw_cmd.register(app)
+    serve_cmd.register(app)
     app.add_typer(audit_cmd.audit_app, name="audit")
     app.add_typer(audit_cmd.policy_app, name="policy")
     app.add_typer(audit_cmd.report_app, name="report")
