@@ -12,7 +12,7 @@ from agent.cli import app
 from agent.errors import EXIT_CODES, KmsAgentError
 
 #: Commands that print no data (only a notice on stderr), or whose output is JSON already.
-NO_DATA = {"sim unplug", "sim plug", "sim pcsc", "policy show"}
+NO_DATA = {"sim unplug", "sim plug", "sim pcsc", "policy show", "serve"}  # serve reports on stderr
 
 
 def _commands(group: Any, prefix: str = "") -> list[tuple[str, Any]]:

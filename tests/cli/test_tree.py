@@ -38,7 +38,7 @@ pytestmark = pytest.mark.xdist_group("cli_tree")
 
 ETH_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 #: Commands that are not run (only parsed): ``demo`` runs the whole end-to-end demo (scripts/demo does).
-NOT_RUN = {"demo"}
+NOT_RUN = {"demo", "serve"}  # serve runs until SIGTERM (tests/service start it)
 #: Commands whose exit code depends on the machine (``doctor`` exits 1 when pcscd or udev is missing).
 ANY_DOCUMENTED = {"doctor"}
 #: Commands that need an option even though none is marked required.
