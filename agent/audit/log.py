@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -203,6 +204,7 @@ class AuditLog:
         self.lock_path = self.directory / LOCK_NAME
         self.busy_timeout = busy_timeout
         self.clock = clock
+        self._local = threading.local()
 
     @classmethod
     def for_home(cls, home: Path, **kwargs: Any) -> AuditLog:
@@ -273,6 +275,59 @@ class AuditLog:
             conn.close()
             raise
         return conn
+
+    def _cached(self, *, write: bool) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema applied) once, not once per call.
+
+        Reused while the process, the thread and the file are the same: a fork, another thread or a
+        replaced ``audit.sqlite`` (a different inode) gets a connection of its own. A read-only one
+        is upgraded when a write needs it.
+        """
+        local = self._local
+        identity = self._identity()
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if (
+            conn is not None
+            and local.pid == os.getpid()
+            and local.identity == identity
+            and identity is not None
+            and (local.write or not write)
+        ):
+            if write:
+                self._check_private(self.path)
+            return conn
+        if conn is not None and local.pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        conn = self._connect(write=write)
+        local.conn, local.pid, local.write = conn, os.getpid(), write
+        local.identity = self._identity()
+        return conn
+
+    def _identity(self) -> tuple[int, int, int, int, int | None] | None:
+        """The files and their permissions as a connection saw them: a change means open again.
+
+        The status-change time catches chmod and chattr (an immutable log must refuse at once), and
+        the ``-wal`` file's inode is there because a connection must never go on writing to a WAL
+        file that was removed under it (what it wrote there would be lost).
+        """
+        try:
+            st, parent = os.stat(self.path), os.stat(self.directory)
+        except FileNotFoundError:
+            return None
+        try:
+            wal: int | None = os.stat(f"{self.path}-wal").st_ino
+        except FileNotFoundError:
+            wal = None
+        return st.st_ino, st.st_ctime_ns, st.st_mode, parent.st_mode, wal
+
+    def _forget(self) -> None:
+        """Drop this thread's connection after a failure (the next call opens a fresh one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local.conn = None
 
     @staticmethod
     def _check_private(path: Path) -> None:
@@ -354,8 +409,9 @@ class AuditLog:
         """
         with self._flock(exclusive=True):
             try:
-                conn = self._connect(write=True)
+                conn = self._cached(write=True)
             except sqlite3.Error as exc:
+                self._forget()
                 raise StateError(
                     f"audit log unusable: {_describe_sqlite(exc)}",
                     hint="nothing was signed; fix the state directory and retry",
@@ -375,12 +431,11 @@ class AuditLog:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
+                self._forget()
                 raise StateError(
                     f"audit log append failed: {_describe_sqlite(exc)}",
                     hint="nothing was written and nothing may be signed",
                 ) from None
-            finally:
-                conn.close()
             if tx.rows:
                 last = tx.rows[-1]
                 try:
@@ -394,9 +449,14 @@ class AuditLog:
 
     def _begin(self, conn: sqlite3.Connection) -> AuditTransaction:
         conn.execute("BEGIN IMMEDIATE")
-        last = conn.execute(f"SELECT {_COLUMNS}, batch FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        tail = None if last is None else self._row(last[:-1])
-        self._check_tail(conn, tail, None if last is None else last[-1])
+        try:
+            last = conn.execute(f"SELECT {_COLUMNS}, batch FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+            tail = None if last is None else self._row(last[:-1])
+            self._check_tail(conn, tail, None if last is None else last[-1])
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")  # the connection is reused: never leave it inside a transaction
+            raise
         return AuditTransaction(self, conn, 0 if tail is None else tail.seq, GENESIS if tail is None else tail.hash)
 
     def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None, last_batch: int | None) -> None:
@@ -564,23 +624,25 @@ class AuditLog:
     # --- queries --------------------------------------------------------------------------------
     def _head_batch(self) -> int | None:
         try:
-            conn = self._connect(write=False)
-            try:
-                row = conn.execute("SELECT seq, batch FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            finally:
-                conn.close()
+            row = (
+                self._cached(write=False)
+                .execute("SELECT seq, batch FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetchone()
+            )
         except sqlite3.OperationalError:
+            self._forget()
             return None  # a log from before batches: every row was its own transaction
         return None if row is None else _first_batch(int(row[0]), row[1])
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[AuditRow]:
         try:
-            conn = self._connect(write=False)
-            try:
-                records = conn.execute(f"SELECT {_COLUMNS} FROM audit_log {where} ORDER BY seq", params).fetchall()
-            finally:
-                conn.close()
+            records = (
+                self._cached(write=False)
+                .execute(f"SELECT {_COLUMNS} FROM audit_log {where} ORDER BY seq", params)
+                .fetchall()
+            )
         except sqlite3.Error as exc:
+            self._forget()
             raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
         return [self._row(r) for r in records]
 
@@ -617,12 +679,9 @@ class AuditLog:
         if not self.path.exists():
             return []
         try:
-            conn = self._connect(write=False)
-            try:
-                return conn.execute(sql, params).fetchall()
-            finally:
-                conn.close()
+            return self._cached(write=False).execute(sql, params).fetchall()
         except sqlite3.Error as exc:
+            self._forget()
             raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
 
     def last_seq(self) -> int:

@@ -174,13 +174,18 @@ class Ledger:
             bytes.fromhex(row.payload["operator_id"]) for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION]))
         }
 
-    def counters(self) -> dict[bytes, int]:
-        """The highest signCount recorded per token slot, from every approval row."""
+    def counters(self, slot_ids: Iterable[bytes] | None = None) -> dict[bytes, int]:
+        """The highest signCount recorded per token slot (only ``slot_ids`` when given), from every approval row.
+
+        Reads every approval row (each re-hashed): linear in history, to be replaced by an
+        authenticated running maximum (issue 11).
+        """
+        wanted = None if slot_ids is None else {s.hex() for s in slot_ids}
         out: dict[bytes, int] = {}
         for row in _intact(self.audit.rows(kinds=[AuditKind.APPROVAL])):
             approval = row.payload.get("approval") or {}
             slot, count = approval.get("slot_id"), approval.get("sign_count")
-            if isinstance(slot, str) and isinstance(count, int):
+            if isinstance(slot, str) and isinstance(count, int) and (wanted is None or slot in wanted):
                 key = bytes.fromhex(slot)
                 out[key] = max(out.get(key, 0), count)
         return out

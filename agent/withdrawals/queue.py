@@ -9,9 +9,11 @@ the time to rebuild it; an index from an older kms-agent is dropped and rebuilt 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -53,26 +55,54 @@ COMPARED = (
 class Queue:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "queue.sqlite"
+        self._local = threading.local()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         try:
-            ensure_private_dir(self.path.parent)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = self._connection()
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the withdrawal queue {self.path}: {exc}") from None
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            self._local.db = None
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            raise StateError(f"the withdrawal queue {self.path} failed: {exc}") from None
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, set up once; a new one after a fork or when the file was replaced."""
+        local = self._local
+        identity = self._identity()
+        db: sqlite3.Connection | None = getattr(local, "db", None)
+        if db is not None and local.pid == os.getpid() and local.identity == identity and identity is not None:
+            return db
+        ensure_private_dir(self.path.parent)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # an index: a lost write is rebuilt from the log
             if db.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
                 _reset(db)
-            yield db
-        except sqlite3.Error as exc:
-            raise StateError(f"the withdrawal queue {self.path} failed: {exc}") from None
-        finally:
+        except BaseException:
             db.close()
+            raise
+        local.db, local.pid, local.identity = db, os.getpid(), self._identity()
+        return db
+
+    def _identity(self) -> tuple[int, int | None] | None:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        try:
+            wal: int | None = os.stat(f"{self.path}-wal").st_ino
+        except FileNotFoundError:
+            wal = None
+        return inode, wal
 
     # --- keeping level with the audit log ------------------------------------------------------
     def sync(self, ledger: Ledger) -> int:

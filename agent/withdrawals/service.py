@@ -384,9 +384,8 @@ class Withdrawals:
         now: int,
     ) -> QuorumDecision:
         request = ApprovalRequest(state.payload, initiator=state.payload.initiator, consumed=state.signed is not None)
-        return evaluate_quorum(
-            request, [*state.approvals, *fresh], state.rejections, rule, roster, now, self.ledger.counters()
-        )
+        counters = self.ledger.counters(a.slot_id for a in fresh)  # only fresh approvals are checked against them
+        return evaluate_quorum(request, [*state.approvals, *fresh], state.rejections, rule, roster, now, counters)
 
     def _decide(self, rid: str, collected: Collected) -> RequestState:
         """Under the writer lock: re-derive every input, record the touches, and sign at most once."""
@@ -688,7 +687,9 @@ class Withdrawals:
             )
             for t in collected.touches
         ]
-        decision = evaluate_quorum(ApprovalRequest(payload), fresh, [], rule, roster, now, self.ledger.counters())
+        decision = evaluate_quorum(
+            ApprovalRequest(payload), fresh, [], rule, roster, now, self.ledger.counters(a.slot_id for a in fresh)
+        )
         with self.audit.transaction() as rows:
             self._record(rows, rid, payload, decision, fresh, roster, vault, now)
             if decision.approved and len(collected.shares) >= vault.header.quorum:

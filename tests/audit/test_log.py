@@ -201,7 +201,7 @@ def test_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(AuditLog, "_connect", capped)
     with pytest.raises(StateError, match="disk is full"):
-        log.append("signature", {"tx": "ab" * 20000})
+        AuditLog(log.directory).append("signature", {"tx": "ab" * 20000})  # a process that opens it now
     monkeypatch.undo()
     assert_untouched(log, 3, head)
 
