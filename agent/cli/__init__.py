@@ -15,20 +15,154 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, MutableMapping
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from agent.errors import KmsAgentError, PinRequired, error_code
 
 PROG = "kms-agent"
 LOG_LEVEL_ENV = "KMS_AGENT_LOG_LEVEL"
 
+
+class _Group(TyperGroup):
+    """Plain click help (typer's rich formatting imports rich: +80 ms), command lines never cut short.
+
+    click cuts each command's line at the terminal width with ``...``; here it gets its whole first
+    sentence and wraps, as rich's panels did.
+    """
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=sys.maxsize)))
+        _write_commands(formatter, rows)
+
+
+def _write_commands(formatter: Any, rows: list[tuple[str, str]]) -> None:
+    if rows:
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+class _Entry(NamedTuple):
+    module: str
+    #: The module's ``typer.Typer`` for a group; None for commands its ``register(app)`` adds.
+    group: str | None
+    #: The command's line in ``kms-agent --help``: its first sentence (tests/cli/test_startup.py checks).
+    help: str
+
+
+#: Every command under the root, in the order ``--help`` lists them. A command's module is imported,
+#: and its click command built, only when that command runs or shows its help: ``kms-agent --help``
+#: imports none of them.
+COMMANDS: dict[str, _Entry] = {
+    "init": _Entry(
+        "init_cmd", None, "create a vault: enrol each operator's first token and split the data key across them"
+    ),
+    "status": _Entry("status_cmd", None, "show the data directory, the vault and its operators (no token needed)"),
+    "unlock": _Entry("unlock_cmd", None, "open the vault with a quorum of touches, check it, and close it again"),
+    "demo": _Entry(
+        "demo_cmd", None, "run the end-to-end demo on simulated tokens (touch and PIN answered automatically)"
+    ),
+    "doctor": _Entry(
+        "doctor_cmd",
+        None,
+        "check token access (udev, pcscd), tokens present and the vault; exit 1 if something is wrong",
+    ),
+    "sweep": _Entry(
+        "sweep_cmd", None, "build the unsigned sweep of a wallet's funds to a cold address (optionally queue it)"
+    ),
+    "approve": _Entry(
+        "withdraw_cmd", None, "approve a withdrawal with PIN and touch; signs as soon as the quorum is met"
+    ),
+    "reject": _Entry("withdraw_cmd", None, "veto a withdrawal: it can no longer be signed"),
+    "serve": _Entry(
+        "serve_cmd",
+        None,
+        "serve the local API for applications until SIGTERM or Ctrl-C (Unix socket; --tcp for loopback)",
+    ),
+    "token": _Entry("token_cmd", "app", "enrol, list and remove tokens"),
+    "operator": _Entry("operator_cmd", "app", "operators and their tokens"),
+    "vault": _Entry("vault_cmd", "app", "check and trust wallet.dat"),
+    "wallet": _Entry("wallet_cmd", "app", "generate, store, list and derive wallets"),
+    "sim": _Entry("sim_cmd", "app", "simulated tokens (insecure; demos and tests)"),
+    "recovery": _Entry("recovery_cmd", "app", "recovery words: test them, or use them to replace lost tokens"),
+    "request": _Entry("withdraw_cmd", "app", "withdrawal requests: create, list, show"),
+    "audit": _Entry("audit_cmd", "audit_app", "the hash-chained audit log"),
+    "policy": _Entry("audit_cmd", "policy_app", "the custody policy (in the signed vault header)"),
+    "report": _Entry("audit_cmd", "report_app", "reports of withdrawals and anomalies"),
+}
+
+
+def _build(name: str) -> Any:
+    """The click command for ``COMMANDS[name]``, built by typer exactly as an eagerly registered one."""
+    import importlib
+
+    import typer.main
+
+    entry = COMMANDS[name]
+    module = importlib.import_module(f"agent.cli.{entry.module}")
+    holder = typer.Typer(rich_markup_mode=None, add_completion=False)
+    if entry.group is None:
+        module.register(holder)
+    else:
+        holder.add_typer(getattr(module, entry.group), name=name, cls=_Group)
+    return typer.main.get_group(holder).commands[name]
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root's commands by name (``COMMANDS`` order); each is built on first access."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = _build(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, cmd: Any) -> None:
+        self._built[name] = cmd
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("kms-agent's commands are fixed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*COMMANDS, *self._built]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*COMMANDS, *self._built]))
+
+
+class _Root(_Group):
+    """The ``kms-agent`` group: lists its commands from ``COMMANDS`` and imports only the one that runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands()
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        _write_commands(formatter, [(name, entry.help) for name, entry in COMMANDS.items()])
+
+
 app = typer.Typer(
     name=PROG,
     help="Self-custodial key management: a vault that opens only for a quorum of hardware tokens.",
+    cls=_Root,
     no_args_is_help=True,
+    # Plain click help: typer's rich help and errors would import rich (and markdown_it, pygments).
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     # --install-completion / --show-completion. typer imports its completion module either way, so
@@ -97,47 +231,6 @@ def _global_options(
 ) -> None:
     configure_logging(log_level)
 
-
-def _register() -> None:
-    from agent.cli import (
-        audit_cmd,
-        demo_cmd,
-        doctor_cmd,
-        init_cmd,
-        operator_cmd,
-        recovery_cmd,
-        serve_cmd,
-        sim_cmd,
-        status_cmd,
-        sweep_cmd,
-        token_cmd,
-        unlock_cmd,
-        vault_cmd,
-        wallet_cmd,
-        withdraw_cmd,
-    )
-
-    init_cmd.register(app)
-    status_cmd.register(app)
-    unlock_cmd.register(app)
-    demo_cmd.register(app)
-    doctor_cmd.register(app)
-    sweep_cmd.register(app)
-    app.add_typer(token_cmd.app, name="token")
-    app.add_typer(operator_cmd.app, name="operator")
-    app.add_typer(vault_cmd.app, name="vault")
-    app.add_typer(wallet_cmd.app, name="wallet")
-    app.add_typer(sim_cmd.app, name="sim")
-    app.add_typer(recovery_cmd.app, name="recovery")
-    app.add_typer(withdraw_cmd.app, name="request")
-    withdraw_cmd.register(app)
-    serve_cmd.register(app)
-    app.add_typer(audit_cmd.audit_app, name="audit")
-    app.add_typer(audit_cmd.policy_app, name="policy")
-    app.add_typer(audit_cmd.report_app, name="report")
-
-
-_register()
 
 #: Global options that take a value, skipped when naming the command for the events log.
 _GLOBAL_WITH_VALUE = ("-l", "--log-level")
@@ -293,8 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, _click_classes("UsageError")):
             message = exc.format_message().strip()  # type: ignore[attr-defined]
             if type(exc).__name__ == "NoArgsIsHelpError":
-                if message:  # the help text (typer prints it itself when rich formats help)
-                    print(message, file=sys.stderr)
+                if message:  # the help text, on stdout as typer's rich help printed it
+                    print(message, flush=True)
                 message = "missing command"
             _fail(2, message or "bad usage", _usage_hint(exc), as_json=as_json)
         if isinstance(exc, _click_classes("ClickException")):

@@ -6,8 +6,6 @@ Kept free of heavy imports: ``kms-agent --help`` and ``wallet address`` must ans
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,8 @@ def err(message: str) -> None:
 def emit(data: dict[str, Any], as_json: bool, human: str | None = None) -> None:
     """``--json`` goes to stdout as one document; otherwise the human text."""
     if as_json:
+        import json
+
         print(json.dumps(data, indent=2, sort_keys=False))
     elif human is not None:
         print(human)
@@ -73,4 +73,6 @@ class CliPrompts:
                 f"{token_label} needs its PIN and there is no terminal to ask on",
                 hint="pass --pin-stdin and write one PIN per line to stdin",
             )
+        import getpass
+
         return bytearray(getpass.getpass(f"PIN for {token_label}{left}: ").encode())

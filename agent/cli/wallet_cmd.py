@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 from typing import Annotated, Any
 
@@ -27,6 +26,8 @@ def _read_secret(*, first_line_only: bool = False) -> bytearray:
     :param first_line_only: ``--pin-stdin``: the secret is the first line, PINs follow it.
     """
     if sys.stdin.isatty():
+        import getpass
+
         return bytearray(getpass.getpass("mnemonic or private key: ").strip().encode())
     data = bytearray(sys.stdin.buffer.readline() if first_line_only else sys.stdin.buffer.read())
     secret = bytearray(b" ".join(bytes(data).split()))
