@@ -78,3 +78,11 @@ def read_private(path: Path, *, what: str = "wallet.dat") -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise VaultNotFound(f"no {what} at {path}", hint="create one with `kms-agent init`") from None
+
+
+def inode_of(path: Path | str) -> int | None:
+    """The file's inode, or None when it does not exist (to notice a file replaced under an open handle)."""
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None

@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.audit.chain import GENESIS, canonical_json, row_bytes, row_hash
 from agent.errors import AuditIntegrityError, KmsAgentError, ProgrammingError, StateError
-from agent.files import atomic_write
+from agent.files import atomic_write, inode_of
 
 DB_NAME = "audit.sqlite"
 HEAD_NAME = "audit-head.json"
@@ -315,11 +315,7 @@ class AuditLog:
             st, parent = os.stat(self.path), os.stat(self.directory)
         except FileNotFoundError:
             return None
-        try:
-            wal: int | None = os.stat(f"{self.path}-wal").st_ino
-        except FileNotFoundError:
-            wal = None
-        return st.st_ino, st.st_ctime_ns, st.st_mode, parent.st_mode, wal
+        return st.st_ino, st.st_ctime_ns, st.st_mode, parent.st_mode, inode_of(f"{self.path}-wal")
 
     def _forget(self) -> None:
         """Drop this thread's connection after a failure (the next call opens a fresh one)."""

@@ -163,18 +163,12 @@ def address(
     as_json: Json = False,
 ) -> None:
     """derive a deposit address from the public index (no token needed)"""
-    from agent.chains import get_chain
     from agent.cli.session import load_public
+    from agent.wallets.addresses import MAX_INDEX, deposit_address
 
-    if index < 0 or index >= 2**31:
-        raise UsageError("index must be between 0 and 2^31-1")
-    wallet = load_public(Paths.resolve()).wallet(signature_id)
-    if wallet.xpub:
-        addr = get_chain(wallet.chain).address_from_xpub(wallet.xpub, index, testnet=wallet.testnet)
-    elif index == 0 and wallet.address is not None:
-        addr = wallet.address
-    else:
-        raise UsageError("a private-key wallet has one address: use index 0")
+    if not 0 <= index <= MAX_INDEX:
+        raise UsageError("index must be between 0 and 2^31-1")  # before the vault is even read
+    addr = deposit_address(load_public(Paths.resolve()).wallet(signature_id), index)
     emit({"address": addr}, as_json, addr)
 
 

@@ -37,19 +37,14 @@ async def deposit_address(
 
 
 def _address(service: Withdrawals, signature_id: str, index: int) -> DepositAddress:
-    from agent.chains import get_chain
+    from agent.wallets.addresses import deposit_address
 
     vault = service.vault()
     try:
         wallet = vault.wallet(signature_id)
     except UsageError as exc:
         raise ApiError(404, exc.message) from None
-    if wallet.xpub:
-        address = get_chain(wallet.chain).address_from_xpub(wallet.xpub, index, testnet=wallet.testnet)
-    elif index == 0 and wallet.address is not None:
-        address = wallet.address
-    else:
-        raise UsageError("a private-key wallet has one address: use index 0")
+    address = deposit_address(wallet, index)
     return DepositAddress(
         signatureId=wallet.signature_id, chain=wallet.chain, testnet=wallet.testnet, index=index, address=address
     )

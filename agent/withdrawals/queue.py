@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import KmsAgentError, StateError, UsageError
-from agent.files import PRIVATE_FILE, ensure_private_dir
+from agent.files import PRIVATE_FILE, ensure_private_dir, inode_of
 from agent.withdrawals.ledger import Ledger, Status
 
 #: Bumped whenever the index's shape changes: a mismatch drops the tables and rebuilds from the log.
@@ -94,15 +94,8 @@ class Queue:
         return db
 
     def _identity(self) -> tuple[int, int | None] | None:
-        try:
-            inode = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return None
-        try:
-            wal: int | None = os.stat(f"{self.path}-wal").st_ino
-        except FileNotFoundError:
-            wal = None
-        return inode, wal
+        inode = inode_of(self.path)
+        return None if inode is None else (inode, inode_of(f"{self.path}-wal"))
 
     # --- keeping level with the audit log ------------------------------------------------------
     def sync(self, ledger: Ledger) -> int:
