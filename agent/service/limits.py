@@ -20,6 +20,8 @@ from agent.service.errors import ApiError, error_response
 
 #: The largest request body the agent reads (a PSBT with many inputs is well under this).
 MAX_BODY = 256 * 1024
+#: How much of an oversized body is read and dropped before the 413 (see ``BodyLimit._too_large``).
+DRAIN_LIMIT = 4 * 1024 * 1024
 
 
 class BodyLimit:
@@ -63,6 +65,16 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Read (and drop) what the client is still sending, up to a bound, so that it gets to read the
+        # 413 instead of a connection reset mid-upload; past the bound, answer and close anyway.
+        drained = 0
+        more = True
+        while more and drained < DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            drained += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
         response = error_response(
             413,
             "too-large",
