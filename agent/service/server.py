@@ -234,6 +234,13 @@ def serve(options: Options) -> int:
                     ssl_keyfile=str(options.tls_key) if tls else None,
                 )
                 servers.append((_Server(config), sock))
+            stop_alerting = start_alerting(home)
+            stop_sweeping = _start_sweeper(home, holder)
+            # A signal that arrives between the announcement below and the event loop's own handlers
+            # must still mean a clean stop, never the default (killed by SIGTERM).
+            early: list[int] = []
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda signum, _frame: early.append(signum))
             _say(f"serving the API on unix:{options.socket} (0600; no token on the socket)")
             if options.tcp is not None:
                 host, port = listeners[1][1].getsockname()[:2]
@@ -241,10 +248,8 @@ def serve(options: Options) -> int:
                 shown = f"[{host}]" if ":" in host else host
                 _say(f"serving the API on {scheme}://{shown}:{port} (bearer token required)")
                 _say(f"API token: {token_path}")
-            stop_alerting = start_alerting(home)
-            stop_sweeping = _start_sweeper(home, holder)
             try:
-                asyncio.run(_run(servers))
+                asyncio.run(_run(servers, early))
             finally:
                 stop_sweeping()
                 holder.wipe_all()  # shares never outlive the agent
@@ -297,7 +302,7 @@ class _Server(uvicorn.Server):
         yield  # _run handles SIGTERM/SIGINT for every listener at once, and serve() returns 0
 
 
-async def _run(servers: list[tuple[uvicorn.Server, socket.socket]]) -> None:
+async def _run(servers: list[tuple[uvicorn.Server, socket.socket]], early: list[int]) -> None:
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -308,4 +313,6 @@ async def _run(servers: list[tuple[uvicorn.Server, socket.socket]]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    if early:
+        stop()  # asked to stop before the loop ran
     await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
