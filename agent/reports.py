@@ -142,7 +142,7 @@ def anomalies_report(paths: Paths, *, since: int | None = None) -> list[dict[str
         )
     rows += _new_destinations(paths, since)
     vault = PublicVault.load(paths.vault, paths.pin)
-    history: list[HistoryEntry] = Withdrawals(paths.home)._history()
+    history: list[HistoryEntry] = Withdrawals(paths.home).history()
     for usage in near_limit(policy_of(vault.header), history, int(time.time())):
         rows.append(
             {

@@ -64,8 +64,6 @@ from agent.withdrawals.holding import ShareHolder
 from agent.withdrawals.ledger import VELOCITY_HORIZON, DecisionStage, Ledger, RequestState, Status
 from agent.withdrawals.queue import Queue, differences
 
-PENDING, DENIED, SIGNED, REJECTED, EXPIRED = "pending", "denied", "signed", "rejected", "expired"
-
 
 def tx_bytes(tx: str | bytes) -> bytes:
     """The unsigned transaction as bytes: hex (EVM, raw PSBT; ``0x`` allowed) or base64 (PSBT)."""
@@ -185,8 +183,6 @@ class Withdrawals:
             )
             out.append(HistoryEntry(row.ts, summary))
         return out
-
-    _history = history  # reports call it by its old name
 
     # --- create ---------------------------------------------------------------------------------
     def create(
