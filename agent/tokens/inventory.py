@@ -205,16 +205,10 @@ def list_piv_cards(connect: Callable[[str], SmartCardConnection] | None = None) 
 
     :param connect: opens a reader by name (default: :class:`agent.tokens.pcsc.PcscConnection`).
     """
-    from agent.tokens.pcsc import PcscConnection, list_reader_names
+    from agent.tokens.pcsc import open_readers
 
-    opener = connect or PcscConnection
     cards = []
-    for reader in list_reader_names():
-        try:
-            conn = opener(reader)
-        except Exception as exc:  # empty reader, card held exclusively by someone else, ...
-            logger.debug("Skipping PC/SC reader %r: %s", reader, exc)
-            continue
+    for reader, conn in open_readers(connect):
         try:
             info = probe(conn, reader)
         except KmsAgentError:

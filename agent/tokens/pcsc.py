@@ -12,6 +12,7 @@ Readers are not filtered by name: any reader whose card answers SELECT of the PI
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from yubikit.core import TRANSPORT
@@ -29,6 +30,21 @@ def list_reader_names() -> list[str]:
     except Exception as exc:  # EstablishContextException, ListReadersException, ...
         logger.debug("No PC/SC readers: %s", exc)
         return []
+
+
+def open_readers(opener: Callable[[str], Any] | None = None) -> Iterator[tuple[str, Any]]:
+    """``(reader, connection)`` for each PC/SC reader that opens; the caller closes each connection.
+
+    Empty readers and cards held exclusively by another process are skipped (logged at debug).
+    """
+    open_one = opener or PcscConnection
+    for reader in list_reader_names():
+        try:
+            conn = open_one(reader)
+        except Exception as exc:  # empty reader, card held exclusively by someone else, ...
+            logger.debug("Skipping PC/SC reader %r: %s", reader, exc)
+            continue
+        yield reader, conn
 
 
 def transport_from_atr(atr: bytes) -> TRANSPORT:

@@ -601,15 +601,10 @@ def _pcsc_token(reader: str, serial: int, simulated: bool, *, allow_unattested: 
 
 def list_pcsc_piv_cards() -> list[tuple[str, int, bool]]:
     """``(reader, serial, simulated)`` for every PC/SC reader whose card answers SELECT PIV."""
-    from agent.tokens.pcsc import PcscConnection, list_reader_names
+    from agent.tokens.pcsc import open_readers
 
     found = []
-    for reader in list_reader_names():
-        try:
-            conn = PcscConnection(reader)
-        except Exception as exc:  # empty reader, card held exclusively by someone else, ...
-            logger.debug("Skipping PC/SC reader %r: %s", reader, exc)
-            continue
+    for reader, conn in open_readers():
         try:
             session = PivSession(conn)
             serial = session.get_serial()

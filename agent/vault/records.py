@@ -13,12 +13,22 @@ the ``policy`` document, which belongs to :mod:`agent.policy` (the vault never i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from agent.vault.schema import OPERATOR, RECOVERY, SLOT, WALLET_FIELDS, check, check_header, check_wallet_rows
 
 WALLET_TYPES = ("MNEMONIC", "PRIVATE_KEY")
+
+
+def _by_field(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of a record whose fields are named as its (already checked) CBOR keys."""
+    return {f.name: raw[f.name] for f in fields(cls)}
+
+
+def _field_map(record: Any) -> dict[str, Any]:
+    """The CBOR map of such a record: its fields, by name, in declaration order."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +46,10 @@ class OperatorEntry:
 
     @classmethod
     def _of(cls, raw: Mapping[str, Any]) -> OperatorEntry:
-        return cls(raw["operator_id"], raw["name"])
+        return cls(**_by_field(cls, raw))
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {"operator_id": self.operator_id, "name": self.name}
+        return _field_map(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,32 +75,10 @@ class SlotEntry:
 
     @classmethod
     def _of(cls, raw: Mapping[str, Any]) -> SlotEntry:
-        return cls(
-            raw["slot_id"],
-            raw["operator_id"],
-            raw["kind"],
-            raw["label"],
-            raw["simulated"],
-            raw["enrolled_at"],
-            dict(raw["public"]),
-            raw["kdf_salt"],
-            raw["nonce"],
-            raw["wrapped"],
-        )
+        return cls(**{**_by_field(cls, raw), "public": dict(raw["public"])})
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {
-            "slot_id": self.slot_id,
-            "operator_id": self.operator_id,
-            "kind": self.kind,
-            "label": self.label,
-            "simulated": self.simulated,
-            "enrolled_at": self.enrolled_at,
-            "public": dict(self.public),
-            "kdf_salt": self.kdf_salt,
-            "nonce": self.nonce,
-            "wrapped": self.wrapped,
-        }
+        return {**_field_map(self), "public": dict(self.public)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +99,10 @@ class RecoveryEntry:
 
     @classmethod
     def _of(cls, raw: Mapping[str, Any]) -> RecoveryEntry:
-        return cls(raw["kind"], raw["threshold"], raw["shares"], raw["nonce"], raw["wrapped"])
+        return cls(**_by_field(cls, raw))
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "threshold": self.threshold,
-            "shares": self.shares,
-            "nonce": self.nonce,
-            "wrapped": self.wrapped,
-        }
+        return _field_map(self)
 
 
 @dataclass(frozen=True, slots=True)
