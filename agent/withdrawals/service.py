@@ -308,7 +308,8 @@ class Withdrawals:
             try:
                 crash_point("after-touch")
                 if submit is not None:
-                    return submit(rid, collected)
+                    # Nobody listed had anything to add (they approved already): nothing to hand over.
+                    return submit(rid, collected) if collected.touches else self.request(rid)
                 if len(already) + len(collected.touches) >= rule.approvals_required:
                     # The quorum will be met: opening the vault to sign needs its own quorum of shares.
                     self._more_shares(vault, collected, finder, prompts, digest, held, operators)

@@ -53,6 +53,8 @@ def test_alice_now_and_bob_later_with_only_his_token_signs(ready: Ready) -> None
         code, first, _ = approve(ready.home, rid, "alice")
         assert code == 0 and first["status"] == "pending"
         assert first["vault_touches"]["held"] == 1 and first["vault_touches"]["needed"] == 2
+        code, again, stderr = approve(ready.home, rid, "alice")  # alice again: nothing new to hand over
+        assert code == 0 and again["status"] == "pending" and "Touch sim:alice" not in stderr
         assert kms(ready.home, "sim", "unplug", "alice").returncode == 0  # alice goes home with her token
         code, done, stderr = approve(ready.home, rid, "bob")
         assert code == 0, stderr
