@@ -23,6 +23,7 @@ from benchlib import cli_cmd, cli_env, median_ms, ratio, run_measured, table
 from agent.audit import AuditKind
 from agent.cli.context import Paths
 from agent.vault.vault import PublicVault
+from agent.withdrawals.velocity import tally_for
 
 MIB = 2**20
 # Issue 11's "today" figures.
@@ -146,22 +147,32 @@ def signature_template(ready: benchlib.Ready) -> dict[str, Any]:
         raise SystemExit(f"template withdrawal ended {rec.status}")
     rows = ready.service.audit.rows(kinds=[AuditKind.SIGNATURE], request_id=req.request_id)
     payload: dict[str, Any] = rows[-1].payload
-    if "velocity" not in payload:
-        raise SystemExit("signature rows carry no velocity field any more: update bench_scale.py")
+    if "velocity" not in payload or "tally" not in payload:
+        raise SystemExit("signature rows carry no velocity or tally field any more: update bench_scale.py")
     return payload
+
+
+def velocity_summary_of(payload: dict[str, Any]) -> Any:
+    from agent.audit import AuditRow
+    from agent.withdrawals.velocity import velocity_summary
+
+    return velocity_summary(AuditRow(0, 0, "signature", None, None, "", b"", b"", payload))
 
 
 def write_signature_rows(ready: benchlib.Ready, template: dict[str, Any], first: int, last: int, total: int) -> float:
     """Append signature rows ``first``..``last - 1`` (of ``total``) through the real audit API, in large
     transactions (bench harness, not product code). Timestamps rise evenly over the last ~22 h."""
     start_ts = int(time.time()) - 80_000
+    summary = velocity_summary_of(template)
     t = time.perf_counter()
     batch = 50_000
     for lo in range(first, last, batch):
         with ready.service.audit.transaction() as tx:
             for i in range(lo, min(last, lo + batch)):
-                payload = {**template, "txid": "0x" + os.urandom(32).hex()}
-                tx.append(AuditKind.SIGNATURE, payload, request_id=None, ts=start_ts + i * 79_000 // total)
+                ts = start_ts + i * 79_000 // total
+                # Running totals through the product's own function, as _sign computes them.
+                payload = {**template, "txid": "0x" + os.urandom(32).hex(), "tally": tally_for(tx.index, summary, ts)}
+                tx.append(AuditKind.SIGNATURE, payload, request_id=None, ts=ts)
     return time.perf_counter() - t
 
 
@@ -194,7 +205,8 @@ def print_history(cases: list[dict[str, Any]]) -> None:
     print("  Withdrawals.create through the real service (decode, policy with a never-denying daily ETH limit, audit);")
     print(
         "  the N rows were appended by this harness through AuditLog.transaction() in 50k-row transactions,"
-        " each a copy of a real signature row's payload (velocity field as _sign writes it) with a new txid"
+        " each a copy of a real signature row's payload (velocity field as _sign writes it, running totals from"
+        " the product's tally_for) with a new txid"
         " and request_id None (a bench shortcut: no request rows behind them). Every level also has the one"
         " real withdrawal that gave the template."
     )
@@ -291,20 +303,27 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also 1M wallets and 1M signature rows (slow)")
     parser.add_argument("--runs", type=int, default=5, help="runs per median for the quick cases (default 5)")
     parser.add_argument("--withdrawals", type=int, default=200, help="withdrawals for the agent-time table")
+    parts = ("vault", "history", "withdrawals", "help")
+    parser.add_argument("--only", choices=parts, action="append", help="run only these tables (repeat)")
     args = parser.parse_args()
+    run = set(args.only or parts)
     started = time.perf_counter()
     sizes = [1, 1_000, 25_000, 100_000] + ([1_000_000] if args.full else [])
     levels = [0, 10_000, 100_000] + ([1_000_000] if args.full else [])
     print(f"kms-agent bench-scale ({'full' if args.full else 'without --full: no 1M cases'}); {os.cpu_count()} CPUs,")
     print("shared and noisy: every time is a median of the runs shown. today = issue 11's figure.")
-    vault_results = []
-    for n in sizes:
-        print(f"  vault: {n} wallets", file=sys.stderr)
-        vault_results.append(vault_case(n, args.runs))
-    print_vault(vault_results)
-    print_history(history_cases(levels, lambda rows: args.runs if rows < 1_000_000 else 3))
-    print_withdrawals(args.withdrawals)
-    print_help()
+    if "vault" in run:
+        vault_results = []
+        for n in sizes:
+            print(f"  vault: {n} wallets", file=sys.stderr)
+            vault_results.append(vault_case(n, args.runs))
+        print_vault(vault_results)
+    if "history" in run:
+        print_history(history_cases(levels, lambda rows: args.runs if rows < 1_000_000 else 3))
+    if "withdrawals" in run:
+        print_withdrawals(args.withdrawals)
+    if "help" in run:
+        print_help()
     print(f"\n(bench-scale ran for {time.perf_counter() - started:.0f} s; data directories under {Path('/tmp')})")
 
 

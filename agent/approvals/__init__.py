@@ -36,8 +36,10 @@ from agent.approvals.quorum import (
 from agent.approvals.verify import (
     FIDO2_KIND,
     PIV_KIND,
+    Resolver,
     approval_audit_payload,
     approval_row_verifier,
+    slot_public_cbor,
     verify_approval,
     verify_approval_record,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "QuorumRule",
     "RecordedApproval",
     "Rejection",
+    "Resolver",
     "Roster",
     "Slot",
     "approval_audit_payload",
@@ -69,6 +72,7 @@ __all__ = [
     "find_slot",
     "payload_to_json",
     "roster_from_header",
+    "slot_public_cbor",
     "verify_approval",
     "verify_approval_record",
 ]

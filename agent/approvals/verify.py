@@ -19,6 +19,7 @@ evaluated, and when ``kms-agent audit verify`` re-checks every approval row year
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -115,23 +116,68 @@ def _verify_piv(approval: RecordedApproval, slot: Slot, digest: bytes) -> None:
 
 
 # --- audit rows -------------------------------------------------------------------------------
-def approval_audit_payload(payload: ApprovalPayload, approval: RecordedApproval, slot: Slot) -> dict[str, Any]:
-    """The audit-log payload of an ``approval`` row: enough to re-verify it with no other input.
+def approval_audit_payload(
+    payload: ApprovalPayload,
+    approval: RecordedApproval,
+    slot: Slot,
+    *,
+    payload_inline: bool = True,
+    public_inline: bool = True,
+) -> dict[str, Any]:
+    """The audit-log payload of an ``approval`` row: the raw evidence, and what it was checked against.
 
-    The full signed payload (canonical CBOR, hex), its digest, the raw evidence, and the slot's
-    public fields at the time (so an approval by a since-removed token still re-verifies).
+    The signed payload (canonical CBOR, hex) and the slot's public fields at the time (so an
+    approval by a since-removed token still re-verifies) are written inline, or, when the log
+    already holds them, as their SHA-256: a withdrawal's payload is in its ``request`` row, and a
+    slot's public fields in the first approval row that slot ever wrote. A row with references is
+    re-verified with a :class:`Resolver` over the same log (docs/audit-log.md §5).
     """
-    return {
-        "payload_cbor": payload.canonical_bytes().hex(),
+    canonical = payload.canonical_bytes()
+    public_cbor = slot_public_cbor(slot)
+    slot_record: dict[str, Any] = {"kind": slot.kind, "label": slot.label, "operator_id": slot.operator_id.hex()}
+    if public_inline:
+        slot_record["public_cbor"] = public_cbor.hex()
+    else:
+        slot_record["public_sha256"] = hashlib.sha256(public_cbor).hexdigest()
+    record: dict[str, Any] = {
         "digest": approval_digest(payload).hex(),
         "approval": approval.to_json(),
-        "slot": {
-            "kind": slot.kind,
-            "label": slot.label,
-            "operator_id": slot.operator_id.hex(),
-            "public_cbor": bytes(cbor2.dumps(dict(slot.public), canonical=True)).hex(),
-        },
+        "slot": slot_record,
     }
+    if payload_inline:
+        record["payload_cbor"] = canonical.hex()
+    else:
+        record["payload_sha256"] = hashlib.sha256(canonical).hexdigest()
+    return record
+
+
+def slot_public_cbor(slot: Slot) -> bytes:
+    """The canonical CBOR of a slot's public fields, as approval rows record (or reference) it."""
+    return bytes(cbor2.dumps(dict(slot.public), canonical=True))
+
+
+class Resolver(Protocol):
+    """Finds what an approval row refers to by digest, in the log it came from."""
+
+    def payload(self, request_id: str, sha256: bytes) -> bytes | None:
+        """The canonical payload of ``request_id`` with that digest, or None."""
+        ...
+
+    def slot_public(self, sha256: bytes) -> bytes | None:
+        """A slot's public CBOR recorded earlier with that digest, or None."""
+        ...
+
+
+def _referenced(
+    record: Mapping[str, Any], inline: str, digest_key: str, fetch: Callable[[bytes], bytes | None] | None, what: str
+) -> bytes:
+    if inline in record:
+        return bytes.fromhex(record[inline])
+    want = bytes.fromhex(record[digest_key])
+    found = fetch(want) if fetch is not None else None
+    if found is None or hashlib.sha256(found).digest() != want:
+        raise ApprovalInvalid(f"approval row: the {what} it refers to is not in the log")
+    return found
 
 
 class _Row(Protocol):
@@ -143,21 +189,36 @@ class _Row(Protocol):
 
 
 def verify_approval_record(
-    record: Mapping[str, Any], roster: Roster | None = None, *, request_id: str | None = None
+    record: Mapping[str, Any],
+    roster: Roster | None = None,
+    *,
+    request_id: str | None = None,
+    resolver: Resolver | None = None,
 ) -> RecordedApproval:
     """Re-verify an approval row's payload (see :func:`approval_audit_payload`).
 
     The slot comes from ``roster`` (the current vault header) when it still lists it, and must then
     equal the recorded one; a slot removed since is checked under its recorded public key.
 
+    :param resolver: finds what a row refers to by digest (rows without references need none).
     :raises ApprovalInvalid: anything does not match or verify.
     """
     try:
-        payload = ApprovalPayload.from_cbor(bytes.fromhex(record["payload_cbor"]))
+        raw_slot = record["slot"]
+        payload_bytes = _referenced(
+            record,
+            "payload_cbor",
+            "payload_sha256",
+            None if resolver is None or request_id is None else lambda d: resolver.payload(request_id, d),
+            "request payload",
+        )
+        public_bytes = _referenced(
+            raw_slot, "public_cbor", "public_sha256", None if resolver is None else resolver.slot_public, "slot"
+        )
+        payload = ApprovalPayload.from_cbor(payload_bytes)
         digest = bytes.fromhex(record["digest"])
         approval = RecordedApproval.from_json(record["approval"])
-        raw_slot = record["slot"]
-        recorded_public = cbor2.loads(bytes.fromhex(raw_slot["public_cbor"]))
+        recorded_public = cbor2.loads(public_bytes)
         recorded = Slot(
             approval.slot_id,
             bytes.fromhex(raw_slot["operator_id"]),
@@ -188,10 +249,10 @@ def verify_approval_record(
     return approval
 
 
-def approval_row_verifier(roster: Roster | None = None) -> Callable[[_Row], None]:
+def approval_row_verifier(roster: Roster | None = None, resolver: Resolver | None = None) -> Callable[[_Row], None]:
     """A callback for :meth:`agent.audit.AuditLog.verify` that re-verifies every ``approval`` row."""
 
     def check(row: _Row) -> None:
-        verify_approval_record(row.payload, roster, request_id=row.request_id)
+        verify_approval_record(row.payload, roster, request_id=row.request_id, resolver=resolver)
 
     return check

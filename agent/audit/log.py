@@ -5,8 +5,9 @@ Files, under the agent's state directory (``<home>/state``), all 0600 in a 0700 
 * ``audit.sqlite`` (+ ``-wal``/``-shm``): WAL mode, ``synchronous=FULL``, one table. Triggers refuse
   UPDATE and DELETE (defence in depth: whoever can write the file can drop them, which is what the
   chain and the head pin are for).
-* ``audit-head.json``: ``{"v": 1, "seq": n, "hash": hex}`` of the newest row, rewritten atomically
-  after every append, so deleting the newest rows (truncation) is detected too.
+* ``audit-head.json``: ``{"v": 1, "seq": n, "hash": hex}`` of the newest row, padded to 256 bytes
+  and rewritten in place (one sector: old line or new) after every transaction, so deleting the
+  newest rows (truncation) is detected too.
 * ``audit.lock``: ``flock`` serialising appenders across processes, so the head pin is only ever
   written by the process that appended the row it names.
 
@@ -20,6 +21,7 @@ first bad seq (docs/audit-log.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -42,6 +44,8 @@ DB_NAME = "audit.sqlite"
 HEAD_NAME = "audit-head.json"
 LOCK_NAME = "audit.lock"
 DEFAULT_BUSY_TIMEOUT = 10.0
+#: Bytes of ``audit-head.json``: one JSON line, space-padded, rewritten in place (:meth:`AuditLog._write_head`).
+HEAD_SIZE = 256
 _PRIVATE_FILE = 0o600
 _PRIVATE_DIR = 0o700
 
@@ -63,6 +67,18 @@ CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_index (
+    name TEXT    NOT NULL,
+    key  INTEGER NOT NULL,
+    seq  INTEGER NOT NULL,
+    PRIMARY KEY (name, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_index_key ON audit_index (name, key, seq);
+CREATE TABLE IF NOT EXISTS audit_index_level (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    seq     INTEGER NOT NULL,
+    version TEXT    NOT NULL
+);
 """
 _COLUMNS = "seq, ts, kind, request_id, actor, payload, prev_hash, hash"
 
@@ -112,6 +128,25 @@ class AuditRow:
             "prev_hash": self.prev_hash.hex(),
             "hash": self.hash.hex(),
         }
+
+
+#: Entries an :class:`AuditIndexer` derives from one row: ``(name, key)`` pairs.
+IndexEntries = Iterable[tuple[str, int]]
+
+
+class AuditIndexer:
+    """Derives lookup entries from rows, so a decision reads O(log n) rows instead of all of them.
+
+    The index is only a way to *find* rows: every row found through it is read back and checked
+    against its own hash by the caller, and :meth:`AuditLog.verify_index` compares the whole
+    index with what the rows say. Entries are a pure function of a row, so the index can always be
+    rebuilt from the log; ``version`` names that function (a new one rebuilds the index).
+    """
+
+    version = "none"
+
+    def entries(self, row: AuditRow) -> IndexEntries:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -198,8 +233,12 @@ class AuditLog:
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         clock: Callable[[], int] = lambda: int(time.time()),
+        indexer: AuditIndexer | None = None,
     ) -> None:
         self.directory = Path(directory)
+        #: Keeps ``audit_index`` level with the log on every append. A log opened without one leaves
+        #: the index behind; the next appender with an indexer catches it up before its own rows.
+        self.indexer = indexer
         self.path = self.directory / DB_NAME
         self.head_path = self.directory / HEAD_NAME
         self.lock_path = self.directory / LOCK_NAME
@@ -360,7 +399,32 @@ class AuditLog:
         return HeadPin(raw["seq"], digest)
 
     def _write_head(self, pin: HeadPin) -> None:
-        atomic_write(self.head_path, (json.dumps(pin.to_json(), sort_keys=True) + "\n").encode())
+        """Re-pin the head: one fdatasync, in place, once the file exists.
+
+        The pin is one JSON line padded to a fixed :data:`HEAD_SIZE` bytes, far inside one disk
+        sector, so a crash leaves the old line or the new one (JSON ignores the padding). That is
+        the same guarantee a temporary file and a rename give, for one sync instead of three
+        (file, rename, directory) on every transaction. The first pin is created the careful way.
+        """
+        line = (json.dumps(pin.to_json(), sort_keys=True) + "\n").encode()
+        data = line.ljust(HEAD_SIZE - 1) + b"\n"
+        try:
+            fd = os.open(self.head_path, os.O_WRONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            atomic_write(self.head_path, data)
+            return
+        try:
+            if os.fstat(fd).st_size != HEAD_SIZE:
+                os.close(fd)
+                fd = -1
+                atomic_write(self.head_path, data)  # an older or foreign pin file: replace it whole
+                return
+            if os.pwrite(fd, data, 0) != HEAD_SIZE:
+                raise OSError(errno.EIO, "short write of the audit head pin")
+            os.fdatasync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     @staticmethod
     def _row(record: tuple[Any, ...]) -> AuditRow:
@@ -419,10 +483,9 @@ class AuditLog:
                 tx = self._begin(conn)
                 try:
                     yield tx
-                    if tx.rows:
-                        conn.execute("COMMIT")
-                    else:
-                        conn.execute("ROLLBACK")
+                    if tx.rows and self.indexer is not None:
+                        _set_index_level(conn, tx.rows[-1].seq, self.indexer.version)
+                    conn.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
@@ -454,7 +517,10 @@ class AuditLog:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")  # the connection is reused: never leave it inside a transaction
             raise
-        return AuditTransaction(self, conn, 0 if tail is None else tail.seq, GENESIS if tail is None else tail.hash)
+        tail_seq = 0 if tail is None else tail.seq
+        if self.indexer is not None:
+            _catch_up_index(conn, self.indexer, tail_seq)
+        return AuditTransaction(self, conn, tail_seq, GENESIS if tail is None else tail.hash)
 
     def _check_tail(self, conn: sqlite3.Connection, last: AuditRow | None, last_batch: int | None) -> None:
         """Refuse to extend a log whose newest rows do not match the head pin (inside the write lock)."""
@@ -681,8 +747,11 @@ class AuditLog:
             self._forget()
             raise StateError(f"audit log unreadable: {_describe_sqlite(exc)}") from None
 
-    def last_seq(self) -> int:
-        """The newest row's seq (0 for an empty log): how far an index built from the log must catch up."""
+    def last_seq(self, *, request_id: str | None = None) -> int:
+        """The newest row's seq (0 for an empty log), or the newest of one request's rows."""
+        if request_id is not None:
+            rows = self._scalar_query("SELECT MAX(seq) FROM audit_log WHERE request_id = ?", (request_id,))
+            return int(rows[0][0] or 0) if rows else 0
         rows = self._scalar_query("SELECT MAX(seq) FROM audit_log")
         return int(rows[0][0] or 0) if rows else 0
 
@@ -694,6 +763,59 @@ class AuditLog:
             (seq,),
         )
         return [str(r[0]) for r in rows]
+
+    # --- the index -------------------------------------------------------------------------------
+    def index(self) -> IndexLookup:
+        """Lookups on the index, level with the log (caught up first, under the write lock, if behind).
+
+        :raises ProgrammingError: this log was opened without an indexer.
+        """
+        if self.indexer is None:
+            raise ProgrammingError("an audit index lookup needs an AuditLog opened with an indexer")
+        if self._index_behind():
+            with self.transaction():
+                pass  # _begin catches the index up and the (empty) transaction commits it
+        return IndexLookup(lambda: self._cached(write=False))
+
+    def _index_behind(self) -> bool:
+        assert self.indexer is not None
+        try:
+            conn = self._cached(write=False)
+            level = _index_level(conn)
+            last = conn.execute("SELECT MAX(seq) FROM audit_log").fetchone()[0] or 0
+        except sqlite3.OperationalError:
+            self._forget()
+            return True  # no index tables yet (a log written before them, or no log at all)
+        return level is None or level != (int(last), self.indexer.version)
+
+    def verify_index(self) -> list[AuditProblem]:
+        """Compare the whole index with the entries the rows give (``audit verify``); never repairs."""
+        if self.indexer is None or not self.path.exists():
+            return []
+        self.index()
+        want: set[tuple[str, int, int]] = set()
+        for row in self._select("", ()):
+            want |= {(str(n), int(k), row.seq) for n, k in self.indexer.entries(row)}
+        have = {(str(n), int(k), int(q)) for n, k, q in self._scalar_query("SELECT name, key, seq FROM audit_index")}
+        problems = [
+            AuditProblem(seq, f"the audit index lacks entry {name!r} of row {seq}")
+            for name, _, seq in sorted(want - have, key=lambda e: e[2])
+        ]
+        problems += [
+            AuditProblem(None, f"the audit index has entry {name!r} for row {seq}, which the row does not give")
+            for name, _, seq in sorted(have - want, key=lambda e: e[2])
+        ]
+        return problems
+
+    def reindex(self) -> int:
+        """Rebuild the index from the rows (after an edit found by :meth:`verify_index`); returns its entries."""
+        if self.indexer is None:
+            raise ProgrammingError("reindex needs an AuditLog opened with an indexer")
+        with self.transaction() as tx:
+            tx._conn.execute("DELETE FROM audit_index_level")
+            _catch_up_index(tx._conn, self.indexer, tx._seq)
+        rows = self._scalar_query("SELECT COUNT(*) FROM audit_index")
+        return int(rows[0][0]) if rows else 0
 
     def head(self) -> HeadPin | None:
         """The newest row's (seq, hash), or None for an empty log (for reports and external anchoring)."""
@@ -716,6 +838,11 @@ class AuditTransaction:
         self._seq = last_seq
         self._prev = last_hash
         self.rows: list[AuditRow] = []
+
+    @property
+    def index(self) -> IndexLookup:
+        """Lookups that see this transaction's own rows (the index is level with the log here)."""
+        return IndexLookup(lambda: self._conn)
 
     def append(
         self,
@@ -749,9 +876,101 @@ class AuditTransaction:
             (seq, ts, kind.value, rid, actor, payload_text, self._prev.hex(), digest.hex(), batch),
         )
         row = AuditRow(seq, ts, kind.value, rid, actor, payload_text, self._prev, digest, payload_value)
+        if self._log.indexer is not None:
+            _insert_entries(self._conn, row, self._log.indexer)
         self.rows.append(row)
         self._seq, self._prev = seq, digest
         return row
+
+
+class IndexLookup:
+    """Queries on ``audit_index``: each answers with seqs (or rows) that the caller must verify."""
+
+    def __init__(self, connection: Callable[[], sqlite3.Connection]) -> None:
+        self._connection = connection
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        try:
+            found: tuple[Any, ...] | None = self._connection().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(f"audit index unreadable: {_describe_sqlite(exc)}") from None
+        return found
+
+    def _seq(self, sql: str, params: tuple[Any, ...]) -> int | None:
+        found = self._one(sql, params)
+        return None if found is None else int(found[0])
+
+    def last(self, name: str) -> int | None:
+        """The newest row with an entry ``name``."""
+        return self._seq("SELECT seq FROM audit_index WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,))
+
+    def first(self, name: str) -> int | None:
+        return self._seq("SELECT seq FROM audit_index WHERE name = ? ORDER BY seq LIMIT 1", (name,))
+
+    def after(self, name: str, seq: int) -> int | None:
+        """The oldest row with an entry ``name`` newer than row ``seq``."""
+        return self._seq("SELECT seq FROM audit_index WHERE name = ? AND seq > ? ORDER BY seq LIMIT 1", (name, seq))
+
+    def floor(self, name: str, key: int) -> int | None:
+        """The row whose entry ``name`` has the greatest (key, seq) with key <= ``key``."""
+        return self._seq(
+            "SELECT seq FROM audit_index WHERE name = ? AND key <= ? ORDER BY key DESC, seq DESC LIMIT 1", (name, key)
+        )
+
+    def top(self, name: str) -> int | None:
+        """The row whose entry ``name`` has the greatest key (the newest of equals)."""
+        return self._seq("SELECT seq FROM audit_index WHERE name = ? ORDER BY key DESC, seq DESC LIMIT 1", (name,))
+
+    def above(self, name: str, key: int) -> list[int]:
+        """Rows whose entry ``name`` has a key greater than ``key``, oldest first."""
+        try:
+            found = (
+                self._connection()
+                .execute("SELECT seq FROM audit_index WHERE name = ? AND key > ? ORDER BY seq", (name, key))
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"audit index unreadable: {_describe_sqlite(exc)}") from None
+        return [int(r[0]) for r in found]
+
+    def row(self, seq: int) -> AuditRow | None:
+        found = self._one(f"SELECT {_COLUMNS} FROM audit_log WHERE seq = ?", (seq,))
+        return None if found is None else AuditLog._row(found)
+
+
+def _insert_entries(conn: sqlite3.Connection, row: AuditRow, indexer: AuditIndexer) -> None:
+    entries = {(str(name), int(key)) for name, key in indexer.entries(row)}
+    if entries:
+        conn.executemany(
+            "INSERT OR IGNORE INTO audit_index (name, key, seq) VALUES (?, ?, ?)",
+            [(name, key, row.seq) for name, key in sorted(entries)],
+        )
+
+
+def _index_level(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    found = conn.execute("SELECT seq, version FROM audit_index_level WHERE id = 1").fetchone()
+    return None if found is None else (int(found[0]), str(found[1]))
+
+
+def _set_index_level(conn: sqlite3.Connection, seq: int, version: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO audit_index_level (id, seq, version) VALUES (1, ?, ?)", (seq, version))
+
+
+def _catch_up_index(conn: sqlite3.Connection, indexer: AuditIndexer, tail_seq: int) -> None:
+    """Inside a write transaction: index the rows the index has not seen (all of them for a new version)."""
+    level = _index_level(conn)
+    if level is not None and level[1] == indexer.version and level[0] == tail_seq:
+        return
+    if level is None or level[1] != indexer.version or level[0] > tail_seq:
+        conn.execute("DELETE FROM audit_index")
+        start = 0
+    else:
+        start = level[0]
+    cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq", (start,))
+    while batch := cursor.fetchmany(1000):
+        for record in batch:
+            _insert_entries(conn, AuditLog._row(record), indexer)
+    _set_index_level(conn, tail_seq, indexer.version)
 
 
 def _first_batch(seq: int, batch: int | None) -> int:

@@ -97,6 +97,27 @@ COMMANDS: dict[str, _Entry] = {
     "audit": _Entry("audit_cmd", "audit_app", "the hash-chained audit log"),
     "policy": _Entry("audit_cmd", "policy_app", "the custody policy (in the signed vault header)"),
     "report": _Entry("audit_cmd", "report_app", "reports of withdrawals and anomalies"),
+    # Coming from Tatum KMS (docs/migrating-from-tatum.md): import/export and Tatum's command names.
+    "import": _Entry("tatum_cmd", None, "import a Tatum KMS wallet.dat: every wallet keeps its signatureId"),
+    "export": _Entry(
+        "tatum_cmd", None, "print every wallet with its secret (Tatum's export), or write a Tatum wallet.dat"
+    ),
+    "generatewallet": _Entry("tatum_cmd", None, "Tatum: print a new mnemonic and its xpub"),
+    "generatemanagedwallet": _Entry("tatum_cmd", None, "Tatum: generate a mnemonic wallet inside the vault"),
+    "storemanagedwallet": _Entry("tatum_cmd", None, "Tatum: store a mnemonic read from stdin or a hidden prompt"),
+    "storemanagedprivatekey": _Entry(
+        "tatum_cmd", None, "Tatum: store a private key read from stdin or a hidden prompt"
+    ),
+    "generatemanagedprivatekeybatch": _Entry(
+        "tatum_cmd", None, "Tatum: generate COUNT private-key wallets in one vault write"
+    ),
+    "getaddress": _Entry("tatum_cmd", None, "Tatum: the address of a wallet at an index, from the public index"),
+    "getprivatekey": _Entry("tatum_cmd", None, "Tatum: the private key at an index"),
+    "getmanagedwallet": _Entry("tatum_cmd", None, "Tatum: the whole wallet entry, mnemonic included"),
+    "removewallet": _Entry("tatum_cmd", None, "Tatum: delete a wallet and its secret (a quorum must unlock)"),
+    "checkconfig": _Entry(
+        "tatum_cmd", None, "Tatum: version, data directory, wallet.dat and the Tatum variables set (masked)"
+    ),
 }
 
 

@@ -24,27 +24,35 @@ def verify(as_json: Json = False) -> None:
     from agent.approvals import approval_row_verifier, roster_from_header
     from agent.audit import AuditLog
     from agent.cli.session import load_public
-    from agent.withdrawals.index_check import check_queue
-    from agent.withdrawals.ledger import Ledger
+    from agent.withdrawals.index_check import LogResolver, check_evidence_index, check_queue
+    from agent.withdrawals.ledger import Ledger, open_audit
 
     paths = Paths.resolve()
     vault = load_public(paths)
     log = AuditLog(paths.state)
     roster = roster_from_header(vault.header, suspended=Ledger(log).suspended())
-    report = log.verify(approval_row_verifier(roster))
+    report = log.verify(approval_row_verifier(roster, LogResolver(open_audit(paths.state))))
     mismatches = check_queue(paths.state) if report.ok else []
+    index_problems = check_evidence_index(paths.state) if report.ok else []
     data: dict[str, Any] = {
-        "ok": report.ok and not mismatches,
+        "ok": report.ok and not mismatches and not index_problems,
         "rows": report.rows,
         "approvals_checked": report.approvals_checked,
         "first_bad_seq": report.first_bad_seq,
         "problems": [p.what if p.seq is None else f"row {p.seq}: {p.what}" for p in report.problems],
         "warnings": list(report.warnings),
         "queue_mismatches": [m.to_json() for m in mismatches],
+        "index_problems": index_problems,
     }
     if not report.ok:
         emit(data, as_json)
         raise StateError(f"audit log verification failed at row {report.first_bad_seq}: " + "; ".join(data["problems"]))
+    if index_problems:
+        emit(data, as_json)
+        raise StateError(
+            "the audit log's rows are intact, but its index or running totals are not: " + "; ".join(index_problems),
+            hint="`kms-agent request rebuild` rebuilds the index from the rows (then verify again)",
+        )
     if mismatches:
         emit(data, as_json)
         raise StateError(
@@ -56,7 +64,7 @@ def verify(as_json: Json = False) -> None:
         data,
         as_json,
         f"OK: {report.rows} rows, chain and head intact, {report.approvals_checked} approval signatures re-verified, "
-        "queue level with the log.",
+        "index, running totals and queue level with the log.",
     )
 
 
@@ -181,6 +189,19 @@ def report_anomalies(
             ("Anomalies per day", count_by(rows, "day")),
         ],
     )
+
+
+@report_app.command("wallets")
+def report_wallets(
+    ids: Annotated[str | None, typer.Argument(help="signatureIds, comma-separated (default: every wallet)")] = None,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
+    as_json: Json = False,
+) -> None:
+    """Tatum's report: each wallet's type, chain and network, its xpub and key checked (a quorum unlocks)"""
+    from agent.cli.tatum_cmd import run_report
+
+    emit(run_report(ids, operators=operator, pin_stdin=pin_stdin), True)  # Tatum's JSON either way
 
 
 def _approver_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -154,11 +154,16 @@ def show(request_id: str, as_json: Json = False) -> None:
 
 @app.command("rebuild")
 def rebuild(as_json: Json = False) -> None:
-    """rebuild the queue index (state/queue.sqlite) from the audit log; nothing else changes"""
+    """rebuild the queue (state/queue.sqlite) and the audit log's index from the audit rows; nothing else changes"""
     service = _service()
+    entries = service.audit.reindex()
     service.queue.reset()
     count = service.sync()
-    emit({"rebuilt": count}, as_json, f"Rebuilt the queue index from the audit log: {count} requests.")
+    emit(
+        {"rebuilt": count, "index_entries": entries},
+        as_json,
+        f"Rebuilt the queue index from the audit log: {count} requests; the audit index: {entries} entries.",
+    )
 
 
 def register(root: typer.Typer) -> None:

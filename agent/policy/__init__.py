@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from agent.policy.evaluate import (
     NEAR_LIMIT_PERCENT,
+    VELOCITY_HORIZON,
+    WINDOWS,
     Decision,
+    HistoryVelocity,
     LimitUsage,
     Outcome,
     Reason,
+    Velocity,
     evaluate,
     near_limit,
+    scope_key,
 )
 from agent.policy.payloads import policy_change_payload, policy_change_rule, withdrawal_payload
 from agent.policy.rules import (
@@ -37,10 +42,13 @@ from agent.policy.summary import (
 __all__ = [
     "NEAR_LIMIT_PERCENT",
     "POLICY_CHANGE_TTL",
+    "VELOCITY_HORIZON",
+    "WINDOWS",
     "AssetLimits",
     "AssetUnit",
     "Decision",
     "HistoryEntry",
+    "HistoryVelocity",
     "LimitUsage",
     "Outcome",
     "OverLimit",
@@ -52,6 +60,7 @@ __all__ = [
     "SummaryOutput",
     "TimeWindow",
     "UnknownDestination",
+    "Velocity",
     "VelocityScope",
     "canonical_ref",
     "evaluate",
@@ -61,5 +70,6 @@ __all__ = [
     "policy_change_payload",
     "policy_change_rule",
     "policy_of",
+    "scope_key",
     "withdrawal_payload",
 ]

@@ -11,10 +11,10 @@ the outcome is ``deny`` if any check denies, else ``escalate`` if any escalates,
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from agent.approvals.quorum import QuorumRule
 from agent.policy.rules import OverLimit, Policy, Rule, UnknownDestination, VelocityScope
@@ -26,6 +26,8 @@ DAY = 24 * HOUR
 WINDOWS = (("hour", HOUR), ("day", DAY))
 #: ``near_limit`` threshold: usage at or above this share of a limit is reported.
 NEAR_LIMIT_PERCENT = 80
+#: The longest rolling window: a withdrawal signed longer ago than this never counts again.
+VELOCITY_HORIZON = DAY
 _MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: beyond it datetime cannot say which weekday it is
 
 
@@ -138,12 +140,53 @@ class Decision:
         }
 
 
-def evaluate(request_summary: RequestSummary, rules: Policy, history: Sequence[HistoryEntry], now: int) -> Decision:
+class Velocity(Protocol):
+    """What was already signed within a rolling window: the one thing evaluation reads besides its inputs.
+
+    The agent answers from authenticated running totals in the audit log (O(log n) per question,
+    agent.withdrawals.velocity); :class:`HistoryVelocity` answers from a list, for tests and reports.
+    """
+
+    def used(self, summary: RequestSummary, scope: VelocityScope, since: int) -> dict[str, int]:
+        """Base units per asset signed in ``scope`` of ``summary`` after Unix second ``since``."""
+        ...
+
+
+@dataclass(frozen=True)
+class HistoryVelocity:
+    """:class:`Velocity` over an explicit list of signed withdrawals (linear in it)."""
+
+    history: Sequence[HistoryEntry]
+
+    def used(self, summary: RequestSummary, scope: VelocityScope, since: int) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for entry in self.history:
+            if not isinstance(entry, HistoryEntry) or not isinstance(entry.signed_at, int) or _malformed(entry.summary):
+                continue  # our own signed records; a malformed one cannot be counted, and is reported by audit verify
+            if entry.signed_at <= since or not _in_scope(entry, summary, scope):
+                continue
+            for asset, amount in entry.summary.spent().items():
+                totals[asset] = totals.get(asset, 0) + amount
+        return totals
+
+
+def scope_key(summary: RequestSummary, scope: VelocityScope) -> str:
+    """The running-total key a withdrawal counts under for ``scope`` (docs/policy.md §4)."""
+    if scope is VelocityScope.CHAIN:
+        return f"chain:{summary.chain}/{summary.network}"
+    return f"wallet:{summary.chain}:{summary.signature_id}"
+
+
+def evaluate(
+    request_summary: RequestSummary, rules: Policy, history: Sequence[HistoryEntry] | Velocity, now: int
+) -> Decision:
     """Judge one decoded withdrawal against the policy. Pure, and never raises.
 
-    :param history: withdrawals already signed (any wallet; the rule's velocity scope picks).
+    :param history: withdrawals already signed (any wallet; the rule's velocity scope picks), or a
+        :class:`Velocity` that answers for them.
     :param now: Unix seconds.
     """
+    velocity = HistoryVelocity(history) if isinstance(history, Sequence) else history
     summary = request_summary
     rule = rules.default
     reasons: list[Reason] = []
@@ -168,7 +211,7 @@ def evaluate(request_summary: RequestSummary, rules: Policy, history: Sequence[H
             )
         _time_window(rule, now, add)
         spent = summary.spent()
-        _limits(summary, spent, rule, history, now, add, near)
+        _limits(summary, spent, rule, velocity, now, add, near)
         _fee(summary, rule, add)
         _destinations(summary, rule, add)
 
@@ -250,32 +293,21 @@ def _scope_name(summary: RequestSummary, scope: VelocityScope) -> str:
     return f"wallet:{summary.signature_id}"
 
 
-def _used(
-    history: Iterable[HistoryEntry], summary: RequestSummary, scope: VelocityScope, now: int, seconds: int
-) -> dict[str, int]:
-    """Base units already spent per asset within the rolling window ``(now - seconds, now]`` (and later)."""
-    totals: dict[str, int] = {}
-    for entry in history:
-        if not isinstance(entry, HistoryEntry) or not isinstance(entry.signed_at, int) or _malformed(entry.summary):
-            continue  # our own signed records; a malformed one cannot be counted, and is reported by audit verify
-        if entry.signed_at <= now - seconds or not _in_scope(entry, summary, scope):
-            continue
-        for asset, amount in entry.summary.spent().items():
-            totals[asset] = totals.get(asset, 0) + amount
-    return totals
-
-
 def _limits(
     summary: RequestSummary,
     spent: dict[str, int],
     rule: Rule,
-    history: Sequence[HistoryEntry],
+    velocity: Velocity,
     now: int,
     add: _Add,
     near: list[LimitUsage],
 ) -> None:
     effect = Outcome.DENY if rule.over_limit is OverLimit.DENY else Outcome.ESCALATE
-    used_by_window = {name: _used(history, summary, rule.velocity_scope, now, seconds) for name, seconds in WINDOWS}
+    used_by_window = {
+        name: velocity.used(summary, rule.velocity_scope, now - seconds)
+        for name, seconds in WINDOWS
+        if any((limits.per_hour if name == "hour" else limits.per_day) is not None for limits in rule.assets.values())
+    }
     scope = _scope_name(summary, rule.velocity_scope)
     for asset, amount in sorted(spent.items()):
         limits = rule.assets.get(asset)
@@ -292,7 +324,7 @@ def _limits(
         for name, limit in (("hour", limits.per_hour), ("day", limits.per_day)):
             if limit is None:
                 continue
-            used = used_by_window[name].get(asset, 0)
+            used = used_by_window.get(name, {}).get(asset, 0)
             total = used + amount
             if total > limit:
                 add(
@@ -355,6 +387,7 @@ def near_limit(
     """Rolling limits used at ``percent`` or more right now, for reports (no new transaction counted)."""
     found: dict[tuple[str, str, str], LimitUsage] = {}
     done: set[tuple[str, str, str]] = set()
+    velocity = HistoryVelocity(history)
     for entry in history:
         summary = entry.summary
         if _malformed(summary):
@@ -365,7 +398,7 @@ def near_limit(
             continue
         done.add((scope, summary.chain, summary.signature_id))
         for name, seconds in WINDOWS:
-            used = _used(history, summary, rule.velocity_scope, now, seconds)
+            used = velocity.used(summary, rule.velocity_scope, now - seconds)
             for asset, amount in used.items():
                 limits = rule.assets.get(asset)
                 limit = None if limits is None else (limits.per_hour if name == "hour" else limits.per_day)

@@ -14,10 +14,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.errors import TokenNotFound, UsageError, WrongToken
 from agent.tokens.base import Token
+from agent.tokens.pool import POOL
+
+if TYPE_CHECKING:
+    from agent.tokens.fido2_token import Fido2Token
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ def simulator_anchors(home: Path) -> tuple[Any, ...]:
     return (Anchor(SIMULATOR, sim_attestation_ca_certificate(home)),)
 
 
-def _sim_fido2(home: Path, name: str, *, allow_unattested: bool = False) -> Token:
+def _sim_fido2(home: Path, name: str, *, allow_unattested: bool = False) -> Fido2Token:
     from agent.tokens.fido2_token import Fido2Token
     from agent.tokens.sim import open_sim_hid_device
 
@@ -140,26 +144,52 @@ def find_token(slot: EnrolledSlot, home: Path) -> Token | None:
 
         found: Token | None = find_piv_token(slot.public, home)
         return found
+    key: tuple[Any, ...] = (str(Path(home).resolve()), label, bytes(slot.public["cred_id"]))
     if label.startswith(SIM_PREFIX):
-        from agent.tokens.sim import sim_token_exists
+        from agent.tokens.sim import sim_token_exists, sim_token_identity
 
         name = label[len(SIM_PREFIX) :]
         if not sim_token_exists(home, name):
             return None
+        # The same simulated token, not reset or re-created since it proved it holds the credential.
+        key = (*key, sim_token_identity(home, name))
+        pooled = _from_pool(key) if key[-1] is not None else None
+        if pooled is not None:
+            return pooled
         try:
             token = _sim_fido2(home, name)
         except TokenNotFound:
             return None  # unplugged
         if token.holds(slot.public):
-            return token
+            return _pooled(key, token)
         token.close()
         raise WrongToken(f"{label} is plugged in but does not hold its enrolled credential (reset or replaced?)")
     from agent.tokens.fido2_token import Fido2Token
 
+    pooled = _from_pool(key)
+    if pooled is not None:
+        return pooled
     for found_label, dev in _real_fido2_devices():
         token = Fido2Token(dev, found_label)
         if token.holds(slot.public):
             token.label = label
-            return token
+            return _pooled(key, token)
         token.close()
     return None
+
+
+def _from_pool(key: tuple[Any, ...]) -> Fido2Token | None:
+    from agent.tokens.fido2_token import Fido2Token
+
+    token = POOL.take(key)
+    if token is None:
+        return None
+    assert isinstance(token, Fido2Token)
+    token.release = lambda t: POOL.give(key, t)
+    return token
+
+
+def _pooled(key: tuple[Any, ...], token: Fido2Token) -> Fido2Token:
+    """A token that proved it holds ``key``'s credential: after use it waits in the pool for the next find."""
+    token.release = lambda t: POOL.give(key, t)
+    return token

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from fido2 import cbor
@@ -81,9 +81,25 @@ class Fido2Token(Token):
         with map_token_errors(label):
             self.ctap = Ctap2(device)
         self.info = self.ctap.info
+        #: Set by discovery: where :meth:`close` returns the token instead of closing it.
+        self.release: Callable[[Fido2Token], None] | None = None
 
     def close(self) -> None:
+        """Done with it: back to the process's token pool when it came from there, else closed."""
+        if self.release is not None:
+            self.release(self)
+        else:
+            self.device.close()
+
+    def discard(self) -> None:
+        self.release = None
         self.device.close()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None:
+            self.discard()  # whatever went wrong, this handle is not trusted again
+        else:
+            self.close()
 
     # --- helpers ------------------------------------------------------------------------------
     def _keepalive(self, prompts: Prompts) -> Any:

@@ -13,15 +13,19 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from agent.approvals import ApprovalPayload, RecordedApproval, Rejection
 from agent.audit import AuditKind, AuditLog, AuditRow
 from agent.audit.log import row_is_intact
 from agent.errors import ApprovalInvalid, AuditIntegrityError, UsageError
+from agent.withdrawals.velocity import SIGN_COUNT, EvidenceIndexer
 
-#: The longest rolling velocity window (docs/policy.md): history older than this never matters.
-VELOCITY_HORIZON = 86_400
+
+def open_audit(state_dir: Path) -> AuditLog:
+    """The audit log with the evidence index every decision looks things up in."""
+    return AuditLog(state_dir, indexer=EvidenceIndexer())
 
 
 class Status(StrEnum):
@@ -174,20 +178,34 @@ class Ledger:
             bytes.fromhex(row.payload["operator_id"]) for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION]))
         }
 
-    def counters(self, slot_ids: Iterable[bytes] | None = None) -> dict[bytes, int]:
-        """The highest signCount recorded per token slot (only ``slot_ids`` when given), from every approval row.
+    def counters(self, slot_ids: Iterable[bytes]) -> dict[bytes, int]:
+        """The highest signCount any approval row recorded for each of ``slot_ids`` (absent: none yet).
 
-        Reads every approval row (each re-hashed): linear in history, to be replaced by an
-        authenticated running maximum (issue 11).
+        One indexed lookup and one re-hashed row per slot. The row found must itself say that slot
+        and that count; an index that lost its newest entries can hide a higher count, which
+        ``audit verify`` reports (the index is compared with every row).
         """
-        wanted = None if slot_ids is None else {s.hex() for s in slot_ids}
+        index = self.audit.index()
         out: dict[bytes, int] = {}
-        for row in _intact(self.audit.rows(kinds=[AuditKind.APPROVAL])):
-            approval = row.payload.get("approval") or {}
-            slot, count = approval.get("slot_id"), approval.get("sign_count")
-            if isinstance(slot, str) and isinstance(count, int) and (wanted is None or slot in wanted):
-                key = bytes.fromhex(slot)
-                out[key] = max(out.get(key, 0), count)
+        for slot_id in dict.fromkeys(slot_ids):
+            seq = index.top(SIGN_COUNT + slot_id.hex())
+            if seq is None:
+                continue
+            row = index.row(seq)
+            approval = row.payload.get("approval") if row is not None and isinstance(row.payload, dict) else None
+            count = approval.get("sign_count") if isinstance(approval, dict) else None
+            if (
+                row is None
+                or not row_is_intact(row)
+                or row.kind != AuditKind.APPROVAL.value
+                or approval.get("slot_id") != slot_id.hex()  # type: ignore[union-attr]
+                or type(count) is not int
+            ):
+                raise AuditIntegrityError(
+                    f"audit row {seq}, indexed as the newest signCount of slot {slot_id.hex()}, does not say so",
+                    hint="run `kms-agent audit verify`",
+                )
+            out[slot_id] = count
         return out
 
     def signature_rows(self, since: int) -> list[AuditRow]:
@@ -197,7 +215,9 @@ class Ledger:
 def derive(rows: Sequence[AuditRow]) -> RequestState:
     """Fold one request's rows (oldest first) into its state."""
     first = rows[0].payload
-    payload = ApprovalPayload.from_cbor(bytes.fromhex(first["payload_cbor"]))
+    payload_bytes = bytes.fromhex(first["payload_cbor"])
+    payload_sha256 = hashlib.sha256(payload_bytes).hexdigest()
+    payload = ApprovalPayload.from_cbor(payload_bytes)
     tx = bytes.fromhex(first["tx"])
     if hashlib.sha256(tx).digest() != payload.unsigned_tx_sha256 or payload.request_id.hex() != rows[0].request_id:
         raise ApprovalInvalid(f"request {rows[0].request_id}: its audit row does not match its own payload")
@@ -222,7 +242,7 @@ def derive(rows: Sequence[AuditRow]) -> RequestState:
             elif body.get("outcome") in _TERMINAL_QUORUM and status is Status.PENDING:
                 status = _TERMINAL_QUORUM[body["outcome"]]
         elif row.kind == AuditKind.APPROVAL.value:
-            if body.get("payload_cbor") != first["payload_cbor"]:
+            if body.get("payload_sha256", body.get("payload_cbor")) not in (payload_sha256, first["payload_cbor"]):
                 continue  # an approval of other bytes proves nothing about these
             approval = RecordedApproval.from_json(body["approval"])
             approvals[(approval.slot_id, approval.signature)] = approval

@@ -1,7 +1,9 @@
 """The withdrawal queue: an index of requests for listing, rebuilt from the audit log at will.
 
-SQLite (WAL) at ``$KMS_AGENT_HOME/state/queue.sqlite``, 0600. It holds one JSON record per request
-(:meth:`RequestState.to_record`) and the audit seq it is level with. Nothing here is evidence:
+SQLite (WAL) at ``$KMS_AGENT_HOME/state/queue.sqlite``, 0600. It holds one small JSON record per
+request (:meth:`RequestState.to_record` without the bytes, the signed payload, the decode and the
+raw evidence, which live once, in the audit log) and the audit seq it is level with. Listings
+read each request's rows back from the log to show the whole record. Nothing here is evidence:
 every decision re-derives the request from the audit log (:mod:`agent.withdrawals.ledger`), and
 whoever can write this file can at most make us show a wrong list. Deleting it loses nothing but
 the time to rebuild it; an index from an older kms-agent is dropped and rebuilt the same way.
@@ -20,12 +22,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.audit import AuditLog
 from agent.errors import KmsAgentError, StateError, UsageError
 from agent.files import PRIVATE_FILE, ensure_private_dir, inode_of
-from agent.withdrawals.ledger import Ledger, Status
+from agent.withdrawals.ledger import Ledger, RequestState, Status, derive
 
 #: Bumped whenever the index's shape changes: a mismatch drops the tables and rebuilds from the log.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+
+#: Record fields the queue does not keep: they are in the audit log, once.
+_IN_THE_LOG = ("tx", "payload", "summary")
+#: What the queue keeps of each approval (the signature and authenticator data are in the log).
+_APPROVAL_FIELDS = ("operator_id", "slot_id", "approved_at", "sign_count")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, status TEXT NOT NULL,
@@ -37,8 +45,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 #: Fields compared when checking the index against the evidence (what an edit could change to mislead).
 COMPARED = (
     "status",
-    "tx",
-    "payload",
     "initiator",
     "initiator_id",
     "signature_id",
@@ -52,10 +58,23 @@ COMPARED = (
 )
 
 
+def compact(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a request's record the queue keeps (and compares): no payloads, no raw evidence."""
+    out = {k: v for k, v in record.items() if k not in _IN_THE_LOG}
+    if isinstance(record.get("approvals"), list):
+        out["approvals"] = [
+            {k: a[k] for k in _APPROVAL_FIELDS if k in a} if isinstance(a, dict) else a for a in record["approvals"]
+        ]
+    if isinstance(record.get("signed"), dict):
+        out["signed"] = {k: v for k, v in record["signed"].items() if k != "raw"}
+    return out
+
+
 class Queue:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "queue.sqlite"
         self._local = threading.local()
+        self._audit = AuditLog(Path(state_dir))
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -98,8 +117,12 @@ class Queue:
         return None if inode is None else (inode, inode_of(f"{self.path}-wal"))
 
     # --- keeping level with the audit log ------------------------------------------------------
-    def sync(self, ledger: Ledger) -> int:
-        """Re-derive every request with audit rows the index has not seen; returns how many."""
+    def sync(self, ledger: Ledger, known: RequestState | None = None) -> int:
+        """Re-derive every request with audit rows the index has not seen; returns how many.
+
+        :param known: a request the caller derived from the log as it is now (it is not derived again
+            if its rows are the newest the log has for it).
+        """
         head = ledger.audit.last_seq()
         with self._db() as db:
             if _applied(db) == head:
@@ -112,7 +135,14 @@ class Queue:
                     applied = 0
                 ids = ledger.request_ids_since(applied)
                 for rid in ids:
-                    self._put_derived(db, ledger, rid)
+                    if (
+                        known is not None
+                        and rid == known.request_id
+                        and known.last_seq == ledger.audit.last_seq(request_id=rid)
+                    ):
+                        _put(db, known.to_record())
+                    else:
+                        self._put_derived(db, ledger, rid)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('applied_seq', ?)", (head,))
                 db.execute("COMMIT")
             except BaseException:
@@ -151,6 +181,25 @@ class Queue:
         return None if row is None else _as_of(json.loads(row[0]))
 
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Whole records (as :meth:`RequestState.to_record`), read back from the audit log; status as indexed."""
+        return [self._whole(record) for record in self._indexed(status)]
+
+    def _whole(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Display only (never evidence): the request's rows as they are, without re-hashing them."""
+        rid = record.get("id")
+        if not isinstance(rid, str) or record.get("status") == "unreadable":
+            return record
+        try:
+            rows = self._audit.rows(request_id=rid)
+            whole = derive(rows).to_record() if rows else None
+        except (KmsAgentError, KeyError, TypeError, ValueError):
+            whole = None
+        if whole is None:
+            return record
+        whole["status"] = record["status"]
+        return whole
+
+    def _indexed(self, status: str | None) -> Iterator[dict[str, Any]]:
         now = int(time.time())
         with self._db() as db:
             if status in (Status.PENDING, Status.EXPIRED):
@@ -162,13 +211,15 @@ class Queue:
                 rows = db.execute("SELECT record FROM requests WHERE status = ? ORDER BY created_at", (status,))
             else:
                 rows = db.execute("SELECT record FROM requests ORDER BY created_at")
-            return [_as_of(json.loads(r[0]), now) for r in rows.fetchall()]
+            found = rows.fetchall()
+        return iter([_as_of(json.loads(r[0]), now) for r in found])
 
 
 def differences(indexed: Mapping[str, Any] | None, derived: Mapping[str, Any]) -> list[str]:
     """Fields where the index disagrees with the evidence (an edited or stale queue)."""
     if indexed is None:
         return ["missing"]
+    derived = compact(derived)
     return [k for k in COMPARED if indexed.get(k) != derived.get(k)]
 
 
@@ -192,7 +243,7 @@ def _put(db: sqlite3.Connection, record: Mapping[str, Any]) -> None:
             record["created_at"],
             record["status"],
             record.get("expires_at", 0),
-            json.dumps(record, sort_keys=True),
+            json.dumps(compact(record), sort_keys=True),
         ),
     )
 

@@ -38,8 +38,9 @@ from agent.approvals import (
     evaluate_quorum,
     find_slot,
     roster_from_header,
+    slot_public_cbor,
 )
-from agent.audit import AuditKind, AuditLog
+from agent.audit import AuditKind, AuditRow
 from agent.audit.log import AuditTransaction
 from agent.chains import Owned, get_chain
 from agent.errors import (
@@ -53,7 +54,15 @@ from agent.errors import (
 )
 from agent.faults import crash_point
 from agent.locks import OperatorLocks, writer_lock
-from agent.policy import Decision, HistoryEntry, RequestSummary, SummaryOutput, evaluate, from_tx_summary, policy_of
+from agent.policy import (
+    VELOCITY_HORIZON,
+    Decision,
+    HistoryEntry,
+    RequestSummary,
+    evaluate,
+    from_tx_summary,
+    policy_of,
+)
 from agent.policy import withdrawal_payload as _withdrawal_payload
 from agent.tokens.base import Prompts
 from agent.vault.primitives import wipe
@@ -61,8 +70,9 @@ from agent.vault.records import WalletRow
 from agent.vault.vault import Collected, PublicVault, TokenFinder
 from agent.wallets.mainnet import refuse_simulated_mainnet
 from agent.withdrawals.holding import ShareHolder
-from agent.withdrawals.ledger import VELOCITY_HORIZON, DecisionStage, Ledger, RequestState, Status
+from agent.withdrawals.ledger import DecisionStage, Ledger, RequestState, Status, derive, open_audit
 from agent.withdrawals.queue import Queue, differences
+from agent.withdrawals.velocity import SLOT_PUBLIC, TallyVelocity, tally_for, velocity_summary
 
 
 def tx_bytes(tx: str | bytes) -> bytes:
@@ -78,6 +88,14 @@ def tx_bytes(tx: str | bytes) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise UsageError("the transaction must be hex or base64 (PSBT)") from None
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _warn(message: str) -> None:
@@ -102,26 +120,45 @@ class Withdrawals:
     def __init__(self, home: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.home = home
         self.state = home / "state"
-        self.audit = AuditLog(self.state)
+        self.audit = open_audit(self.state)
         self.ledger = Ledger(self.audit)
         self.queue = Queue(self.state)
         self.clock = clock
+        self._vault: tuple[tuple[Any, ...], PublicVault] | None = None
         self.sync()
 
     def vault(self) -> PublicVault:
-        return PublicVault.load(self.home / "wallet.dat", self.state / "vault-pin.json")
+        """The signed header, checked against the pin; loaded again whenever either file changed.
+
+        A save renames a new file into place and an edit in place moves the status-change time
+        (which nobody can set back), so the same (inode, size, mtime, ctime) of both files means
+        the same bytes, already checked.
+        """
+        paths = (self.home / "wallet.dat", self.state / "vault-pin.json")
+        key = tuple(_file_identity(path) for path in paths)
+        cached = self._vault
+        if cached is not None and cached[0] == key and None not in key:
+            return cached[1]
+        vault = PublicVault.load(*paths)
+        self._vault = (key, vault)
+        return vault
 
     def _now(self) -> int:
         return int(self.clock())
 
-    def sync(self) -> int:
-        """Bring the queue index level with the audit log (after a crash, or a deleted queue)."""
-        return self.queue.sync(self.ledger)
+    def sync(self, known: RequestState | None = None) -> int:
+        """Bring the queue index level with the audit log (after a crash, or a deleted queue).
+
+        :param known: a request this process just derived from the log (not derived again).
+        """
+        return self.queue.sync(self.ledger, known)
 
     # --- reading --------------------------------------------------------------------------------
     def request(self, request_id: str) -> RequestState:
         """The request as the audit log proves it (expiry applied at the current time)."""
-        state = self.ledger.request(request_id)
+        return self._at_now(self.ledger.request(request_id))
+
+    def _at_now(self, state: RequestState) -> RequestState:
         status = state.status_at(self._now())
         return state if status is state.status else dataclasses.replace(state, status=status)
 
@@ -159,30 +196,23 @@ class Withdrawals:
         return found
 
     def history(self, now: int | None = None) -> list[HistoryEntry]:
-        """Withdrawals signed in the last day, from the audit log's ``signature`` rows."""
+        """Withdrawals signed in the last day, one by one (reports; decisions use :meth:`velocity`)."""
         now = self._now() if now is None else now
-        out = []
-        for row in self.ledger.signature_rows(now - VELOCITY_HORIZON):
-            velocity = row.payload.get("velocity")
-            if velocity is None and row.request_id:
-                # A signature row from before velocity was recorded: judge it from the request's bytes.
-                state = self.ledger.request(row.request_id)
-                out.append(HistoryEntry(row.ts, self._decode(state)))
-                continue
-            outputs = tuple(
-                SummaryOutput(a, int(n), asset, bool(change)) for a, n, asset, change in velocity["outputs"]
-            )
-            summary = RequestSummary(
-                velocity["chain"],
-                velocity["network"],
-                velocity["signature_id"],
-                outputs,
-                int(velocity["fee"]),
-                velocity["fee_asset"],
-                bool(velocity["opaque"]),
-            )
-            out.append(HistoryEntry(row.ts, summary))
-        return out
+        return [self.history_entry(row) for row in self.ledger.signature_rows(now - VELOCITY_HORIZON)]
+
+    def history_entry(self, row: AuditRow) -> HistoryEntry:
+        """What a ``signature`` row moved, as velocity limits count it."""
+        summary = velocity_summary(row)
+        if summary is None and row.request_id:
+            # A signature row from before velocity was recorded: judge it from the request's bytes.
+            summary = self._decode(self.ledger.request(row.request_id))
+        if summary is None:
+            raise ApprovalInvalid(f"audit row {row.seq} records a signature with nothing to count it by")
+        return HistoryEntry(row.ts, summary)
+
+    def velocity(self) -> TallyVelocity:
+        """What was signed per scope and window, from the running totals (O(log n) per question)."""
+        return TallyVelocity(self.audit.index(), self.history_entry)
 
     # --- create ---------------------------------------------------------------------------------
     def create(
@@ -205,7 +235,7 @@ class Withdrawals:
         req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)
         policy = policy_of(vault.header)
         now = self._now()
-        decision = evaluate(req_summary, policy, self.history(now), now)
+        decision = evaluate(req_summary, policy, self.velocity(), now)
         initiator_id = _operator_id(vault, initiator)
         request_id = os.urandom(16)
         payload = dataclasses.replace(
@@ -241,8 +271,8 @@ class Withdrawals:
                 ts=now,
             )
             tx_rows.append(AuditKind.DECISION, _policy_row(decision, DecisionStage.CREATE), request_id=rid, ts=now)
-        self.sync()
-        state = self.request(rid)
+        state = derive(tx_rows.rows)  # the rows this transaction committed: the request's whole history
+        self.sync(known=state)
         if not decision.allowed:
             raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}", request_id=rid)
         return state
@@ -280,7 +310,7 @@ class Withdrawals:
         digest = approval_digest(state.payload)
         roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
         now = self._now()
-        policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.history(now), now)
+        policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.velocity(), now)
         rule = _quorum_rule(policy_decision, vault)
         before = self._evaluate(state, [], rule, roster, now)
         if before.outcome.value in ("expired", "rejected", "stale"):
@@ -404,7 +434,7 @@ class Withdrawals:
             raise ApprovalError(f"request {rid} was {state.status.value} meanwhile; nothing recorded", request_id=rid)
         self._check_binding(state)
         summary = self._decode(state, vault)
-        policy_decision = evaluate(summary, policy_of(vault.header), self.history(now), now)
+        policy_decision = evaluate(summary, policy_of(vault.header), self.velocity(), now)
         rule = _quorum_rule(policy_decision, vault)
         decision = self._evaluate(state, fresh, rule, roster, now)
         signing = decision.approved and state.signed is None
@@ -415,7 +445,7 @@ class Withdrawals:
             short = 0
         denied = decision.approved and state.signed is None and not policy_decision.allowed
         with self.audit.transaction() as rows:
-            self._record(rows, rid, state.payload, decision, fresh, roster, vault, now)
+            self._record(rows, rid, state.payload, decision, fresh, roster, vault, now, payload_in_request=True)
             if denied:
                 rows.append(
                     AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=rid, ts=now
@@ -424,9 +454,10 @@ class Withdrawals:
                 self._sign(rows, state, vault, collected, summary, policy_decision, now)
             crash_point("before-commit")
         crash_point("after-commit")
-        self.sync()
+        derived = self.ledger.request(rid)
+        self.sync(known=derived)
         crash_point("after-queue")
-        result = self.request(rid)
+        result = self._at_now(derived)
         if denied:
             raise PolicyDenied(
                 f"request {rid} approved, but the policy denies it now: {policy_decision.explain()}", request_id=rid
@@ -455,14 +486,24 @@ class Withdrawals:
         roster: Any,
         vault: PublicVault,
         now: int,
+        *,
+        payload_in_request: bool = False,
     ) -> None:
+        """Approval rows refer to what the log already holds: the request's payload, a slot seen before."""
         fresh_sigs = {a.signature for a in fresh}
         for approval in decision.accepted:
             slot = find_slot(roster, approval.slot_id)
             if approval.signature in fresh_sigs and slot is not None:
+                public_sha256 = hashlib.sha256(slot_public_cbor(slot)).hexdigest()
                 rows.append(
                     AuditKind.APPROVAL,
-                    approval_audit_payload(payload, approval, slot),
+                    approval_audit_payload(
+                        payload,
+                        approval,
+                        slot,
+                        payload_inline=not payload_in_request,
+                        public_inline=rows.index.last(SLOT_PUBLIC + public_sha256) is None,
+                    ),
                     request_id=rid,
                     actor=vault.operator_name(approval.operator_id),
                     ts=now,
@@ -478,7 +519,18 @@ class Withdrawals:
                 ts=now,
             )
         rows.append(
-            AuditKind.DECISION, {**decision.to_json(), "stage": DecisionStage.QUORUM.value}, request_id=rid, ts=now
+            AuditKind.DECISION,
+            {
+                **decision.to_json(),
+                # The approvals themselves are in this transaction's approval rows (or earlier ones): name them.
+                "accepted": [
+                    {"slot_id": a.slot_id.hex(), "sign_count": a.sign_count, "approved_at": a.approved_at}
+                    for a in decision.accepted
+                ],
+                "stage": DecisionStage.QUORUM.value,
+            },
+            request_id=rid,
+            ts=now,
         )
 
     def _record_terminal(self, rid: str) -> None:
@@ -613,6 +665,8 @@ class Withdrawals:
                     "fee_asset": after.fee_asset,
                     "opaque": after.opaque,
                 },
+                # Running totals per velocity scope, so later checks read two rows, not the day.
+                "tally": tally_for(rows.index, after, now),
             },
             request_id=state.request_id,
             ts=now,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from agent.approvals import (
     approval_audit_payload,
     approval_digest,
     approval_row_verifier,
+    slot_public_cbor,
     verify_approval,
     verify_approval_record,
 )
@@ -184,6 +186,42 @@ def test_audit_record_reverifies(team: Team) -> None:
         verify_approval_record(approval_audit_payload(p, approval, swapped_key), team.roster)
     with pytest.raises(ApprovalInvalid):
         approval_row_verifier(team.roster)(type("Row", (), {"request_id": None, "payload": {"junk": 1}})())
+
+
+@dataclasses.dataclass
+class _Log:
+    """What an audit log holds for a compact approval row to refer to."""
+
+    payloads: dict[str, bytes]
+    publics: list[bytes]
+
+    def payload(self, request_id: str, sha256: bytes) -> bytes | None:
+        return self.payloads.get(request_id)
+
+    def slot_public(self, sha256: bytes) -> bytes | None:
+        return next((p for p in self.publics if hashlib.sha256(p).digest() == sha256), None)
+
+
+def test_a_compact_audit_record_reverifies_from_what_the_log_holds(team: Team) -> None:
+    p = payload()
+    slot = slot_of(team, 0x21)
+    approval = team.approve(p, 2, 0x21).with_baseline(0)
+    compact = approval_audit_payload(p, approval, slot, payload_inline=False, public_inline=False)
+    full = approval_audit_payload(p, approval, slot)
+    assert "payload_cbor" not in compact and "public_cbor" not in compact["slot"]
+    saved = len(p.canonical_bytes().hex()) + len(slot_public_cbor(slot).hex()) - 2 * len("ab" * 32)
+    assert len(json.dumps(full)) - len(json.dumps(compact)) >= saved - 64  # the two key names
+    rid = p.request_id.hex()
+    log = _Log({rid: p.canonical_bytes()}, [slot_public_cbor(slot)])
+    assert verify_approval_record(compact, {}, request_id=rid, resolver=log) == approval
+    # Nothing to refer to, or something else under the same request id: refused.
+    with pytest.raises(ApprovalInvalid, match="request payload it refers to is not in the log"):
+        verify_approval_record(compact, {}, request_id=rid)
+    other = _Log({rid: payload(signature_id="other").canonical_bytes()}, log.publics)
+    with pytest.raises(ApprovalInvalid, match="request payload it refers to"):
+        verify_approval_record(compact, {}, request_id=rid, resolver=other)
+    with pytest.raises(ApprovalInvalid, match="slot it refers to"):
+        verify_approval_record(compact, {}, request_id=rid, resolver=_Log(log.payloads, []))
 
 
 def test_an_approval_without_the_up_flag_is_refused_even_if_the_record_says_touched(team: Team) -> None:

@@ -291,3 +291,19 @@ def test_two_processes_append_one_valid_chain(tmp_path: Path) -> None:
     rows = log.rows()
     for name in ("p1", "p2"):
         assert [r.payload["i"] for r in rows if r.actor == name] == list(range(n))
+
+
+def test_the_head_pin_is_rewritten_in_place_and_an_older_pin_file_is_replaced(tmp_path: Path) -> None:
+    import json
+
+    log = AuditLog(tmp_path / "state")
+    log.append("alert", {"n": 1})
+    inode, size = log.head_path.stat().st_ino, log.head_path.stat().st_size
+    row = log.append("alert", {"n": 2})
+    assert (log.head_path.stat().st_ino, log.head_path.stat().st_size) == (inode, size) == (inode, 256)
+    assert json.loads(log.head_path.read_text()) == {"v": 1, "seq": row.seq, "hash": row.hash.hex()}
+    # A pin file written by an older kms-agent (one short line, no padding) still reads, and is replaced whole.
+    log.head_path.write_text(json.dumps({"v": 1, "seq": row.seq, "hash": row.hash.hex()}) + "\n")
+    row = log.append("alert", {"n": 3})
+    assert log.head_path.stat().st_size == 256 and stat.S_IMODE(log.head_path.stat().st_mode) == 0o600
+    assert json.loads(log.head_path.read_text())["seq"] == row.seq and log.verify().ok

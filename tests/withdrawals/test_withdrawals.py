@@ -180,6 +180,7 @@ def test_an_edited_queue_steers_nothing_and_is_reported(env, prompts: AutoPrompt
     rec = service.queue.get(req.request_id)
     assert rec is not None
     rec["tx"] = _tx(eth, ELSEWHERE, 10**16).removeprefix("0x")  # an attacker swaps the bytes after policy
+    rec["signature_id"] = "00000000-0000-4000-8000-000000000000"  # ...and the wallet they come from
     service.queue.put(rec)
     done = service.approve(req.request_id, finder=finder, prompts=prompts, operators=["alice", "bob"])
     assert done.status == "signed"

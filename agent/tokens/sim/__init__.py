@@ -13,7 +13,14 @@ from pathlib import Path
 
 from agent.tokens.sim.ctaphid import list_sim_hid_devices, open_sim_hid_device
 from agent.tokens.sim.piv_state import create_piv_sim, list_piv_sims, piv_sim_pin
-from agent.tokens.sim.state import create_sim_token, set_plugged, sim_pin, sim_token_exists, sim_token_names
+from agent.tokens.sim.state import (
+    create_sim_token,
+    set_plugged,
+    sim_pin,
+    sim_token_exists,
+    sim_token_identity,
+    sim_token_names,
+)
 from agent.tokens.sim.touch import FixedTouch, TouchProvider, TouchResult
 
 
@@ -39,6 +46,7 @@ __all__ = [
     "set_plugged",
     "sim_pin",
     "sim_token_exists",
+    "sim_token_identity",
     "sim_token_names",
     "simulated_pin",
 ]

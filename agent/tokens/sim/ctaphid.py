@@ -5,8 +5,10 @@ reports exactly as ``/dev/hidraw*`` would, so python-fido2's own ``CtapHidDevice
 handshake, splits requests into continuation packets, reads KEEPALIVE frames (calling
 ``on_keepalive``), sends CANCEL, and raises on ERROR frames, all unchanged. Spec: CTAP 2.1 §11.2.
 
-Each CBOR request runs in a worker thread so that the device can keep talking (KEEPALIVE every
-~100 ms while it waits for a touch) and keep listening (CANCEL) meanwhile. A token "pulled out"
+A CBOR request that may wait for a touch runs in a worker thread so that the device can keep
+talking (KEEPALIVE every ~100 ms while it waits) and keep listening (CANCEL) meanwhile; one that
+never waits for the user (getInfo, clientPin) is answered in the host's own write, which saves a
+thread start and two hand-offs per command and changes nothing the host can see. A token "pulled out"
 (touch mode ``remove``, or :func:`~agent.tokens.sim.state.set_plugged` from anywhere) makes every
 later ``read_packet``/``write_packet`` raise ``OSError(EIO)``, as a vanished hidraw node does.
 
@@ -50,6 +52,8 @@ VENDOR_ID = 0x1209
 PRODUCT_ID = 0x0001
 PRODUCT_NAME = "kms-agent simulated authenticator (INSECURE)"
 PATH_PREFIX = "sim:"
+#: CTAP2 commands that never wait for a touch: authenticatorGetInfo, authenticatorClientPIN.
+_NO_TOUCH_COMMANDS = frozenset({0x04, 0x06})
 #: A host read with nothing on its way (not even keepalives) fails after this long, not never.
 READ_GIVE_UP_SECONDS = 300.0
 _ERR = CtapError.ERR
@@ -98,6 +102,7 @@ class SimHidConnection(CtapHidConnection):
         self._next_cid = 1
         self._incoming: _Incoming | None = None
         self._job: _Job | None = None
+        self._ready: tuple[_Job, bytes] | None = None
         self._removed = False
         self._closed = False
 
@@ -121,9 +126,20 @@ class SimHidConnection(CtapHidConnection):
             self._check_plugged()
             with self._lock:
                 self._on_init_packet(cid, data[4] & 0x7F, struct.unpack_from(">H", data, 5)[0], data[7:])
+                ready, self._ready = self._ready, None
         else:
             with self._lock:
                 self._on_continuation(cid, data[4], data[5:])
+                ready, self._ready = self._ready, None
+        if ready is None:
+            return
+        job, request = ready
+        if request[0] in _NO_TOUCH_COMMANDS:
+            self._run(job, request)
+        else:
+            threading.Thread(
+                target=self._run, args=(job, request), name=f"sim:{self.store.name} ctap", daemon=True
+            ).start()
 
     def close(self) -> None:
         with self._lock:
@@ -241,9 +257,7 @@ class SimHidConnection(CtapHidConnection):
                 self._error(cid, _ERR.INVALID_LENGTH)
                 return
             self._job = job = _Job(cid)
-            threading.Thread(
-                target=self._run, args=(job, data), name=f"sim:{self.store.name} ctap", daemon=True
-            ).start()
+            self._ready = (job, data)  # started by write_packet once the lock is released
         else:  # MSG (no U2F), LOCK and vendor commands are not implemented
             self._error(cid, _ERR.INVALID_COMMAND)
 

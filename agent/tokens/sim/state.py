@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -204,6 +205,15 @@ def sim_token_names(home: Path) -> list[str]:
 def sim_token_exists(home: Path, name: str) -> bool:
     """True if ``sim:NAME`` was created under ``home`` (plugged in or not)."""
     return SimStateFile(home, name).exists()
+
+
+def sim_token_identity(home: Path, name: str) -> bytes | None:
+    """Which power-up of ``sim:NAME`` is plugged in: changes when it is reset or re-created; None when unplugged."""
+    try:
+        state = SimStateFile(home, name).read()
+    except (TokenNotFound, StateError):
+        return None
+    return hashlib.sha256(b"kms-agent sim identity\0" + state.master_key).digest() if state.plugged else None
 
 
 def sim_pin(home: Path, name: str) -> str:

@@ -28,6 +28,7 @@ def test_exported_members() -> None:
         "set_plugged",
         "sim_pin",
         "sim_token_exists",
+        "sim_token_identity",
         "sim_token_names",
         "create_piv_sim",
         "list_piv_sims",
