@@ -23,7 +23,7 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def _remove_stale_temps(path: Path) -> None:
+def remove_stale_temps(path: Path) -> None:
     """Temp files left by a writer that was killed mid-save; the live file was never touched."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         try:
@@ -38,7 +38,7 @@ def _remove_stale_temps(path: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     ensure_private_dir(path.parent)
-    _remove_stale_temps(path)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
     try:

@@ -386,9 +386,20 @@ def _operator_file(exc: OSError, args: list[str]) -> bool:
     return bool(failed & named)
 
 
+#: `kms-agent report ...` subcommands: anything else after `report` is Tatum's `report id1,id2` form.
+_REPORT_COMMANDS = frozenset({"withdrawals", "anomalies", "wallets"})
+
+
+def _tatum_report(args: list[str]) -> list[str]:
+    """Tatum's ``report id1,id2`` is our ``report wallets id1,id2`` (docs/migrating-from-tatum.md)."""
+    if len(args) >= 2 and args[0] == "report" and args[1] not in _REPORT_COMMANDS and not args[1].startswith("-"):
+        return ["report", "wallets", *args[1:]]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     _no_core_dumps()
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _tatum_report(list(sys.argv[1:] if argv is None else argv))
     as_json = "--json" in args
     try:
         rc = app(args=args, prog_name=PROG, standalone_mode=False)

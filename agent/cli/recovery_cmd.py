@@ -53,7 +53,7 @@ def verify(as_json: Json = False) -> None:
     paths = Paths.resolve()
     vault = load_public(paths)
     with open_with_recovery(vault, _read_shares(), state_dir=paths.state, purpose="recovery verify") as opened:
-        wallets = len(opened.header.wallets)
+        wallets = opened.header.wallet_count
     emit({"ok": True, "wallets": wallets}, as_json, f"OK: the recovery shares open this vault ({wallets} wallets).")
 
 

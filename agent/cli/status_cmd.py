@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
                 "quorum": h.quorum,
                 "operators": len(h.operators),
                 "tokens": len(h.slots),
-                "wallets": len(h.wallets),
+                "wallets": h.wallet_count,
                 "simulated": vault.simulated,
             }
         )
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
                     f"vault:       {paths.vault} (generation {h.generation})",
                     f"fingerprint: {vault.fingerprint}",
                     f"quorum:      {h.quorum} of {len(h.operators)} operators ({len(h.slots)} tokens)",
-                    f"wallets:     {len(h.wallets)}",
+                    f"wallets:     {h.wallet_count}",
                     f"simulated:   {'yes (INSECURE)' if vault.simulated else 'no'}",
                 ]
             ),

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
                 "unlocked": True,
                 "quorum": vault.header.quorum,
                 "touched": touches,
-                "wallets": len(vault.header.wallets),
+                "wallets": vault.header.wallet_count,
             }
         emit(
             result,

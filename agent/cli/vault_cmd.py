@@ -18,6 +18,7 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 
     paths = Paths.resolve()
     vault = load_public(paths)
+    vault.verify()  # wallet.dat v2: every index node against the signed root (load checks the header)
     h = vault.header
     result: dict[str, Any] = {
         "ok": True,
@@ -28,7 +29,7 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         "checks": ["structure", "signature", "pinned-key", "rollback"],
         "operators": len(h.operators),
         "tokens": len(h.slots),
-        "wallets": len(h.wallets),
+        "wallets": h.wallet_count,
         "simulated": vault.simulated,
     }
     emit(

@@ -18,7 +18,7 @@ router = v1_router(tags=["wallets"])
 @router.get("/wallets", response_model=WalletList)
 async def list_wallets(ctx: Context) -> WalletList:
     """Every wallet in the vault's signed public index (no secret, no token)."""
-    rows = await run_sync(lambda: ctx.withdrawals.vault().wallets())
+    rows = await run_sync(lambda: list(ctx.withdrawals.vault().wallets()))  # read in the worker thread
     return WalletList(wallets=[Wallet(**w.to_json()) for w in rows])
 
 

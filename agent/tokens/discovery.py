@@ -166,14 +166,13 @@ def find_token(slot: EnrolledSlot, home: Path) -> Token | None:
         raise WrongToken(f"{label} is plugged in but does not hold its enrolled credential (reset or replaced?)")
     from agent.tokens.fido2_token import Fido2Token
 
-    pooled = _from_pool(key)
-    if pooled is not None:
-        return pooled
+    # A real device is enumerated and probed every time: only that tells a token still plugged in
+    # from one pulled out meanwhile (absent, so a backup token may stand in), as an open handle cannot.
     for found_label, dev in _real_fido2_devices():
         token = Fido2Token(dev, found_label)
         if token.holds(slot.public):
             token.label = label
-            return _pooled(key, token)
+            return token
         token.close()
     return None
 

@@ -1,9 +1,12 @@
-"""Tokens this process already found, kept open for its next touch (no re-open, no probe).
+"""Simulated tokens this process already found, kept open for its next touch (no re-open, no probe).
 
 Finding a FIDO2 token costs a device open, a getInfo and an ``up=false`` probe assertion before
 the real one. A process that approves many requests (a benchmark, a long-lived approver) finds the
-same tokens again and again, so once a token has proven it holds a slot's credential it goes back
-here after each use, keyed by that credential. Nothing about a decision depends on the cache: the
+same tokens again and again, so once a simulated token has proven it holds a slot's credential it
+goes back here after each use, keyed by that credential and by which power-up of the simulator it
+is (a reset or re-created token is a new key; an unplugged one is not looked up). Real devices are
+not pooled: only enumerating them tells a token still present from one pulled out, which must read
+as absent so that a backup token can stand in. Nothing about a decision depends on the cache: the
 real assertion still names the credential, so a token swapped meanwhile fails that assertion
 (and is dropped from the pool) instead of being trusted. A token whose use raised is closed, not
 kept; a forked child starts empty (device handles and simulator threads do not cross a fork).

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shamir_mnemonic import MnemonicError, combine_mnemonics, generate_mnemonics
-
 from agent.errors import QuorumNotMet, UsageError
 
 # Operator shares are wrapped by token keys, so SLIP-39's passphrase stretching protects nothing
@@ -21,6 +19,8 @@ _RECOVERY_ITERATION_EXPONENT = 1
 
 def split(secret: bytes | bytearray, threshold: int, count: int, *, for_people: bool = False) -> list[str]:
     """Return ``count`` share mnemonics, any ``threshold`` of which rebuild ``secret``."""
+    from shamir_mnemonic import generate_mnemonics  # only when splitting: commands that read no secret skip it
+
     if not 1 <= threshold <= count <= 16:
         raise UsageError(f"cannot split {threshold}-of-{count}: need 1 <= quorum <= shares <= 16")
     exponent = _RECOVERY_ITERATION_EXPONENT if for_people else _OPERATOR_ITERATION_EXPONENT
@@ -35,6 +35,8 @@ def split(secret: bytes | bytearray, threshold: int, count: int, *, for_people: 
 
 def combine(shares: Sequence[str], threshold: int) -> bytearray:
     """Rebuild the secret from at least ``threshold`` distinct shares."""
+    from shamir_mnemonic import MnemonicError, combine_mnemonics
+
     distinct = list(dict.fromkeys(" ".join(s.split()).lower() for s in shares))
     if len(distinct) < threshold:
         raise QuorumNotMet(f"{len(distinct)} of the {threshold} shares needed")

@@ -1,4 +1,4 @@
-"""Exact shape of the v1 header and body maps (docs/wallet-format.md §3).
+"""Exact shape of the header, body and index-node maps (docs/wallet-format.md §3, §4.1, §10.1, legacy appendix A).
 
 A tiny declarative checker instead of a schema library: the header is small, its rules are exact
 (types *and* byte lengths), and the error must quote the path of the offending field. These checks
@@ -49,6 +49,34 @@ RECOVERY: dict[str, Spec] = {
     "wrapped": bytes,
 }
 
+#: The v2 header's index map (§3.3): where the authenticated wallet index starts and what it holds.
+INDEX: dict[str, Spec] = {
+    "root": (bytes, 32),
+    "root_node": int,
+    "nodes": int,
+    "wallets": int,
+}
+
+HEADER_V2: dict[str, Spec] = {
+    "vault_id": (bytes, 16),
+    "generation": int,
+    "created_at": int,
+    "updated_at": int,
+    "rp_id": str,
+    "quorum": int,
+    "operators": [OPERATOR],
+    "slots": [SLOT],
+    "recovery": RECOVERY,
+    "signing_key": (bytes, 32),
+    "body_nonce": (bytes, 12),
+    "body_len": int,
+    "simulated": bool,
+    "index": INDEX,
+    #: Custody policy (docs/policy.md); shape checked by ``agent.policy.Policy.from_dict``.
+    "policy": ANY_MAP,
+}
+
+#: The legacy v1 header (docs/wallet-format.md appendix A): the wallet rows sit in the header itself.
 HEADER: dict[str, Spec] = {
     "vault_id": (bytes, 16),
     "generation": int,
@@ -71,6 +99,9 @@ BODY: dict[str, Spec] = {
     "shares": dict,
     "entries": dict,
 }
+
+#: The v2 body holds only the operators' shares: wallet secrets live in the index (§10.2).
+BODY_V2: dict[str, Spec] = {"shares": dict}
 
 
 def check_wallet_rows(rows: Any, path: str) -> None:
@@ -121,8 +152,9 @@ def check(value: Any, spec: Spec, path: str) -> None:
         raise VaultFormatError(f"header field {path} must be {spec.__name__}")
 
 
-def check_header(header: Any) -> None:
-    check(header, HEADER, "header")
+def check_header(header: Any, spec: dict[str, Spec] = HEADER) -> None:
+    """:raises VaultFormatError: ``header`` is not a header of the shape ``spec`` (v1 by default)."""
+    check(header, spec, "header")
     n = len(header["operators"])
     if not 1 <= header["quorum"] <= n:
         raise VaultFormatError(f"header quorum {header['quorum']} is impossible with {n} operators")
@@ -134,5 +166,5 @@ def check_header(header: Any) -> None:
             raise VaultFormatError(f"header slot {slot['label']!r} belongs to no operator")
 
 
-def check_body(body: Any) -> None:
-    check(body, BODY, "body")
+def check_body(body: Any, spec: dict[str, Spec] = BODY) -> None:
+    check(body, spec, "body")

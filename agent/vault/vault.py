@@ -8,9 +8,10 @@ recovery officers combined their words), and is wiped by :meth:`UnlockedVault.cl
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,12 +25,13 @@ from agent.errors import (
     WrongToken,
 )
 from agent.faults import crash_point
-from agent.files import atomic_write, read_private
+from agent.files import atomic_write
 from agent.locks import writer_lock
 from agent.tokens.base import Approval, Prompts, Token
 from agent.vault import format as fmt
 from agent.vault import keyslots, quorum
 from agent.vault import primitives as p
+from agent.vault.index import IndexEditor, IndexReader
 from agent.vault.pin import VaultPin, check_pin, load_pin, save_pin
 from agent.vault.records import WALLET_TYPES, OperatorEntry, RecoveryEntry, SlotEntry, VaultHeader, WalletRow
 from agent.vault.sealed import (
@@ -37,9 +39,13 @@ from agent.vault.sealed import (
     check_file_signature,
     open_body,
     open_entry,
-    seal_entry,
-    seal_file_with_mac,
+    open_wallet_entry,
+    seal_head,
+    seal_wallet_entry,
 )
+from agent.vault.store import FileBuffer, write_stream
+
+logger = logging.getLogger(__name__)
 
 #: Given a slot, return an opened token that holds its credential, or None if none is plugged in.
 TokenFinder = Callable[[SlotEntry], Token | None]
@@ -65,13 +71,36 @@ def unlock_digest(vault_id: bytes, generation: int) -> bytes:
     return p.sha256(p.DOMAIN + b"unlock\0" + vault_id + generation.to_bytes(8, "big"))
 
 
-class PublicVault:
-    """A wallet.dat read and checked without any token: signature and pin only."""
+class Wallets:
+    """Every wallet row, streamed afresh on each iteration (so at 1M wallets nothing holds them all).
 
-    def __init__(self, path: Path, pin_path: Path, vf: fmt.VaultFile) -> None:
+    Re-iterable, with ``len()`` from the signed header: it stands in for the list v1 returned.
+    """
+
+    def __init__(self, rows: Callable[[], Iterator[WalletRow]], count: int) -> None:
+        self._rows, self._count = rows, count
+
+    def __iter__(self) -> Iterator[WalletRow]:
+        return self._rows()
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class PublicVault:
+    """A wallet.dat read and checked without any token: signature and pin only.
+
+    Loading reads the header and body; a v2 vault's wallet index is read later, a node at a time,
+    through the descriptor ``source`` kept open (so a later rename of wallet.dat does not change
+    what this object reads). A legacy v1 file is read whole, as before.
+    """
+
+    def __init__(self, path: Path, pin_path: Path, vf: fmt.VaultFile | fmt.V1File, source: FileBuffer | bytes) -> None:
         self.path = path
         self.pin_path = pin_path
         self.file = vf
+        self.source = source
+        self._rows = {row.signature_id: row for row in vf.rows} if isinstance(vf, fmt.V1File) else None
 
     @classmethod
     def load(cls, path: Path, pin_path: Path, *, require_pin: bool = True) -> PublicVault:
@@ -79,7 +108,15 @@ class PublicVault:
         # before the file is never newer than the file (reading them the other way round, a save
         # landing in between would look like a rollback).
         pin = load_pin(pin_path) if require_pin else None
-        vf = fmt.parse(read_private(path))
+        buf = FileBuffer.open_private(path)
+        vf: fmt.VaultFile | fmt.V1File
+        source: FileBuffer | bytes
+        if fmt.version_of(buf) == fmt.VERSION:
+            vf, source = fmt.parse(buf), buf
+        else:
+            source = buf.read_all()
+            buf.close()
+            vf = fmt.parse_v1(source)
         check_file_signature(vf)
         if require_pin:
             h = vf.header
@@ -90,12 +127,16 @@ class PublicVault:
                 generation=h.generation,
                 header_mac=vf.header_mac,
             )
-        return cls(path, pin_path, vf)
+        return cls(path, pin_path, vf, source)
 
     # --- public facts -------------------------------------------------------------------------
     @property
     def header(self) -> VaultHeader:
         return self.file.header
+
+    @property
+    def version(self) -> int:
+        return fmt.VERSION_V1 if isinstance(self.file, fmt.V1File) else fmt.VERSION
 
     @property
     def fingerprint(self) -> str:
@@ -108,18 +149,54 @@ class PublicVault:
     def operator_name(self, operator_id: bytes) -> str:
         return _name(self.header, operator_id)
 
+    def index(self) -> IndexReader | None:
+        """The authenticated wallet index of a v2 file (None for a legacy v1 file)."""
+        return IndexReader(self.file) if isinstance(self.file, fmt.VaultFile) else None
+
     def wallet(self, signature_id: str) -> WalletRow:
         """One row of the public index (``.to_json()`` is the Tatum-shaped dict users see).
 
+        Costs one node per tree level, each hashed against its parent: the same at 1 wallet as at 1M.
+
         :raises UsageError: no wallet with that signatureId.
+        :raises VaultIntegrityError: a node on the way does not match the signed root.
         """
-        row = self.header.wallet(signature_id)
+        if self._rows is not None:
+            row = self._rows.get(signature_id)
+        else:
+            found = _find(self.index(), signature_id)
+            row = fmt.row_of(found) if found is not None else None
         if row is None:
             raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
         return row
 
-    def wallets(self) -> list[WalletRow]:
-        return list(self.header.wallets)
+    def find_wallet(self, signature_id: str) -> WalletRow | None:
+        """As :meth:`wallet`, but None when there is no such wallet (what ``header.wallet`` was in v1)."""
+        try:
+            return self.wallet(signature_id)
+        except UsageError:
+            return None
+
+    def wallets(self) -> Wallets:
+        """Every wallet: in signatureId order for v2 (streamed, one leaf at a time), file order for v1."""
+        if self._rows is not None:
+            rows = self._rows
+            return Wallets(lambda: iter(rows.values()), len(rows))
+        reader = self.index()
+        assert reader is not None
+        return Wallets(lambda: (fmt.row_of(row) for row in IndexEditor(reader).rows()), self.header.wallet_count)
+
+    def verify(self) -> None:
+        """Check every byte of the file without a token: the whole index against the signed root (O(n)).
+
+        :meth:`load` already checked the header, body and pin; a v1 file was checked whole there.
+
+        :raises VaultIntegrityError: a node does not match its parent's hash.
+        :raises VaultFormatError: the index breaks a structural rule (§10.1).
+        """
+        reader = self.index()
+        if reader is not None:
+            reader.verify()
 
     def trust(self) -> VaultPin:
         """Pin this vault (after an operator compared the fingerprint printed at init)."""
@@ -265,11 +342,22 @@ class Collected:
 
 
 @dataclass
+class _Legacy:
+    """A v1 vault's wallets, kept as read until the first change migrates them to a v2 index."""
+
+    rows: dict[str, WalletRow]
+    entries: dict[str, bytes]
+    data: bytes  # the v1 file as read: the backup written before the first v2 save
+
+
+@dataclass
 class UnlockedVault:
     """A vault with its data key in memory. Use as a context manager so the key is always wiped.
 
     ``header`` is an immutable :class:`VaultHeader`: the methods below replace it with a changed
-    copy, and :meth:`save` writes whichever header is current.
+    copy, and :meth:`save` writes whichever header is current. Wallet changes go to a copy-on-write
+    :class:`~agent.vault.index.IndexEditor` over the file last read or written, so a save rewrites
+    O(log n) nodes and copies the rest.
     """
 
     path: Path
@@ -278,21 +366,33 @@ class UnlockedVault:
     body: dict[str, Any]
     keys: VaultKeys
     touches: list[Touch] = field(default_factory=list)
-    #: Rows added since ``header`` was last read: appending 100,000 wallets in one transaction must
-    #: not copy the whole index each time, so they join the header when it is next read.
-    _new_wallets: list[WalletRow] = field(default_factory=list, repr=False)
+    #: Index node limits for new and split nodes (tests build deep trees from few wallets with small ones).
+    leaf_max: int = fmt.LEAF_MAX
+    node_max: int = fmt.NODE_MAX
+    _base: IndexReader | None = field(default=None, repr=False)
+    _source: FileBuffer | None = field(default=None, repr=False)
+    _editor: IndexEditor | None = field(default=None, repr=False)
+    _legacy: _Legacy | None = field(default=None, repr=False)
+    _migrating: bytes | None = field(default=None, repr=False)
 
     @property
     def header(self) -> VaultHeader:
-        if self._new_wallets:
-            self._header = self._header.with_wallets((*self._header.wallets, *self._new_wallets))
-            self._new_wallets = []
+        count = self.wallet_count
+        if count != self._header.index.wallets:
+            self._header = self._header.with_index(replace(self._header.index, wallets=count))
         return self._header
 
     @header.setter
     def header(self, header: VaultHeader) -> None:
-        """Replace the whole header (rows added since it was last read go with the old one)."""
-        self._header, self._new_wallets = header, []
+        self._header = header
+
+    @property
+    def wallet_count(self) -> int:
+        if self._legacy is not None:
+            return len(self._legacy.rows)
+        if self._editor is not None:
+            return self._editor.count
+        return self._header.index.wallets
 
     @classmethod
     def open(cls, public: PublicVault, dek: bytearray, touches: list[Touch]) -> UnlockedVault:
@@ -302,7 +402,23 @@ class UnlockedVault:
         except KmsAgentError:
             keys.wipe()
             raise
-        return cls(public.path, public.pin_path, public.header, body, keys, touches)
+        vault = cls(public.path, public.pin_path, public.header, {}, keys, touches)
+        vault._adopt(public, body)
+        return vault
+
+    def _adopt(self, public: PublicVault, body: dict[str, Any]) -> None:
+        """Take ``public`` (opened with this vault's key) as the state every change starts from."""
+        self._header, self._editor, self._migrating = public.header, None, None
+        if isinstance(public.file, fmt.V1File):
+            assert isinstance(public.source, bytes)
+            rows = {row.signature_id: row for row in public.file.rows}
+            self._legacy = _Legacy(rows, dict(body.pop("entries")), public.source)
+            self._base, self._source = None, None
+        else:
+            assert isinstance(public.source, FileBuffer)
+            self._legacy = None
+            self._base, self._source = IndexReader(public.file), public.source
+        self.body = body
 
     def __enter__(self) -> UnlockedVault:
         return self
@@ -313,6 +429,7 @@ class UnlockedVault:
     def close(self) -> None:
         self.keys.wipe()
         self.body = {}
+        self._editor = self._legacy = None
 
     # --- operators and tokens -------------------------------------------------------------------
     def operator_id(self, name: str) -> bytes:
@@ -371,6 +488,60 @@ class UnlockedVault:
         self.header = self.header.with_policy(policy)
 
     # --- wallets ------------------------------------------------------------------------------
+    def _index(self) -> IndexEditor:
+        """The index every change goes to; a legacy v1 vault's wallets move into a new one first."""
+        if self._editor is not None:
+            return self._editor
+        if self._legacy is not None:
+            self._editor = self._migrate(self._legacy)
+            self._migrating, self._legacy = self._legacy.data, None
+        else:
+            self._editor = IndexEditor(self._base, leaf_max=self.leaf_max, node_max=self.node_max)
+        return self._editor
+
+    def _migrate(self, legacy: _Legacy) -> IndexEditor:
+        """Re-seal every v1 entry as a v2 entry (bound to its public row) and bulk-build the index."""
+
+        def rows() -> Iterator[list[Any]]:
+            for sig_id in sorted(legacy.rows):
+                row = legacy.rows[sig_id]
+                plaintext = open_entry(self.keys, sig_id, legacy.entries[sig_id])
+                try:
+                    yield [*row.to_cbor_row(), seal_wallet_entry(self.keys, row, plaintext)]
+                finally:
+                    p.wipe(plaintext)
+
+        if set(legacy.rows) != set(legacy.entries):
+            raise VaultIntegrityError("wallet.dat v1 lists wallets and secrets that do not match")
+        return IndexEditor.bulk(rows(), leaf_max=self.leaf_max, node_max=self.node_max)
+
+    def _find(self, signature_id: str) -> tuple[WalletRow, bytes, bool] | None:
+        """(row, sealed entry, sealed as v2?) of one wallet."""
+        if self._legacy is not None:
+            row = self._legacy.rows.get(signature_id)
+            return None if row is None else (row, self._legacy.entries[signature_id], False)
+        found = _find(self._index(), signature_id)
+        return None if found is None else (fmt.row_of(found), found[-1], True)
+
+    def wallet(self, signature_id: str) -> WalletRow:
+        """:raises UsageError: no wallet with that signatureId."""
+        found = self._find(signature_id)
+        if found is None:
+            raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
+        return found[0]
+
+    def find_wallet(self, signature_id: str) -> WalletRow | None:
+        found = self._find(signature_id)
+        return None if found is None else found[0]
+
+    def wallets(self) -> Wallets:
+        """Every wallet (see :meth:`PublicVault.wallets`), changes not yet saved included."""
+        if self._legacy is not None:
+            rows = list(self._legacy.rows.values())
+            return Wallets(lambda: iter(rows), len(rows))
+        index = self._index()
+        return Wallets(lambda: (fmt.row_of(row) for row in index.rows()), index.count)
+
     def add_wallet(
         self,
         *,
@@ -387,35 +558,65 @@ class UnlockedVault:
         if wallet_type not in WALLET_TYPES:
             raise UsageError(f"unknown wallet type {wallet_type!r}")
         sig_id = signature_id or str(uuid.uuid4())
-        if sig_id in self.body["entries"]:
+        index = self._index()
+        if _find(index, sig_id) is not None:
             raise UsageError(f"a wallet {sig_id} already exists")
-        plaintext = bytearray(wallet_type.encode() + b"\0") + secret
-        try:
-            self.body["entries"][sig_id] = seal_entry(self.keys, sig_id, plaintext)
-        finally:
-            p.wipe(plaintext)
         row = WalletRow(
             sig_id, wallet_type, chain, testnet, int(now if now is not None else time.time()), xpub, address
         )
-        self._new_wallets.append(row)
+        plaintext = bytearray(wallet_type.encode() + b"\0") + secret
+        try:
+            sealed = seal_wallet_entry(self.keys, row, plaintext)
+        finally:
+            p.wipe(plaintext)
+        index.insert([*row.to_cbor_row(), sealed])
         return row
 
+    def fill(self, wallets: Iterable[tuple[WalletRow, bytearray]]) -> int:
+        """Fill a vault that holds no wallet yet in one pass: rows sorted by signatureId, distinct.
+
+        The bulk path (large imports, benchmarks): every entry is sealed as :meth:`add_wallet` seals
+        it, and the index is built bottom-up instead of by n inserts. Secrets are wiped as they go.
+
+        :returns: how many wallets were added.
+        :raises UsageError: the vault already holds wallets, or the rows are out of order.
+        """
+        if self.wallet_count:
+            raise UsageError("fill() needs a vault without wallets; use add_wallet")
+
+        def rows() -> Iterator[list[Any]]:
+            for row, secret in wallets:
+                if row.type not in WALLET_TYPES:
+                    raise UsageError(f"unknown wallet type {row.type!r}")
+                plaintext = bytearray(row.type.encode() + b"\0") + secret
+                try:
+                    yield [*row.to_cbor_row(), seal_wallet_entry(self.keys, row, plaintext)]
+                finally:
+                    p.wipe(plaintext, secret)
+
+        self._migrating = self._legacy.data if self._legacy is not None else self._migrating
+        self._legacy = None
+        self._editor = IndexEditor.bulk(rows(), leaf_max=self.leaf_max, node_max=self.node_max)
+        return self._editor.count
+
     def remove_wallet(self, signature_id: str) -> None:
-        if signature_id not in self.body["entries"]:
-            raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
-        del self.body["entries"][signature_id]
-        self.header = self.header.with_wallets(w for w in self.header.wallets if w.signature_id != signature_id)
+        """:raises UsageError: no wallet with that signatureId."""
+        self._index().remove(signature_id)
 
     def read_secret(self, signature_id: str) -> tuple[str, bytearray]:
         """Decrypt exactly one wallet's secret; the caller wipes the returned bytearray."""
-        blob = self.body["entries"].get(signature_id)
-        if blob is None:
+        found = self._find(signature_id)
+        if found is None:
             raise UsageError(f"no wallet with signatureId {signature_id!r} in this vault")
-        plaintext = open_entry(self.keys, signature_id, blob)
+        row, blob, v2 = found
+        plaintext = open_wallet_entry(self.keys, row, blob) if v2 else open_entry(self.keys, signature_id, blob)
         sep = plaintext.index(0)
         wallet_type = bytes(plaintext[:sep]).decode()
         secret = plaintext[sep + 1 :]
         p.wipe(plaintext)
+        if wallet_type != row.type:
+            p.wipe(secret)
+            raise VaultIntegrityError()
         return wallet_type, secret
 
     # --- persistence --------------------------------------------------------------------------
@@ -423,7 +624,7 @@ class UnlockedVault:
         """Apply ``change`` to the newest wallet.dat and save it, as the data directory's only writer.
 
         Under the writer lock the file is read again. If another process saved since this vault was
-        opened, its header and body are taken over (the data key is the same, so no touch is needed)
+        opened, its header and index are taken over (the data key is the same, so no touch is needed)
         and ``change`` is applied on top of them: a concurrent write is never overwritten. The file
         is then written as generation + 1 (compare-and-swap on the generation the lock protects).
 
@@ -431,7 +632,7 @@ class UnlockedVault:
         """
         with writer_lock(self.pin_path.parent):
             current = PublicVault.load(self.path, self.pin_path)
-            if current.header.generation != self.header.generation:
+            if current.header.generation != self._header.generation:
                 self._rebase(current)
             result = change(self)
             self.save(now=now)
@@ -442,30 +643,59 @@ class UnlockedVault:
             raise VaultIntegrityError(
                 "wallet.dat was replaced by another vault while this command ran; nothing was written"
             )
-        body = open_body(current.file, self.keys)
-        self.header, self.body = current.header, body
+        self._adopt(current, open_body(current.file, self.keys))
 
     def save(self, *, now: int | None = None) -> None:
-        """Write generation + 1 atomically and move the pin forward with it.
+        """Write generation + 1 atomically (a v2 file, streamed) and move the pin forward with it.
 
-        Callers other than :meth:`transact` and a new vault's first write hold the writer lock
-        themselves (or are alone: tests, the crash harness).
+        The first save of a vault read from a legacy v1 file first writes that file, unchanged, to
+        ``wallet.dat.v1.bak`` next to it (0600): the pin then refuses it as a rollback, but it is
+        there for an operator who needs it. Callers other than :meth:`transact` and a new vault's
+        first write hold the writer lock themselves (or are alone: tests, the crash harness).
         """
-        self.header = self.header.next_write(
+        index = self._index()
+        built = index.build()
+        header = self.header.next_write(
             updated_at=int(now if now is not None else time.time()), body_nonce=p.random_bytes(p.NONCE_LEN)
         )
-        data, header_mac = seal_file_with_mac(self.header, self.body, self.keys)
+        header, head, header_mac = seal_head(header.with_index(built.root), self.body, self.keys)
         crash_point("before-vault-save")
-        atomic_write(self.path, data)
+        if self._migrating is not None:
+            backup = _write_backup(self.path, self._migrating)
+            logger.warning(
+                "migrating %s from format v1 to v2: the v1 file is kept as %s (the pin refuses it from now on)",
+                self.path,
+                backup,
+            )
+        source = self._source.fd if self._source is not None else None
+        written = write_stream(self.path, [head, *built.nodes, built.table()], source)
         crash_point("after-vault-save")
-        save_pin(
-            self.pin_path,
-            VaultPin(self.header.vault_id, self.keys.signing_public, self.header.generation, header_mac),
-        )
+        save_pin(self.pin_path, VaultPin(header.vault_id, self.keys.signing_public, header.generation, header_mac))
+        # From now on, changes start from the file just written.
+        vf = fmt.parse(written)
+        self._header, self._migrating, self._editor = vf.header, None, None
+        self._base, self._source = IndexReader(vf), written
 
     @property
     def fingerprint(self) -> str:
         return p.fingerprint(self.keys.signing_public)
+
+
+def _find(index: IndexReader | IndexEditor | None, signature_id: str) -> list[Any] | None:
+    if index is None:
+        return None
+    if isinstance(index, IndexReader):
+        index = IndexEditor(index)
+    return index.find(signature_id)
+
+
+def _write_backup(path: Path, data: bytes) -> Path:
+    """Keep a legacy file next to ``path`` before it is replaced; never overwrite a different backup."""
+    backup = path.with_name(path.name + ".v1.bak")
+    if backup.exists() and backup.read_bytes() != data:
+        backup = path.with_name(f"{path.name}.v1-{p.sha256(data).hex()[:12]}.bak")
+    atomic_write(backup, data)
+    return backup
 
 
 def _name(header: VaultHeader, operator_id: bytes) -> str:
@@ -606,11 +836,10 @@ def create_vault(
         signing_key=keys.signing_public,
         body_nonce=p.random_bytes(p.NONCE_LEN),
         simulated=False,
-        wallets=(),
         policy=dict(policy),
     )
     shares = {op.operator_id.hex(): share for op, share in zip(ops, op_shares, strict=True)}
-    body: dict[str, Any] = {"shares": shares, "entries": {}}
+    body: dict[str, Any] = {"shares": shares}
     vault = UnlockedVault(path, pin_path, header, body, keys)
     try:
         for (name, token), share in zip(operators, op_shares, strict=True):

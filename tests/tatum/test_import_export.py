@@ -374,5 +374,6 @@ def test_tatum_commands_keep_tatums_shapes(vault: Cli) -> None:
     report = vault.json("report", "wallets", f"{lines[0]['signatureId']},no-such-id")
     assert report["wallets"][lines[0]["signatureId"]]["type"] == "PRIVATE_KEY"
     assert report["warnings"] == ["No wallet found for signatureId: no-such-id"]
+    assert vault.json("report", f"{lines[0]['signatureId']},no-such-id") == report  # Tatum's own spelling
     assert vault.json("removewallet", lines[1]["signatureId"]) == {"removed": lines[1]["signatureId"]}
     assert vault.json("checkconfig")["walletExists"] is True

@@ -1,6 +1,7 @@
-"""Child process for the crash-safety test: opens the vault with recovery words, then saves forever.
+"""Child process for the crash-safety tests: opens the vault with recovery words, then saves.
 
-Prints "ready" once, then one line per completed save: the generation now on disk.
+Prints "ready" once, then one line per completed save: the generation now on disk. Saves forever,
+or once with ``once`` as the second argument (a migration, killed at a named crash point).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from agent.vault.vault import PublicVault
 
 def main() -> None:
     home = Path(sys.argv[1])
+    once = sys.argv[2:] == ["once"]
     words = sys.stdin.read().strip().split("\n")
     vault = PublicVault.load(home / "wallet.dat", home / "state" / "vault-pin.json").recover(words)
     print("ready", flush=True)
@@ -24,6 +26,8 @@ def main() -> None:
         )
         vault.save()
         print(vault.header.generation, flush=True)
+        if once:
+            return
 
 
 if __name__ == "__main__":

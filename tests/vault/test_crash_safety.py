@@ -1,4 +1,8 @@
-"""A save killed at random points (SIGKILL) leaves the old or the new vault, never a broken one."""
+"""A save killed at random points (SIGKILL) leaves the old or the new vault, never a broken one.
+
+wallet.dat v2 is streamed into a temp file (nodes copied from the old file by offset) and renamed;
+a v1 file's migration writes a backup first. Killed anywhere, the vault on disk still reads whole.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.vault import format as fmt
 from tests.conftest import REPO, AutoPrompts
-from tests.vault.helpers import load, make_vault
+from tests.vault.helpers import add_keys, load, make_vault, write_v1
 
 #: 50 in the suite; `KMS_CRASH_TRIALS=1000` for the long run.
 TRIALS = int(os.environ.get("KMS_CRASH_TRIALS", "50"))
@@ -41,11 +46,17 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
         child.send_signal(signal.SIGKILL)
         completed = [int(line) for line in child.stdout.read().split()]
         child.wait()
-        # The file on disk is a whole vault: parsed, signed, pinned, and its body decrypts.
+        # The file on disk is a whole vault: parsed, signed, pinned, every index node checked, and its
+        # body and newest secret decrypt.
         public = load(paths)
+        public.verify()
         generation = public.header.generation
+        rows = list(public.wallets())
+        assert len(rows) == public.header.wallet_count == generation - 1
         with public.recover(words[:2]) as opened:
-            assert len(opened.body["entries"]) == len(opened.header.wallets)
+            if rows:
+                newest = max(rows, key=lambda r: int(r.address or "0", 16))
+                assert opened.read_secret(newest.signature_id)[0] == "PRIVATE_KEY"
         # ...and it is either the last completed save or the one being written when killed.
         newest_completed = completed[-1] if completed else last_generation
         assert generation in (newest_completed, newest_completed + 1)
@@ -56,3 +67,37 @@ def test_sigkill_during_saves_never_breaks_the_vault(home: Path, prompts: AutoPr
     with load(paths).recover(words[:2]) as opened:
         opened.save()
     assert not list(home.glob(".wallet.dat.*.tmp"))
+
+
+def _run_child(home: Path, words: list[str], crash_at: str | None) -> list[int]:
+    env = {**os.environ, "KMS_AGENT_CRASH_AT": crash_at} if crash_at else dict(os.environ)
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.vault.crash_child", str(home), "once"],
+        cwd=REPO,
+        input="\n".join(words[:2]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert child.returncode == (-signal.SIGKILL if crash_at else 0), child.stderr
+    return [int(line) for line in child.stdout.split()[1:]]
+
+
+@pytest.mark.parametrize("crash_at", ["before-vault-save", "after-vault-save"])
+def test_a_migration_killed_at_each_step_leaves_a_whole_vault(home: Path, prompts: AutoPrompts, crash_at: str) -> None:
+    paths, words = make_vault(home, prompts)
+    with load(paths).recover(words[:2]) as v:
+        add_keys(v, 3)
+        v.save()
+    v1 = write_v1(paths, words)
+    generation = fmt.parse_v1(v1).header.generation
+    assert _run_child(home, words, crash_at) == []
+    public = load(paths)  # after-vault-save: the v2 file is newer than the pin, which is allowed
+    public.verify()
+    assert public.version == (1 if crash_at == "before-vault-save" else 2)
+    assert public.header.generation == generation + (0 if crash_at == "before-vault-save" else 1)
+    # The next write finishes (or repeats) the migration; the backup is the v1 file.
+    assert _run_child(home, words, None) == [public.header.generation + 1]
+    assert (home / "wallet.dat.v1.bak").read_bytes() == v1
+    assert load(paths).version == 2 and len(load(paths).wallets()) == 5 - (crash_at == "before-vault-save")

@@ -18,21 +18,32 @@ VECTOR = json.loads((Path(__file__).parent / "vectors" / "v1-basic.json").read_t
 FILE = bytes.fromhex(VECTOR["file_hex"])
 
 
+V2 = bytes.fromhex(json.loads((Path(__file__).parent / "vectors" / "v2-basic.json").read_text())["file_hex"])
+
+
 def _raw_header() -> tuple[bytes, Any]:
-    header_bytes = fmt.split(FILE)[0]
+    header_bytes = fmt.split_v1(FILE)[0]
     return header_bytes, fmt.decode_canonical(header_bytes, "header")
 
 
-def test_the_vector_header_round_trips_to_the_same_map_and_bytes() -> None:
+def test_the_v1_vector_header_round_trips_to_the_same_map_and_bytes() -> None:
     header_bytes, raw = _raw_header()
-    header = VaultHeader.from_cbor_map(raw)
-    assert header.to_cbor_map() == raw
-    assert fmt.encode_canonical(header.to_cbor_map()) == header_bytes
-    assert fmt.parse(FILE).header == header
+    header, rows = VaultHeader.from_v1_cbor_map(raw)
+    assert header.to_v1_cbor_map(rows) == raw
+    assert fmt.encode_canonical(header.to_v1_cbor_map(rows)) == header_bytes
+    assert fmt.parse_v1(FILE).header == header and header.wallet_count == len(rows) == 1
+
+
+def test_the_v2_vector_header_round_trips_to_the_same_map_and_bytes() -> None:
+    vf = fmt.parse(V2)
+    raw = fmt.decode_canonical(vf.header_bytes, "header")
+    assert VaultHeader.from_cbor_map(raw) == vf.header
+    assert fmt.encode_canonical(vf.header.to_cbor_map()) == vf.header_bytes
+    assert vf.header.wallet_count == 3 and vf.header.index.nodes == 3
 
 
 def test_records_carry_typed_fields() -> None:
-    header = fmt.parse(FILE).header
+    header = fmt.parse_v1(FILE).header
     assert header.generation == VECTOR["inputs"]["generation"] and len(header.vault_id) == 16
     assert [op.operator_id.hex() for op in header.operators] == [
         VECTOR["inputs"]["operator_a"],
@@ -85,15 +96,13 @@ def test_from_cbor_map_is_strict(edit: Any, message: str) -> None:
     _, raw = _raw_header()
     edit(raw)
     with pytest.raises(VaultFormatError, match=message):
-        VaultHeader.from_cbor_map(raw)
+        VaultHeader.from_v1_cbor_map(raw)
 
 
 def test_changes_make_new_headers_and_leave_the_old_one_alone() -> None:
-    header = fmt.parse(FILE).header
-    row = WalletRow("sig-new", "PRIVATE_KEY", "ETH", True, 5, address="0x01")
-    more = header.with_wallets([*header.wallets, row])
-    assert more.wallets[-1] == row and len(header.wallets) == 1
-    assert more.wallet("sig-new") == row and header.wallet("sig-new") is None
+    header = fmt.parse(V2).header
+    more = header.with_index(dataclasses.replace(header.index, wallets=4), body_len=99)
+    assert (more.wallet_count, more.body_len) == (4, 99) and header.wallet_count == 3
     hardware = dataclasses.replace(header.slots[0], label="fido2:1", simulated=False)
     assert header.with_slots([hardware]).simulated is False and header.simulated is True
     written = header.next_write(updated_at=9, body_nonce=bytes(12))
