@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import VaultNotFound, VaultPermissions
@@ -36,30 +37,47 @@ def remove_stale_temps(path: Path) -> None:
             pass  # alive, another user's process
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def replacing(path: Path, *, keep_open: bool = False) -> Iterator[int]:
+    """Write a new ``path`` through the yielded descriptor: temp file (0600), fsync, rename, fsync dir.
+
+    An exception inside the block removes the temp file and leaves ``path`` as it was.
+
+    :param keep_open: leave the descriptor open after the rename (the caller reads back what it
+        wrote, and closes it).
+    """
     ensure_private_dir(path.parent)
     remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
     try:
         os.fchmod(fd, PRIVATE_FILE)  # the umask could have narrowed it; never wider than 0600
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        yield fd
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    os.close(fd)
+    if not keep_open:
+        os.close(fd)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    with replacing(path) as fd:
+        write_all(fd, data)
 
 
 def check_private(path: Path) -> None:

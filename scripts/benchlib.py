@@ -377,6 +377,39 @@ def _one(ready: Ready, nonce: int) -> None:
         raise SystemExit(f"withdrawal {nonce} ended {rec.status}, not signed")
 
 
+def run_parallel(ready: Ready, workers: int, count: int) -> float:
+    """``workers`` processes (forked), each approving its share of ``count`` withdrawals on the same data
+    directory, with a different pair of operators each (so the three simulated tokens share the load);
+    returns withdrawals per second over the whole run."""
+    import multiprocessing
+
+    from agent.withdrawals.service import Withdrawals
+
+    pairs = [("alice", "bob"), ("bob", "carol"), ("alice", "carol")]
+    per_worker = count // workers
+
+    def work(k: int) -> None:
+        service = Withdrawals(ready.home)
+        mine = Ready(ready.home, service, ready.finder, ready.prompts, ready.sig_id)
+        for i in range(per_worker):
+            req = mine.create(1_000_000 * (k + 1) + i)
+            rec = service.approve(req.request_id, finder=ready.finder, prompts=ready.prompts, operators=pairs[k % 3])
+            if rec.status != "signed":
+                raise SystemExit(f"worker {k}: withdrawal {i} ended {rec.status}, not signed")
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=work, args=(k,)) for k in range(workers)]
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    wall = time.perf_counter() - start
+    if any(proc.exitcode for proc in procs):
+        raise SystemExit("a parallel worker failed")
+    return per_worker * workers / wall
+
+
 def run_withdrawals(ready: Ready, count: int, *, progress: bool = True) -> WithdrawalRun:
     """One warm-up withdrawal (imports, first connections; timed, not counted), then ``count`` approved
     withdrawals one after another in this process, two simulated touches each."""

@@ -439,31 +439,17 @@ def register(app: typer.Typer) -> None:
 
     def _store(chain: str, testnet: bool, kind: str, operator: Any, pin_stdin: bool) -> Any:
         from agent.chains import get_chain
-        from agent.cli.session import unlock
-        from agent.wallets.classify import classify_secret
+        from agent.cli.wallet_cmd import store_classified
 
         impl = get_chain(chain)
         paths = Paths.resolve()
         _refuse_sim_mainnet(paths, testnet)
         secret = _read_secret("mnemonic" if kind == "MNEMONIC" else "private key", pin_stdin)
         try:
-            found = classify_secret(impl, secret, testnet=testnet)
-            if found.wallet_type != kind:
-                what = "a mnemonic" if kind == "MNEMONIC" else "a private key"
-                raise UsageError(
-                    f"that is not {what} (storemanagedwallet takes mnemonics, storemanagedprivatekey keys)"
-                )
-            with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-                return vault.transact(
-                    lambda v: v.add_wallet(
-                        wallet_type=kind,
-                        chain=impl.name,
-                        testnet=testnet,
-                        secret=secret,
-                        xpub=found.xpub,
-                        address=found.address,
-                    )
-                )
+            entry, _ = store_classified(
+                paths, impl, secret, testnet=testnet, operator=operator, pin_stdin=pin_stdin, expect=kind
+            )
+            return entry
         finally:
             secret[:] = bytes(len(secret))
 

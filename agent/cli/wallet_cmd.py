@@ -104,6 +104,41 @@ def generate(
         print("\n".join(f"{w['signatureId']}  {w.get('xpub') or w.get('address')}" for w in made))
 
 
+def store_classified(
+    paths: Paths,
+    impl: Any,
+    secret: bytearray,
+    *,
+    testnet: bool,
+    operator: list[str] | None,
+    pin_stdin: bool,
+    expect: str | None = None,
+) -> tuple[Any, Any]:
+    """Classify ``secret`` for ``impl`` and add it under a quorum; returns (wallet row, classification).
+
+    :param expect: the wallet type the caller's command takes (Tatum's store commands each take one).
+    """
+    from agent.cli.session import unlock
+    from agent.wallets.classify import classify_secret
+
+    found = classify_secret(impl, secret, testnet=testnet)
+    if expect is not None and found.wallet_type != expect:
+        what = "a mnemonic" if expect == "MNEMONIC" else "a private key"
+        raise UsageError(f"that is not {what} (storemanagedwallet takes mnemonics, storemanagedprivatekey keys)")
+    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
+        entry = vault.transact(
+            lambda v: v.add_wallet(
+                wallet_type=found.wallet_type,
+                chain=impl.name,
+                testnet=testnet,
+                secret=secret,
+                xpub=found.xpub,
+                address=found.address,
+            )
+        )
+    return entry, found
+
+
 @app.command("store")
 def store(
     chain: Annotated[str, typer.Argument(help="BTC, ETH, ...")],
@@ -114,8 +149,7 @@ def store(
 ) -> None:
     """store a mnemonic or private key read from stdin (or a hidden prompt), never from the command line"""
     from agent.chains import get_chain
-    from agent.cli.session import load_public, unlock
-    from agent.wallets.classify import classify_secret
+    from agent.cli.session import load_public
     from agent.wallets.mainnet import refuse_simulated_mainnet
 
     impl = get_chain(chain)
@@ -123,18 +157,7 @@ def store(
     refuse_simulated_mainnet(simulated=load_public(paths, quiet=True).simulated, testnet=testnet, what="wallet")
     secret = _read_secret(first_line_only=pin_stdin)
     try:
-        found = classify_secret(impl, secret, testnet=testnet)
-        with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-            entry = vault.transact(
-                lambda v: v.add_wallet(
-                    wallet_type=found.wallet_type,
-                    chain=impl.name,
-                    testnet=testnet,
-                    secret=secret,
-                    xpub=found.xpub,
-                    address=found.address,
-                )
-            )
+        entry, found = store_classified(paths, impl, secret, testnet=testnet, operator=operator, pin_stdin=pin_stdin)
     finally:
         _wipe(secret)
     # Tatum's shapes: storemanagedwallet prints {signatureId, xpub}; storemanagedprivatekey {signatureId}.

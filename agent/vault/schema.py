@@ -57,7 +57,8 @@ INDEX: dict[str, Spec] = {
     "wallets": int,
 }
 
-HEADER_V2: dict[str, Spec] = {
+#: What both header versions hold, in order.
+_HEADER_COMMON: dict[str, Spec] = {
     "vault_id": (bytes, 16),
     "generation": int,
     "created_at": int,
@@ -69,6 +70,10 @@ HEADER_V2: dict[str, Spec] = {
     "recovery": RECOVERY,
     "signing_key": (bytes, 32),
     "body_nonce": (bytes, 12),
+}
+
+HEADER_V2: dict[str, Spec] = {
+    **_HEADER_COMMON,
     "body_len": int,
     "simulated": bool,
     "index": INDEX,
@@ -78,17 +83,7 @@ HEADER_V2: dict[str, Spec] = {
 
 #: The legacy v1 header (docs/wallet-format.md appendix A): the wallet rows sit in the header itself.
 HEADER: dict[str, Spec] = {
-    "vault_id": (bytes, 16),
-    "generation": int,
-    "created_at": int,
-    "updated_at": int,
-    "rp_id": str,
-    "quorum": int,
-    "operators": [OPERATOR],
-    "slots": [SLOT],
-    "recovery": RECOVERY,
-    "signing_key": (bytes, 32),
-    "body_nonce": (bytes, 12),
+    **_HEADER_COMMON,
     "simulated": bool,
     "wallets": _Rows(),
     #: Custody policy (docs/policy.md); shape checked by ``agent.policy.Policy.from_dict``.

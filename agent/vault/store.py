@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.errors import VaultFormatError, VaultNotFound, VaultPermissions
-from agent.files import PRIVATE_FILE, ensure_private_dir, remove_stale_temps
+from agent.files import replacing, write_all
 
 _COPY_CHUNK = 1 << 24
 
@@ -83,16 +83,10 @@ def _copy(src: int, dst: int, offset: int, length: int) -> None:
             data = os.pread(src, min(length, _COPY_CHUNK), offset)
             if not data:
                 raise VaultFormatError("wallet.dat is shorter than its index says")
-            _write_all(dst, data)
+            write_all(dst, data)
             done = len(data)
         offset += done
         length -= done
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def write_stream(path: Path, parts: Iterable[bytes | tuple[int, int]], source: int | None) -> FileBuffer:
@@ -100,12 +94,7 @@ def write_stream(path: Path, parts: Iterable[bytes | tuple[int, int]], source: i
 
     Returns a reader of the file just written (its descriptor is the one written through).
     """
-    ensure_private_dir(path.parent)
-    remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
-    try:
-        os.fchmod(fd, PRIVATE_FILE)  # the umask could have narrowed it; never wider than 0600
+    with replacing(path, keep_open=True) as fd:
         pending: tuple[int, int] | None = None  # adjacent copies are merged into one
         for part in parts:
             if isinstance(part, tuple):
@@ -119,21 +108,9 @@ def write_stream(path: Path, parts: Iterable[bytes | tuple[int, int]], source: i
             if pending is not None:
                 _copy_from(source, fd, pending)
                 pending = None
-            _write_all(fd, part)
+            write_all(fd, part)
         if pending is not None:
             _copy_from(source, fd, pending)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return FileBuffer(fd)
 
 
