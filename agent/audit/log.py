@@ -878,6 +878,7 @@ class AuditTransaction:
         row = AuditRow(seq, ts, kind.value, rid, actor, payload_text, self._prev, digest, payload_value)
         if self._log.indexer is not None:
             _insert_entries(self._conn, row, self._log.indexer)
+        _remember_intact(row)  # hashed just now from these very fields: reading it back needs no re-hash
         self.rows.append(row)
         self._seq, self._prev = seq, digest
         return row
@@ -1004,10 +1005,14 @@ def row_is_intact(row: AuditRow) -> bool:
     except (ProgrammingError, TypeError):
         return False
     if intact:
-        if len(_INTACT) >= _INTACT_MAX:
-            _INTACT.clear()
-        _INTACT[row.hash] = _fingerprint(row)
+        _remember_intact(row)
     return intact
+
+
+def _remember_intact(row: AuditRow) -> None:
+    if len(_INTACT) >= _INTACT_MAX:
+        _INTACT.clear()
+    _INTACT[row.hash] = _fingerprint(row)
 
 
 def canonical_or_none(value: Any) -> str | None:

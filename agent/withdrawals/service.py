@@ -335,6 +335,7 @@ class Withdrawals:
                 skip=skip,
                 hold=held.acquire,
             )
+            key: bytearray | None = None
             try:
                 crash_point("after-touch")
                 if submit is not None:
@@ -343,10 +344,15 @@ class Withdrawals:
                 if len(already) + len(collected.touches) >= rule.approvals_required:
                     # The quorum will be met: opening the vault to sign needs its own quorum of shares.
                     self._more_shares(vault, collected, finder, prompts, digest, held, operators)
+                    if len(collected.shares) >= vault.header.quorum:
+                        # The key derivations (shares, seed, path) before the lock, not while others wait.
+                        key = self._signing_key(state, vault, collected)
                 with writer_lock(self.state):
-                    return self._decide(rid, collected)
+                    return self._decide(rid, collected, key=key)
             finally:
                 collected.wipe()
+                if key is not None:
+                    wipe(key)
 
     def decide_held(self, rid: str, collected: Collected, holder: ShareHolder) -> tuple[RequestState, bool]:
         """The running agent's decision: touches a CLI sent, plus the shares held for this request.
@@ -414,8 +420,11 @@ class Withdrawals:
         counters = self.ledger.counters(a.slot_id for a in fresh)  # only fresh approvals are checked against them
         return evaluate_quorum(request, [*state.approvals, *fresh], state.rejections, rule, roster, now, counters)
 
-    def _decide(self, rid: str, collected: Collected) -> RequestState:
-        """Under the writer lock: re-derive every input, record the touches, and sign at most once."""
+    def _decide(self, rid: str, collected: Collected, *, key: bytearray | None = None) -> RequestState:
+        """Under the writer lock: re-derive every input, record the touches, and sign at most once.
+
+        :param key: the wallet key, already derived from ``collected``'s shares (the caller wipes it).
+        """
         state = self.request(rid)
         vault = self.vault()
         now = self._now()
@@ -438,7 +447,7 @@ class Withdrawals:
         rule = _quorum_rule(policy_decision, vault)
         decision = self._evaluate(state, fresh, rule, roster, now)
         signing = decision.approved and state.signed is None
-        if signing and policy_decision.allowed and len(collected.shares) < vault.header.quorum:
+        if signing and policy_decision.allowed and key is None and len(collected.shares) < vault.header.quorum:
             signing = False
             short = vault.header.quorum - len(collected.shares)
         else:
@@ -451,7 +460,7 @@ class Withdrawals:
                     AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=rid, ts=now
                 )
             elif signing:
-                self._sign(rows, state, vault, collected, summary, policy_decision, now)
+                self._sign(rows, state, vault, collected, summary, policy_decision, now, key)
             crash_point("before-commit")
         crash_point("after-commit")
         derived = self.ledger.request(rid)
@@ -605,21 +614,12 @@ class Withdrawals:
         )
         collected.merge(extra)
 
-    def _sign(
-        self,
-        rows: AuditTransaction,
-        state: RequestState,
-        vault: PublicVault,
-        collected: Collected,
-        approved: RequestSummary,
-        policy_decision: Decision,
-        now: int,
-    ) -> None:
-        """Sign inside the decision's transaction: the signature row commits with it, or nothing does."""
+    @staticmethod
+    def _signing_key(state: RequestState, vault: PublicVault, collected: Collected) -> bytearray:
+        """The request's wallet key, opened with a quorum of ``collected``'s shares (which it leaves in place)."""
         impl = get_chain(state.chain)
-        wallet = vault.wallet(state.signature_id)
-        owned = _owned(wallet)
-        with vault.open_with(collected) as opened:
+        shares = Collected(vault, shares={op: bytearray(share) for op, share in collected.shares.items()})
+        with vault.open_with(shares) as opened:
             wallet_type, secret = opened.read_secret(state.signature_id)
             try:
                 text = secret.decode()
@@ -631,9 +631,30 @@ class Withdrawals:
                 del text
             finally:
                 wipe(secret)
-            try:
-                signed = impl.sign(state.tx, [bytes(key)], testnet=state.testnet, owned=owned)
-            finally:
+        return key
+
+    def _sign(
+        self,
+        rows: AuditTransaction,
+        state: RequestState,
+        vault: PublicVault,
+        collected: Collected,
+        approved: RequestSummary,
+        policy_decision: Decision,
+        now: int,
+        key: bytearray | None = None,
+    ) -> None:
+        """Sign inside the decision's transaction: the signature row commits with it, or nothing does."""
+        impl = get_chain(state.chain)
+        wallet = vault.wallet(state.signature_id)
+        owned = _owned(wallet)
+        own_key = key is None
+        if key is None:
+            key = self._signing_key(state, vault, collected)
+        try:
+            signed = impl.sign(state.tx, [bytes(key)], testnet=state.testnet, owned=owned)
+        finally:
+            if own_key:
                 wipe(key)
         after = from_tx_summary(signed.summary, signature_id=state.signature_id, native_asset=impl.symbol)
         before = from_tx_summary(
