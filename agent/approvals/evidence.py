@@ -194,12 +194,18 @@ class RecordedApproval:
 
 @dataclass(frozen=True)
 class Rejection:
-    """An operator's veto. Any veto by a rostered operator rejects the request (the safe direction)."""
+    """An operator's veto, signed with a touch like an approval (docs/approvals.md §8).
+
+    ``touch`` is the token's evidence over the rejection digest (``approved_at`` is when the agent
+    received it). Rejections recorded before vetoes were signed have none; they are still honoured,
+    since a veto can only make the agent refuse, never sign.
+    """
 
     request_id: bytes
     operator_id: bytes
     rejected_at: int
     reason: str = ""
+    touch: RecordedApproval | None = None
 
     def __post_init__(self) -> None:
         for name in ("request_id", "operator_id"):
@@ -207,21 +213,45 @@ class Rejection:
             if not isinstance(value, bytes) or len(value) != ID_LEN:
                 raise ProgrammingError(f"rejection record: {name} must be {ID_LEN} bytes")
 
+    @property
+    def signed(self) -> bool:
+        return self.touch is not None
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "request_id": self.request_id.hex(),
             "operator_id": self.operator_id.hex(),
             "rejected_at": self.rejected_at,
             "reason": self.reason,
         }
+        if self.touch is not None:
+            out["touch"] = self.touch.to_json()
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> Rejection:
-        if not isinstance(raw, dict) or set(raw) != {"request_id", "operator_id", "rejected_at", "reason"}:
-            raise ApprovalInvalid("rejection record must have exactly request_id, operator_id, rejected_at, reason")
+        """Strict inverse of :meth:`to_json`; a ``rejection`` row may also carry ``digest``,
+        ``payload_sha256`` and ``slot`` (checked by :func:`agent.approvals.verify.verify_rejection_record`).
+        """
+        legacy = {"request_id", "operator_id", "rejected_at", "reason"}
+        if not isinstance(raw, dict) or not legacy <= set(raw) or not set(raw) <= legacy | _SIGNED_ROW_KEYS:
+            raise ApprovalInvalid(
+                "rejection record must have request_id, operator_id, rejected_at, reason "
+                "(and, when signed, touch, digest, payload_sha256, slot)"
+            )
         if not _uint(raw["rejected_at"]) or not isinstance(raw["reason"], str):
             raise ApprovalInvalid("rejection record has a field of the wrong type")
-        return cls(_hex(raw, "request_id", ID_LEN), _hex(raw, "operator_id", ID_LEN), raw["rejected_at"], raw["reason"])
+        touch = RecordedApproval.from_json(raw["touch"]) if raw.get("touch") is not None else None
+        rejection = cls(
+            _hex(raw, "request_id", ID_LEN), _hex(raw, "operator_id", ID_LEN), raw["rejected_at"], raw["reason"], touch
+        )
+        if touch is not None and (touch.request_id, touch.operator_id) != (rejection.request_id, rejection.operator_id):
+            raise ApprovalInvalid("rejection record: its touch names another request or operator")
+        return rejection
+
+
+#: What a signed ``rejection`` row adds to :meth:`Rejection.to_json` (docs/audit-log.md §5).
+_SIGNED_ROW_KEYS = frozenset({"touch", "digest", "payload_sha256", "slot"})
 
 
 def _uint(value: Any) -> bool:

@@ -64,6 +64,8 @@ class Action(StrEnum):
     WITHDRAWAL = "withdrawal"
     #: ``unsigned_tx_sha256`` is the SHA-256 of the new policy's canonical bytes (docs/policy.md §5).
     POLICY_CHANGE = "policy-change"
+    #: ``unsigned_tx_sha256`` is the SHA-256 of a reinstatement statement (docs/approvals.md §9).
+    REINSTATEMENT = "reinstatement"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from agent.approvals.evidence import Operator, RecordedApproval, Rejection, Roster, Slot
 from agent.approvals.payload import ApprovalPayload, approval_digest
+from agent.approvals.statements import rejection_digest
 from agent.approvals.verify import verify_approval
 from agent.errors import (
     ApprovalError,
@@ -274,9 +275,25 @@ def _vetoes(request: ApprovalRequest, rejections: Iterable[Rejection], operators
                 alert=True,
             )
             continue
-        vetoed = True
         why = f": {rejection.reason}" if rejection.reason else ""
-        scan.note("veto", f"{op.display} rejected the request{why}", op)
+        touch = rejection.touch
+        if touch is None:
+            # Recorded before vetoes were signed: honoured, since a veto can only make us refuse.
+            vetoed = True
+            scan.note("veto", f"{op.display} rejected the request{why} (an unsigned veto of an older kms-agent)", op)
+            continue
+        slot = op.slot(touch.slot_id)
+        try:
+            if slot is None:
+                raise ApprovalInvalid(f"slot {touch.slot_id.hex()} is not one of {op.display}'s tokens")
+            if (touch.request_id, touch.operator_id) != (request.payload.request_id, op.operator_id):
+                raise ApprovalInvalid("the touch names another request or operator")
+            verify_approval(touch, slot, rejection_digest(request.payload, rejection.reason))
+        except ApprovalInvalid as exc:
+            scan.note("veto-signature", f"a veto by {op.display} was ignored: {exc.message}", op, slot, alert=True)
+            continue
+        vetoed = True
+        scan.note("veto", f"{op.display} rejected the request{why} (signed by {slot.label!r})", op, slot)
     return vetoed
 
 

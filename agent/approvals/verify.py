@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from agent.approvals.evidence import RecordedApproval, Roster, Slot, find_slot
-from agent.approvals.payload import ApprovalPayload, approval_digest
+from agent.approvals.evidence import RecordedApproval, Rejection, Roster, Slot, find_slot
+from agent.approvals.payload import Action, ApprovalPayload, approval_digest
+from agent.approvals.statements import ReinstatementStatement, RejectionPayload
 from agent.errors import ApprovalInvalid, KmsAgentError
 
 FIDO2_KIND = "fido2-hmac"
@@ -250,9 +251,159 @@ def verify_approval_record(
 
 
 def approval_row_verifier(roster: Roster | None = None, resolver: Resolver | None = None) -> Callable[[_Row], None]:
-    """A callback for :meth:`agent.audit.AuditLog.verify` that re-verifies every ``approval`` row."""
+    """A callback for :meth:`agent.audit.AuditLog.verify` that re-verifies every ``approval`` row,
+    and every signed ``rejection`` row (docs/approvals.md §8)."""
 
     def check(row: _Row) -> None:
+        if getattr(row, "kind", "approval") == "rejection":
+            verify_rejection_record(row.payload, roster, request_id=row.request_id, resolver=resolver)
+            return
         verify_approval_record(row.payload, roster, request_id=row.request_id, resolver=resolver)
 
     return check
+
+
+# --- vetoes ----------------------------------------------------------------------------------
+def rejection_audit_payload(payload: ApprovalPayload, rejection: Rejection, slot: Slot) -> dict[str, Any]:
+    """The payload of a signed ``rejection`` row: the veto, its digest, the request's payload hash, the slot.
+
+    The slot's public fields are written inline, so a veto by a since-removed token still re-verifies.
+    """
+    canonical = payload.canonical_bytes()
+    return {
+        **rejection.to_json(),
+        "digest": RejectionPayload.for_request(payload, rejection.reason).digest().hex(),
+        "payload_sha256": hashlib.sha256(canonical).hexdigest(),
+        "slot": {
+            "kind": slot.kind,
+            "label": slot.label,
+            "operator_id": slot.operator_id.hex(),
+            "public_cbor": slot_public_cbor(slot).hex(),
+        },
+    }
+
+
+def verify_rejection(rejection: Rejection, slot: Slot, payload: ApprovalPayload) -> None:
+    """A signed veto: ``slot``'s token signed the rejection digest of the request with ``payload``.
+
+    :raises ApprovalInvalid: unsigned, another request or operator, or the signature does not verify.
+    """
+    touch = rejection.touch
+    if touch is None:
+        raise ApprovalInvalid("the rejection carries no token signature")
+    if touch.request_id != payload.request_id or rejection.request_id != payload.request_id:
+        raise ApprovalInvalid("the rejection names another request")
+    if slot.operator_id != rejection.operator_id or touch.operator_id != rejection.operator_id:
+        raise ApprovalInvalid("the rejection names another operator than its slot's owner")
+    try:
+        verify_approval(touch, slot, RejectionPayload.for_request(payload, rejection.reason).digest())
+    except ApprovalInvalid as exc:
+        raise ApprovalInvalid(exc.message.replace("the approval", "the rejection")) from None
+
+
+def rejection_row_slot(record: Mapping[str, Any], rejection: Rejection) -> Slot:
+    """The slot a signed ``rejection`` row recorded (its public fields as they were at the time).
+
+    :raises ApprovalInvalid: the row has no (well-formed) slot.
+    """
+    try:
+        raw = record["slot"]
+        assert rejection.touch is not None
+        return Slot(
+            rejection.touch.slot_id,
+            bytes.fromhex(raw["operator_id"]),
+            raw["kind"],
+            raw["label"],
+            cbor2.loads(bytes.fromhex(raw["public_cbor"])),
+        )
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise ApprovalInvalid(f"rejection row is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def verify_rejection_record(
+    record: Mapping[str, Any],
+    roster: Roster | None = None,
+    *,
+    request_id: str | None = None,
+    resolver: Resolver | None = None,
+) -> Rejection:
+    """Re-verify a ``rejection`` row (see :func:`rejection_audit_payload`); unsigned rows (older
+    kms-agent versions) pass unchecked, as vetoes they can only make the agent refuse.
+
+    :raises ApprovalInvalid: a signed row whose digest, payload reference, slot or signature is wrong.
+    """
+    rejection = Rejection.from_json(record)
+    if rejection.touch is None:
+        return rejection
+    rid = request_id or rejection.request_id.hex()
+    if rid != rejection.request_id.hex():
+        raise ApprovalInvalid("rejection row: the row and the rejection name different requests")
+    try:
+        want = bytes.fromhex(record["payload_sha256"])
+        digest = bytes.fromhex(record["digest"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ApprovalInvalid(f"rejection row is malformed ({type(exc).__name__})") from None
+    found = resolver.payload(rid, want) if resolver is not None else None
+    if found is None or hashlib.sha256(found).digest() != want:
+        raise ApprovalInvalid("rejection row: the request payload it refers to is not in the log")
+    payload = ApprovalPayload.from_cbor(found)
+    if digest != RejectionPayload.for_request(payload, rejection.reason).digest():
+        raise ApprovalInvalid("rejection row: the stored digest is not the digest of this request's veto")
+    slot = rejection_row_slot(record, rejection)
+    if roster is not None:
+        current = find_slot(roster, slot.slot_id)
+        if current is not None:
+            if (current.operator_id, current.kind, dict(current.public)) != (slot.operator_id, slot.kind, slot.public):
+                raise ApprovalInvalid("rejection row: the recorded slot differs from the slot in the vault header")
+            slot = current
+    verify_rejection(rejection, slot, payload)
+    return rejection
+
+
+# --- reinstatements ----------------------------------------------------------------------------
+def verify_reinstatement_record(record: Mapping[str, Any], roster: Roster, *, vault_id: bytes) -> bytes:
+    """Re-check a ``reinstatement`` row against the vault header; returns the reinstated operator's id.
+
+    The statement must be what the approval payload's ``unsigned_tx_sha256`` names, and at least
+    ``approvals_required`` (never fewer than one) distinct operators *other than the reinstated one*
+    must have signed that payload with tokens enrolled in ``roster`` (docs/approvals.md §9). A row
+    written by anyone but a quorum thus needs genuine touches over this exact reinstatement.
+
+    :raises ApprovalInvalid: anything does not match or verify.
+    """
+    try:
+        statement = ReinstatementStatement.from_cbor(bytes.fromhex(record["statement_cbor"]))
+        payload = ApprovalPayload.from_cbor(bytes.fromhex(record["payload_cbor"]))
+        approvals = [RecordedApproval.from_json(a) for a in record["approvals"]]
+        required = record["approvals_required"]
+        named = (bytes.fromhex(record["operator_id"]), record["suspension_seq"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ApprovalInvalid(f"reinstatement row is malformed ({type(exc).__name__})") from None
+    if (
+        payload.action is not Action.REINSTATEMENT
+        or payload.unsigned_tx_sha256 != statement.sha256()
+        or payload.initiator != statement.operator_id
+        or named != (statement.operator_id, statement.suspension_seq)
+        or statement.vault_id != vault_id
+        or payload.vault_id != vault_id
+    ):
+        raise ApprovalInvalid("reinstatement row: its statement, payload and fields disagree")
+    if isinstance(required, bool) or not isinstance(required, int):
+        raise ApprovalInvalid("reinstatement row: approvals_required must be an integer")
+    digest = approval_digest(payload)
+    counted: set[bytes] = set()
+    for approval in approvals:
+        op = roster.get(approval.operator_id)
+        slot = op.slot(approval.slot_id) if op is not None else None
+        if slot is None or approval.operator_id == statement.operator_id or approval.request_id != payload.request_id:
+            continue
+        try:
+            verify_approval(approval, slot, digest)
+        except ApprovalInvalid:
+            continue
+        counted.add(approval.operator_id)
+    if len(counted) < max(required, 1):
+        raise ApprovalInvalid(
+            f"reinstatement row: {len(counted)} valid approvals by other operators, {max(required, 1)} needed"
+        )
+    return statement.operator_id

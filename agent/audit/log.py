@@ -102,6 +102,14 @@ class AuditKind(StrEnum):
     SUSPENSION = "suspension"
     #: The vault was opened with recovery shares instead of the operators' tokens.
     RECOVERY = "recovery"
+    #: A quorum of other operators lifted an operator's suspension (docs/withdrawals.md §7).
+    REINSTATEMENT = "reinstatement"
+    #: A token's PIN was changed through `kms-agent token pin` (which token, never the PIN).
+    PIN_CHANGE = "pin_change"
+
+
+#: Rows carrying token evidence that ``verify(approval_verifier)`` re-checks: approvals and signed vetoes.
+_TOUCH_KINDS = frozenset({AuditKind.APPROVAL.value, AuditKind.REJECTION.value})
 
 
 @dataclass(frozen=True)
@@ -590,12 +598,12 @@ class AuditLog:
                 )
             expected = row.seq + 1
             problems.extend(self._check_row(row, prev))
-            if approval_verifier is not None and row.kind == AuditKind.APPROVAL.value and row.payload is not None:
+            if approval_verifier is not None and row.kind in _TOUCH_KINDS and row.payload is not None:
                 checked += 1
                 try:
                     approval_verifier(row)
                 except KmsAgentError as exc:
-                    problems.append(AuditProblem(row.seq, f"approval does not verify: {exc.message}"))
+                    problems.append(AuditProblem(row.seq, f"{row.kind} does not verify: {exc.message}"))
             prev = row.hash
             by_seq[row.seq] = row.hash
         head = HeadPin(records[-1].seq, records[-1].hash) if records else None

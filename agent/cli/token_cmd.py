@@ -77,20 +77,128 @@ def enrol(
 @app.command("remove")
 def remove(
     label: Annotated[str, typer.Argument(help="the token label shown by `token list`")],
+    drop_absent: Annotated[
+        bool, typer.Option("--drop-absent", help="drop the slots of other tokens that are not plugged in")
+    ] = False,
     operator: Operators = None,
     pin_stdin: PinStdin = False,
     as_json: Json = False,
 ) -> None:
-    """remove a token's slot (a quorum must unlock first; an operator keeps at least one token)"""
-    from agent.cli.session import unlock
+    """remove a token (a quorum unlocks; an operator keeps at least one token); rotates the data key"""
+    from agent.cli.session import load_public, unlock
+    from agent.cli.vault_cmd import rotation_text, run_rotation
+    from agent.errors import TokenNotFound, UsageError
 
     paths = Paths.resolve()
+    h = load_public(paths, quiet=True).header
+    match = [s for s in h.slots if s.label == label]
+    if not match:
+        raise TokenNotFound(f"no token {label} is enrolled in this vault")
+    if len(h.slots_of(match[0].operator_id)) == 1:
+        owner = next(op.name for op in h.operators if op.operator_id == match[0].operator_id)
+        raise UsageError(
+            f"{label} is the last token of operator {owner}; enrol another token first, "
+            "or that operator's share is lost",
+            hint="or remove the operator: `kms-agent operator remove`",
+        )
     with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-        slot = vault.transact(lambda v: v.remove_token(label))
-        touched = [t.operator for t in vault.touches]
+        result = run_rotation(
+            paths,
+            vault,
+            "token-remove",
+            {"token": label},
+            pin_stdin=pin_stdin,
+            remove_tokens=[label],
+            drop_absent=drop_absent,
+        )
+    result["removed"] = label
     emit(
-        {"removed": slot.label, "approved_by": touched},
+        result,
         as_json,
-        f"Removed {slot.label} (approved by {', '.join(touched)}). "
-        "Old copies of wallet.dat still accept it: rotate if it was lost.",
+        f"Removed {label} (approved by {', '.join(result['approved_by'])}).\n"
+        + rotation_text(result)
+        + "\nOlder copies of wallet.dat (backups) still accept it: see docs/operations.md.",
     )
+
+
+def _read_pins(label: str, *, from_stdin: bool) -> tuple[bytearray, bytearray]:
+    """The current and the new PIN: two lines on stdin, or hidden prompts (the new one twice)."""
+    import sys
+
+    from agent.errors import PinRequired
+
+    if from_stdin:
+        lines = [bytearray(sys.stdin.buffer.readline().rstrip(b"\r\n")) for _ in range(2)]
+        if not lines[0] or not lines[1]:
+            from agent.vault.primitives import wipe
+
+            wipe(*lines)
+            raise PinRequired(f"write the current and the new PIN of {label} to stdin, one per line")
+        return lines[0], lines[1]
+    import getpass
+
+    from agent.vault.primitives import wipe
+
+    old = bytearray(getpass.getpass(f"current PIN of {label}: ").encode())
+    new = bytearray(getpass.getpass(f"new PIN of {label}: ").encode())
+    again = bytearray(getpass.getpass(f"new PIN of {label} again: ").encode())
+    same = again == new
+    wipe(again)
+    if not same:
+        from agent.errors import UsageError
+
+        wipe(old, new)
+        raise UsageError("the two new PINs differ; nothing was changed")
+    return old, new
+
+
+@app.command("pin")
+def change_pin(
+    label: Annotated[str, typer.Argument(help="the token label shown by `token list`")],
+    pin_stdin: PinStdin = False,
+    as_json: Json = False,
+) -> None:
+    """change a token's PIN: the current and the new one from a hidden prompt, or stdin (one per line)
+
+    Reads stdin when it is not a terminal (or with --pin-stdin). The PIN never goes to argv, the
+    environment, a log or the audit log; the change itself is audited.
+    """
+    import sys
+
+    from agent.audit import AuditKind
+    from agent.cli.session import load_public
+    from agent.errors import PinError, TokenNotFound, UsageError
+    from agent.tokens.discovery import find_token
+    from agent.tokens.pin_change import change_pin as change
+    from agent.vault.primitives import wipe
+    from agent.withdrawals.ledger import open_audit
+
+    paths = Paths.resolve()
+    vault = load_public(paths)
+    slot = next((s for s in vault.header.slots if s.label == label), None)
+    if slot is None:
+        raise UsageError(f"no enrolled token labelled {label!r} (see `kms-agent token list`)")
+    operator = vault.operator_name(slot.operator_id)
+    token = find_token(slot, paths.home)
+    if token is None:
+        raise TokenNotFound(f"{label} is not plugged in", hint="plug it in (for PIV: is pcscd running?)")
+    row = {
+        "action": "pin-change",
+        "token": label,
+        "kind": slot.kind,
+        "operator": operator,
+        "slot_id": slot.slot_id.hex(),
+    }
+    with token:
+        old, new = _read_pins(label, from_stdin=pin_stdin or not sys.stdin.isatty())
+        try:
+            change(token, old, new)
+        except PinError as exc:
+            open_audit(paths.state).append(
+                AuditKind.PIN_ERROR, {**row, "attempts_remaining": getattr(exc, "attempts_remaining", None)}
+            )
+            raise
+        finally:
+            wipe(old, new)
+    open_audit(paths.state).append(AuditKind.PIN_CHANGE, row, actor=operator)
+    emit({"changed": label, "kind": slot.kind, "operator": operator}, as_json, f"Changed the PIN of {label}.")

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.context import Paths, emit, err
+from agent.cli.options import Json, Operators, PinStdin
 
-app = typer.Typer(help="check and trust wallet.dat", no_args_is_help=True)
+app = typer.Typer(help="check and trust wallet.dat, rotate its data key", no_args_is_help=True)
 
 
 @app.command("verify")
@@ -55,3 +56,115 @@ def trust(
     pin = vault.trust()
     err(f"Pinned vault {pin.vault_id.hex()} at generation {pin.generation}.")
     emit(pin.to_json(), as_json)
+
+
+# --- rotation (docs/operations.md "Rotating"; docs/wallet-format.md §6.1) ------------------------
+def run_rotation(
+    paths: Paths,
+    vault: Any,
+    purpose: str,
+    change: dict[str, Any],
+    *,
+    pin_stdin: bool,
+    audit_before: Any = None,
+    **plan_args: Any,
+) -> dict[str, Any]:
+    """Plan a data-key rotation (every remaining token touched once), then commit and audit it.
+
+    ``vault`` is an opened :class:`UnlockedVault` (quorum unlock or recovery); the caller closes it.
+    ``audit_before`` (called with the plan, before the audit row) may check more, such as new
+    recovery words. Returns what the command prints.
+    """
+    from agent.audit import AuditKind, AuditLog
+    from agent.cli.context import CliPrompts
+    from agent.tokens.discovery import find_token
+    from agent.vault import rotation
+
+    home = paths.home
+    base = vault.header.generation
+    planned = rotation.plan(
+        vault, lambda slot: find_token(slot, home), CliPrompts(paths, pin_stdin=pin_stdin), **plan_args
+    )
+    try:
+        if audit_before is not None:
+            audit_before(planned)
+        touches = [*vault.touches, *planned.touches]
+        who = sorted({t.operator for t in vault.touches})
+        payload = {
+            "purpose": purpose,
+            "change": change,
+            "generation": base,
+            "quorum": planned.quorum,
+            "operators": [op.name for op in planned.operators],
+            "tokens": [s.label for s in planned.slots],
+            "dropped": [s.label for s in planned.dropped],
+            "fingerprint": planned.fingerprint,
+            "touches": [
+                {
+                    "operator": t.operator,
+                    "token": t.token_label,
+                    "signature": t.approval.signature.hex(),
+                    "sign_count": t.approval.sign_count,
+                }
+                for t in touches
+            ],
+        }
+    except BaseException:
+        planned.wipe()
+        raise
+    words = list(planned.recovery_words)
+    result = {
+        "rotated": True,
+        "purpose": purpose,
+        "generation": None,
+        "fingerprint": planned.fingerprint,
+        "quorum": planned.quorum,
+        "operators": [
+            {"name": op.name, "tokens": [s.label for s in planned.slots if s.operator_id == op.operator_id]}
+            for op in planned.operators
+        ],
+        "dropped": [s.label for s in planned.dropped],
+        "approved_by": who,
+    }
+    # The row is appended under the writer lock, after the change is checked and before the save.
+    rotation.commit(
+        vault,
+        planned,
+        record=lambda: AuditLog(paths.state).append(AuditKind.UNLOCK, payload, actor=",".join(who) or "recovery"),
+    )
+    result["generation"] = vault.header.generation
+    if words:
+        result["recovery_words"] = words
+    return result
+
+
+def rotation_text(result: dict[str, Any]) -> str:
+    ops = ", ".join(f"{o['name']} ({', '.join(o['tokens'])})" for o in result["operators"])
+    lines = [
+        f"Rotated the data key: generation {result['generation']}, quorum {result['quorum']} of "
+        f"{len(result['operators'])}: {ops}.",
+        f"New vault fingerprint: {result['fingerprint']} (older copies of wallet.dat keep the old one).",
+    ]
+    if result["dropped"]:
+        lines.append(f"Dropped tokens: {', '.join(result['dropped'])}; they open no later copy of wallet.dat.")
+    return "\n".join(lines)
+
+
+@app.command("rotate-key")
+def rotate_key(
+    drop_absent: Annotated[
+        bool, typer.Option("--drop-absent", help="drop the slots of tokens that are not plugged in instead of refusing")
+    ] = False,
+    operator: Operators = None,
+    pin_stdin: PinStdin = False,
+    as_json: Json = False,
+) -> None:
+    """rotate the data key: a quorum unlocks, then every token is touched once to wrap the new key"""
+    from agent.cli.session import unlock
+
+    paths = Paths.resolve()
+    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
+        result = run_rotation(
+            paths, vault, "rotate-key", {"drop_absent": drop_absent}, pin_stdin=pin_stdin, drop_absent=drop_absent
+        )
+    emit(result, as_json, rotation_text(result))

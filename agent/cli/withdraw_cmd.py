@@ -221,18 +221,34 @@ def register(root: typer.Typer) -> None:
     @root.command("reject")
     def reject(
         request_id: str,
-        operator: Annotated[str, typer.Option("--operator", help="the operator vetoing")],
-        reason: Annotated[str, typer.Option(help="why (goes to the audit log)")] = "",
+        operator: Annotated[str, typer.Option("--operator", help="the operator vetoing (touches their token)")],
+        reason: Annotated[str, typer.Option(help="why (signed with the veto, and goes to the audit log)")] = "",
+        pin_stdin: PinStdin = False,
         as_json: Json = False,
     ) -> None:
-        """veto a withdrawal: it can no longer be signed"""
-        from agent.service.agent_client import AgentClient
+        """veto a withdrawal: it can no longer be signed
 
+        The operator enters the PIN and touches their token, as for an approval: the veto is signed
+        evidence, bound to this request's exact bytes and to the reason.
+        """
+        from agent.service.agent_client import AgentClient
+        from agent.tokens.discovery import find_token
+
+        paths = Paths.resolve()
         service = _service()
-        agent = AgentClient.find(Paths.resolve().home)
+        agent = AgentClient.find(paths.home)
+        # The touch happens here, on this host, with the operator's own token; a running agent only
+        # verifies the signed veto against the header and records it (and wipes held shares).
+        rejection = service.sign_rejection(
+            request_id,
+            operator=operator,
+            reason=reason,
+            finder=lambda slot: find_token(slot, paths.home),
+            prompts=CliPrompts(paths, pin_stdin=pin_stdin),
+        )
         if agent is not None:
-            agent.reject(request_id, operator=operator, reason=reason)  # the agent also wipes held shares
+            agent.reject(rejection.request_id.hex(), operator=operator, reason=reason, rejection=rejection)
             state = service.request(request_id)
         else:
-            state = service.reject(request_id, operator=operator, reason=reason)
+            state = service.reject(request_id, operator=operator, reason=reason, rejection=rejection)
         emit(_public(state.to_record()), as_json, f"Rejected {state.request_id}.")

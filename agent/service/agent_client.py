@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import (
     ApprovalError,
@@ -24,6 +24,9 @@ from agent.errors import (
     VaultNotFound,
 )
 from agent.vault.vault import Collected
+
+if TYPE_CHECKING:
+    from agent.approvals import Rejection
 
 SOCKET_NAME = "agent.sock"
 #: The JSON error ``code`` (agent/errors.py ERROR_CODES) -> the exception the CLI raises for it.
@@ -119,5 +122,22 @@ class AgentClient:
             )
         return self._call("POST", f"/v1/withdrawals/{request_id}/approvals", {"touches": touches})
 
-    def reject(self, request_id: str, *, operator: str, reason: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/withdrawals/{request_id}/reject", {"operator": operator, "reason": reason})
+    def reject(self, request_id: str, *, operator: str, reason: str, rejection: Rejection) -> dict[str, Any]:
+        """Hand a veto this CLI signed (``Withdrawals.sign_rejection``) to the agent, which verifies and records it."""
+        touch = rejection.touch
+        if touch is None:
+            raise UsageError("a veto must be signed with the operator's touch")
+        body = {
+            "operator": operator,
+            "reason": reason,
+            "touch": {
+                "slot_id": touch.slot_id.hex(),
+                "kind": touch.kind,
+                "auth_data": base64.b64encode(touch.auth_data).decode(),
+                "signature": base64.b64encode(touch.signature).decode(),
+                "sign_count": touch.sign_count,
+                "user_present": touch.user_present,
+                "user_verified": touch.user_verified,
+            },
+        }
+        return self._call("POST", f"/v1/withdrawals/{request_id}/reject", body)

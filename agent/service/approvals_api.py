@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.approvals import RecordedApproval, Rejection
 from agent.errors import UsageError
 from agent.service.deps import Context, run_sync, v1_router
 from agent.tokens.base import Approval
@@ -50,11 +51,28 @@ class ApproveIn(BaseModel):
     touches: list[TouchIn] = Field(min_length=1, max_length=16)
 
 
+class VetoTouchIn(BaseModel):
+    """The vetoing operator's touch over the request's rejection digest (docs/approvals.md §8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slot_id: str = Field(pattern=_HEX16)
+    kind: str = Field(max_length=32)
+    auth_data: str = Field(max_length=4096, description="base64")
+    signature: str = Field(max_length=1024, description="base64")
+    sign_count: int = Field(ge=0, le=2**32 - 1)
+    user_present: bool
+    user_verified: bool
+
+
 class RejectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operator: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="", max_length=1024)
+    touch: VetoTouchIn | None = Field(
+        default=None, description="required: the operator's signed veto (a veto without one is refused)"
+    )
 
 
 def _b64(value: str, name: str) -> bytes:
@@ -93,6 +111,35 @@ def approvals_router(holder: ShareHolder) -> APIRouter:
                 collected.shares[operator_id] = bytearray(t.share.encode())
         return collected
 
+    def veto_of(service: Withdrawals, request_id: str, body: RejectIn) -> Rejection:
+        """The signed veto as sent; ``Withdrawals.record_rejection`` verifies it against the header."""
+        if body.touch is None:
+            raise UsageError(
+                "a veto must be signed with the operator's touch", hint="use `kms-agent reject` of this version"
+            )
+        op = service.vault().header.operator_named(body.operator)
+        if op is None:
+            raise UsageError(f"no operator named {body.operator!r}")
+        rid, t = bytes.fromhex(request_id), body.touch
+        return Rejection(
+            rid,
+            op.operator_id,
+            0,
+            body.reason,
+            RecordedApproval(
+                rid,
+                op.operator_id,
+                bytes.fromhex(t.slot_id),
+                t.kind,
+                _b64(t.auth_data, "auth_data"),
+                _b64(t.signature, "signature"),
+                t.sign_count,
+                t.user_present,
+                t.user_verified,
+                0,
+            ),
+        )
+
     def status(service: Withdrawals, request_id: str, waiting: bool) -> dict[str, Any]:
         state = service.request(request_id)
         record = state.to_record()
@@ -118,7 +165,9 @@ def approvals_router(holder: ShareHolder) -> APIRouter:
     async def reject(request_id: RequestId, body: RejectIn, ctx: Context) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             service = ctx.withdrawals
-            service.reject(request_id, operator=body.operator, reason=body.reason)
+            service.reject(
+                request_id, operator=body.operator, reason=body.reason, rejection=veto_of(service, request_id, body)
+            )
             holder.drop(request_id)
             return status(service, request_id, False)
 

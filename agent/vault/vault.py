@@ -22,6 +22,7 @@ from agent.errors import (
     TokenNotFound,
     UsageError,
     VaultIntegrityError,
+    VaultUntrusted,
     WrongToken,
 )
 from agent.faults import crash_point
@@ -53,6 +54,8 @@ TokenFinder = Callable[[SlotEntry], Token | None]
 T = TypeVar("T")
 
 DEFAULT_RP_ID = "kms-agent.local"
+#: Reads of wallet.dat while a rotation moves the pin to a new signing key (see PublicVault.load).
+_PIN_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,19 @@ class PublicVault:
 
     @classmethod
     def load(cls, path: Path, pin_path: Path, *, require_pin: bool = True) -> PublicVault:
+        for attempt in range(_PIN_RETRIES):
+            try:
+                return cls._load(path, pin_path, require_pin=require_pin)
+            except VaultUntrusted:
+                # A data-key rotation renames the new file, then moves the pin to its new signing key:
+                # a reader that read the pin in between sees a mismatch that the next read resolves.
+                if attempt == _PIN_RETRIES - 1 or not pin_path.exists():
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, path: Path, pin_path: Path, *, require_pin: bool) -> PublicVault:
         # The pin first: a writer replaces wallet.dat and then moves the pin forward, so a pin read
         # before the file is never newer than the file (reading them the other way round, a save
         # landing in between would look like a rollback).
@@ -261,8 +277,9 @@ class PublicVault:
                 if got is None:
                     collected.absent.append(name)
                     continue
-                collected.shares[op_id], touch = got
+                collected.shares[op_id], touch, kek = got
                 collected.touches.append(touch)
+                collected.keks[touch.slot_id] = kek
         except BaseException:
             collected.wipe()
             raise
@@ -280,13 +297,14 @@ class PublicVault:
                     hint="plug in the tokens of more operators, or name them with --operator",
                 )
             dek = quorum.combine([bytes(s).decode() for s in collected.shares.values()], need)
+            keks, collected.keks = collected.keks, {}
         finally:
             collected.wipe()
-        return UnlockedVault.open(self, dek, collected.touches)
+        return UnlockedVault.open(self, dek, collected.touches, keks=keks)
 
     def _unwrap_operator(
         self, op_id: bytes, finder: TokenFinder, prompts: Prompts, digest: bytes
-    ) -> tuple[bytearray, Touch] | None:
+    ) -> tuple[bytearray, Touch, bytearray] | None:
         """The first of the operator's tokens that is present unwraps; a wrong one defers to a backup."""
         wrong: WrongToken | None = None
         for slot in self.header.slots_of(op_id):
@@ -300,10 +318,16 @@ class PublicVault:
             with token:
                 unwrapped = token.unwrap(slot.public, digest=digest, prompts=prompts)
             try:
-                share = keyslots.unwrap_share(slot, unwrapped.ikm, self.header.vault_id)
+                kek = keyslots.slot_kek(slot, unwrapped.ikm, self.header.vault_id)
             finally:
                 p.wipe(unwrapped.ikm)
-            return share, Touch(self.operator_name(op_id), slot.label, unwrapped.approval, op_id, slot.slot_id)
+            try:
+                share = keyslots.unwrap_share_with_kek(slot, kek, self.header.vault_id)
+            except BaseException:
+                p.wipe(kek)
+                raise
+            touch = Touch(self.operator_name(op_id), slot.label, unwrapped.approval, op_id, slot.slot_id)
+            return share, touch, kek
         if wrong is not None:
             raise wrong
         return None
@@ -327,9 +351,11 @@ class Collected:
     shares: dict[bytes, bytearray] = field(default_factory=dict)
     touches: list[Touch] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    #: Slot KEKs of the touches (slot id -> KEK), handed to the opened vault (see UnlockedVault._rebase).
+    keks: dict[bytes, bytearray] = field(default_factory=dict)
 
     def wipe(self) -> None:
-        p.wipe(*self.shares.values())
+        p.wipe(*self.shares.values(), *self.keks.values())
 
     def merge(self, other: Collected) -> None:
         for op_id, share in other.shares.items():
@@ -339,6 +365,12 @@ class Collected:
                 self.shares[op_id] = share
         self.touches.extend(other.touches)
         self.absent = other.absent
+        for slot_id, kek in other.keks.items():
+            if slot_id in self.keks:
+                p.wipe(kek)
+            else:
+                self.keks[slot_id] = kek
+        other.keks = {}
 
 
 @dataclass
@@ -374,6 +406,10 @@ class UnlockedVault:
     _editor: IndexEditor | None = field(default=None, repr=False)
     _legacy: _Legacy | None = field(default=None, repr=False)
     _migrating: bytes | None = field(default=None, repr=False)
+    #: KEKs of the slots touched to open this vault: they follow a data-key rotation (see _rebase).
+    _keks: dict[bytes, bytearray] = field(default_factory=dict, repr=False)
+    #: Slots made by prepare_slot, with the signing key (so the data key) their share belongs to.
+    _prepared: dict[bytes, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def header(self) -> VaultHeader:
@@ -395,14 +431,23 @@ class UnlockedVault:
         return self._header.index.wallets
 
     @classmethod
-    def open(cls, public: PublicVault, dek: bytearray, touches: list[Touch]) -> UnlockedVault:
+    def open(
+        cls,
+        public: PublicVault,
+        dek: bytearray,
+        touches: list[Touch],
+        *,
+        keks: dict[bytes, bytearray] | None = None,
+    ) -> UnlockedVault:
         keys = VaultKeys(dek, public.header.vault_id)
         try:
             body = open_body(public.file, keys)
         except KmsAgentError:
             keys.wipe()
+            p.wipe(*(keks or {}).values())
             raise
         vault = cls(public.path, public.pin_path, public.header, {}, keys, touches)
+        vault._keks = dict(keks or {})
         vault._adopt(public, body)
         return vault
 
@@ -428,6 +473,8 @@ class UnlockedVault:
 
     def close(self) -> None:
         self.keys.wipe()
+        p.wipe(*self._keks.values())
+        self._keks = {}
         self.body = {}
         self._editor = self._legacy = None
 
@@ -453,14 +500,21 @@ class UnlockedVault:
         self._check_new_label(token.label)
         share = bytearray(self.body["shares"][op_id.hex()].encode())
         try:
-            return _enrol_slot(self.header, op_id, operator, token, share, prompts, now=now)
+            slot = _enrol_slot(self.header, op_id, operator, token, share, prompts, now=now)
         finally:
             p.wipe(share)
+        self._prepared[slot.slot_id] = self.keys.signing_public
+        return slot
 
     def add_slot(self, slot: SlotEntry) -> None:
         """Add a slot made by :meth:`prepare_slot` (re-checked: the header may have moved on since)."""
         _name(self.header, slot.operator_id)  # the operator must still be in this vault
         self._check_new_label(slot.label)
+        if self._prepared.get(slot.slot_id, self.keys.signing_public) != self.keys.signing_public:
+            raise VaultIntegrityError(
+                "the vault's data key was rotated while this token was enrolled; nothing was written",
+                hint="enrol the token again",
+            )
         self.header = self.header.with_slots([*self.header.slots, slot])
 
     def _check_new_label(self, label: str) -> None:
@@ -639,11 +693,49 @@ class UnlockedVault:
             return result
 
     def _rebase(self, current: PublicVault) -> None:
-        if current.header.vault_id != self.header.vault_id or (current.header.signing_key != self.keys.signing_public):
+        if current.header.vault_id == self.header.vault_id and current.header.signing_key != self.keys.signing_public:
+            if self._follow_rotation(current):
+                return
+            raise VaultIntegrityError(
+                "the vault's data key was rotated while this command ran; nothing was written",
+                hint="run the command again: it opens the vault with the new key",
+            )
+        if current.header.vault_id != self.header.vault_id:
             raise VaultIntegrityError(
                 "wallet.dat was replaced by another vault while this command ran; nothing was written"
             )
         self._adopt(current, open_body(current.file, self.keys))
+
+    def _follow_rotation(self, current: PublicVault) -> bool:
+        """The data key was rotated since this vault was opened: re-open it with the KEKs of the slots
+        touched then, if those slots still belong to ``current`` and make its quorum (a slot or operator
+        the rotation removed counts for nothing). No new touch: the same operators' touches stand."""
+        header = current.header
+        shares: dict[bytes, bytearray] = {}
+        try:
+            for slot in header.slots:
+                kek = self._keks.get(slot.slot_id)
+                if kek is None or slot.operator_id in shares:
+                    continue
+                try:
+                    shares[slot.operator_id] = keyslots.unwrap_share_with_kek(slot, kek, header.vault_id)
+                except KmsAgentError:
+                    continue
+            if len(shares) < header.quorum:
+                return False
+            dek = quorum.combine([bytes(s).decode() for s in shares.values()], header.quorum)
+        finally:
+            p.wipe(*shares.values())
+        keys = VaultKeys(dek, header.vault_id)
+        try:
+            body = open_body(current.file, keys)
+        except KmsAgentError:
+            keys.wipe()
+            return False
+        self.keys.wipe()
+        self.keys = keys
+        self._adopt(current, body)
+        return True
 
     def save(self, *, now: int | None = None) -> None:
         """Write generation + 1 atomically (a v2 file, streamed) and move the pin forward with it.
@@ -660,6 +752,11 @@ class UnlockedVault:
         )
         header, head, header_mac = seal_head(header.with_index(built.root), self.body, self.keys)
         crash_point("before-vault-save")
+        # Every change backs up the file it replaces first; a failed backup refuses the change here,
+        # before wallet.dat is touched (docs/operations.md "Backups").
+        from agent.vault.backups import before_save
+
+        before_save(self.path)
         if self._migrating is not None:
             backup = _write_backup(self.path, self._migrating)
             logger.warning(
@@ -813,6 +910,7 @@ def create_vault(
         op_shares = quorum.split(dek, quorum_size, len(operators))
         recovery_words = quorum.split(recovery_secret, recovery_threshold, recovery_shares, for_people=True)
         rec_nonce, rec_wrapped = keyslots.wrap_recovery(dek, recovery_secret, vault_id)
+        rec_kek = keyslots.recovery_kek(recovery_secret, vault_id)
     finally:
         p.wipe(recovery_secret)
     keys = VaultKeys(dek, vault_id)
@@ -838,7 +936,9 @@ def create_vault(
         simulated=False,
         policy=dict(policy),
     )
-    shares = {op.operator_id.hex(): share for op, share in zip(ops, op_shares, strict=True)}
+    shares: dict[str, Any] = {op.operator_id.hex(): share for op, share in zip(ops, op_shares, strict=True)}
+    shares[keyslots.RECOVERY_KEK] = bytes(rec_kek)  # lets a data-key rotation re-wrap for recovery (§6)
+    p.wipe(rec_kek)
     body: dict[str, Any] = {"shares": shares}
     vault = UnlockedVault(path, pin_path, header, body, keys)
     try:

@@ -14,13 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.approvals import ApprovalPayload, RecordedApproval, Rejection
+from agent.approvals import ApprovalPayload, RecordedApproval, Rejection, roster_from_header
+from agent.approvals.verify import rejection_row_slot, verify_reinstatement_record, verify_rejection
 from agent.audit import AuditKind, AuditLog, AuditRow
 from agent.audit.log import row_is_intact
 from agent.errors import ApprovalInvalid, AuditIntegrityError, UsageError
 from agent.withdrawals.velocity import SIGN_COUNT, EvidenceIndexer
+
+if TYPE_CHECKING:
+    from agent.vault.records import VaultHeader
 
 
 def open_audit(state_dir: Path) -> AuditLog:
@@ -172,11 +176,41 @@ class Ledger:
     def request_ids_since(self, seq: int) -> list[str]:
         return self.audit.request_ids_after(seq)
 
-    def suspended(self) -> set[bytes]:
-        """Operators with a ``suspension`` row (cloned-token evidence); reinstatement is a later row kind."""
-        return {
-            bytes.fromhex(row.payload["operator_id"]) for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION]))
-        }
+    def suspended(self, header: VaultHeader | None = None) -> set[bytes]:
+        """Operators with a ``suspension`` row (cloned-token evidence) not lifted by a later ``reinstatement``.
+
+        A reinstatement lifts the suspensions up to the row it names (``suspension_seq``), never a
+        later one. With ``header``, a reinstatement counts only when its quorum of other operators'
+        touches verifies against the tokens the header enrols (docs/withdrawals.md §7).
+        """
+        last: dict[bytes, int] = {}
+        for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION])):
+            op_id = bytes.fromhex(row.payload["operator_id"])
+            last[op_id] = max(last.get(op_id, 0), row.seq)
+        if not last:
+            return set()
+        lifted: dict[bytes, int] = {}
+        roster = roster_from_header(header) if header is not None else None
+        for row in _intact(self.audit.rows(kinds=[AuditKind.REINSTATEMENT])):
+            body = row.payload
+            try:
+                if roster is not None and header is not None:
+                    verify_reinstatement_record(body, roster, vault_id=header.vault_id)
+                op_id, seq = bytes.fromhex(body["operator_id"]), int(body["suspension_seq"])
+            except (ApprovalInvalid, KeyError, TypeError, ValueError):
+                continue  # proves nothing: the operator stays suspended
+            if seq < row.seq:
+                lifted[op_id] = max(lifted.get(op_id, 0), seq)
+        return {op_id for op_id, seq in last.items() if lifted.get(op_id, 0) < seq}
+
+    def last_suspension(self, operator_id: bytes) -> int | None:
+        """The audit row of ``operator_id``'s newest suspension, or None."""
+        seqs = [
+            row.seq
+            for row in _intact(self.audit.rows(kinds=[AuditKind.SUSPENSION]))
+            if row.payload.get("operator_id") == operator_id.hex()
+        ]
+        return max(seqs) if seqs else None
 
     def counters(self, slot_ids: Iterable[bytes]) -> dict[bytes, int]:
         """The highest signCount any approval row recorded for each of ``slot_ids`` (absent: none yet).
@@ -210,6 +244,19 @@ class Ledger:
 
     def signature_rows(self, since: int) -> list[AuditRow]:
         return _intact(self.audit.rows(kinds=[AuditKind.SIGNATURE], since=since))
+
+
+def _veto_counts(body: Mapping[str, Any], rejection: Rejection, payload: ApprovalPayload) -> bool:
+    """A veto rejects the request when unsigned (older kms-agent: the safe direction) or when its
+    signature verifies over this request's rejection digest under the slot the row records; the
+    quorum evaluation checks it again against the slot enrolled in the header (docs/approvals.md §8)."""
+    if rejection.touch is None:
+        return True
+    try:
+        verify_rejection(rejection, rejection_row_slot(body, rejection), payload)
+    except ApprovalInvalid:
+        return False  # a forged veto proves nothing; `audit verify` reports its row
+    return True
 
 
 def derive(rows: Sequence[AuditRow]) -> RequestState:
@@ -247,8 +294,9 @@ def derive(rows: Sequence[AuditRow]) -> RequestState:
             approval = RecordedApproval.from_json(body["approval"])
             approvals[(approval.slot_id, approval.signature)] = approval
         elif row.kind == AuditKind.REJECTION.value:
-            rejections.append(Rejection.from_json(body))
-            if status is Status.PENDING:
+            rejection = Rejection.from_json(body)
+            rejections.append(rejection)
+            if status is Status.PENDING and _veto_counts(body, rejection, payload):
                 status = Status.REJECTED
         elif row.kind == AuditKind.SIGNATURE.value and signed is None:
             signed = Signed(str(body["txid"]), str(body["raw"]), body.get("sender"), row.ts)

@@ -40,6 +40,8 @@ from agent.approvals import (
     roster_from_header,
     slot_public_cbor,
 )
+from agent.approvals.statements import ReinstatementStatement, reinstatement_payload, rejection_digest
+from agent.approvals.verify import rejection_audit_payload, verify_rejection
 from agent.audit import AuditKind, AuditRow
 from agent.audit.log import AuditTransaction
 from agent.chains import Owned, get_chain
@@ -48,8 +50,10 @@ from agent.errors import (
     ApprovalInvalid,
     ChainError,
     KmsAgentError,
+    PinRequired,
     PolicyDenied,
     QuorumNotMet,
+    TokenNotFound,
     UsageError,
 )
 from agent.faults import crash_point
@@ -112,6 +116,24 @@ class PolicyChanged:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.request_id, "generation": self.generation, "approved_by": list(self.approved_by)}
+
+
+@dataclass(frozen=True)
+class Reinstated:
+    """A suspension a quorum of other operators lifted (a ``reinstatement`` audit row)."""
+
+    request_id: str
+    operator: str
+    suspension_seq: int
+    approved_by: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.request_id,
+            "operator": self.operator,
+            "suspension_seq": self.suspension_seq,
+            "approved_by": list(self.approved_by),
+        }
 
 
 class Withdrawals:
@@ -308,7 +330,7 @@ class Withdrawals:
         vault = vault or self.vault()
         self._check_binding(state)
         digest = approval_digest(state.payload)
-        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
         now = self._now()
         policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.velocity(), now)
         rule = _quorum_rule(policy_decision, vault)
@@ -428,7 +450,7 @@ class Withdrawals:
         state = self.request(rid)
         vault = self.vault()
         now = self._now()
-        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
         fresh = [
             RecordedApproval.from_token(
                 t.approval,
@@ -748,7 +770,7 @@ class Withdrawals:
                 request_id=rid,
             )
         rule = policy_change_rule(current)
-        roster = roster_from_header(vault.header, suspended=self.ledger.suspended())
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
         fresh = [
             RecordedApproval.from_token(
                 t.approval,
@@ -762,9 +784,16 @@ class Withdrawals:
         decision = evaluate_quorum(
             ApprovalRequest(payload), fresh, [], rule, roster, now, self.ledger.counters(a.slot_id for a in fresh)
         )
+        writing = decision.approved and len(collected.shares) >= vault.header.quorum
+        if writing:
+            # The backup the vault's save makes first, made before the log says the policy changed:
+            # a full or read-only backup disk then refuses here, with nothing recorded as changed.
+            from agent.vault.backups import before_save
+
+            before_save(self.home / "wallet.dat")
         with self.audit.transaction() as rows:
             self._record(rows, rid, payload, decision, fresh, roster, vault, now)
-            if decision.approved and len(collected.shares) >= vault.header.quorum:
+            if writing:
                 rows.append(
                     AuditKind.POLICY_CHANGE,
                     {"generation": new.generation, "sha256": new.sha256().hex(), "policy": new.to_dict()},
@@ -786,24 +815,255 @@ class Withdrawals:
             opened.transact(lambda v: v.set_policy(new.to_dict()))
         return PolicyChanged(rid, new.generation, tuple(vault.operator_name(a.operator_id) for a in decision.accepted))
 
+    # --- reinstatement ------------------------------------------------------------------------------
+    def reinstate(
+        self, name: str, *, finder: TokenFinder, prompts: Prompts, operators: Sequence[str] | None = None
+    ) -> Reinstated:
+        """Lift ``name``'s suspension after a quorum of *other* operators' touches (docs/withdrawals.md §7).
+
+        The quorum is the policy's ``admin_approvals`` (as for a policy change); the suspended
+        operator is never asked and their touch would not count. Nothing is written unless the
+        quorum is met (except cloned-token evidence found on the way, which is always recorded).
+
+        :raises UsageError: no such operator, or not suspended. :raises QuorumNotMet: too few approvers.
+        """
+        from agent.policy import policy_change_rule
+
+        vault = self.vault()
+        op = vault.header.operator_named(name)
+        if op is None:
+            raise UsageError(f"no operator named {name!r} (see `kms-agent operator list`)")
+        if op.operator_id not in self.ledger.suspended(vault.header):
+            raise UsageError(f"operator {name} is not suspended; nothing to reinstate")
+        seq = self.ledger.last_suspension(op.operator_id)
+        assert seq is not None
+        others = [o for o in operators if o != name] if operators else None
+        if operators and not others:
+            raise UsageError(f"{name}'s own touch never counts towards their reinstatement: name other operators")
+        current = policy_of(vault.header)
+        rule = policy_change_rule(current)
+        statement = ReinstatementStatement(vault.header.vault_id, op.operator_id, seq)
+        payload = reinstatement_payload(
+            statement,
+            request_id=os.urandom(16),
+            expires_at=self._now() + rule.approval_ttl,
+            policy_generation=current.generation,
+        )
+        digest = approval_digest(payload)
+        with OperatorLocks(self.state) as held:
+            collected = vault.collect(
+                finder,
+                prompts,
+                digest=digest,
+                want=rule.approvals_required,
+                operators=others,
+                skip=[op.operator_id],
+                hold=held.acquire,
+            )
+            try:
+                with writer_lock(self.state):
+                    return self._decide_reinstatement(name, statement, payload, collected)
+            finally:
+                collected.wipe()
+
+    def _decide_reinstatement(
+        self, name: str, statement: ReinstatementStatement, payload: ApprovalPayload, collected: Collected
+    ) -> Reinstated:
+        from agent.policy import policy_change_rule
+
+        vault = self.vault()
+        now = self._now()
+        if self.ledger.last_suspension(statement.operator_id) != statement.suspension_seq:
+            raise ApprovalError(f"{name} was suspended again while this was being approved; nothing was written")
+        current = policy_of(vault.header)
+        if current.generation != payload.policy_generation:
+            raise ApprovalError("the policy changed while this reinstatement was being approved; nothing was written")
+        rule = policy_change_rule(current)
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
+        fresh = [
+            RecordedApproval.from_token(
+                t.approval, request_id=payload.request_id, operator_id=t.operator_id, slot_id=t.slot_id, approved_at=now
+            )
+            for t in collected.touches
+        ]
+        decision = evaluate_quorum(
+            ApprovalRequest(payload, initiator=statement.operator_id),
+            fresh,
+            [],
+            rule,
+            roster,
+            now,
+            self.ledger.counters(a.slot_id for a in fresh),
+        )
+        rid = payload.request_id.hex()
+        if not decision.approved:
+            if decision.suspended:  # cloned-token evidence is recorded whatever else happens
+                with self.audit.transaction() as rows:
+                    self._record(rows, rid, payload, decision, fresh, roster, vault, now)
+            raise QuorumNotMet(
+                f"reinstating {name} needs {rule.approvals_required} other operators' approvals: {decision.explain()}",
+                hint="name operators present with --operator; the suspended operator's own touch never counts",
+                request_id=rid,
+            )
+        approved_by = [a for a in decision.accepted if a.operator_id in decision.approved_by]
+        body = {
+            "operator_id": statement.operator_id.hex(),
+            "operator": name,
+            "suspension_seq": statement.suspension_seq,
+            "statement_cbor": statement.canonical_bytes().hex(),
+        }
+        with self.audit.transaction() as rows:
+            rows.append(AuditKind.REQUEST, {"action": "reinstatement", **body}, request_id=rid, ts=now)
+            self._record(rows, rid, payload, decision, fresh, roster, vault, now)
+            rows.append(
+                AuditKind.REINSTATEMENT,
+                {
+                    **body,
+                    "payload_cbor": payload.canonical_bytes().hex(),
+                    "approvals_required": rule.approvals_required,
+                    "approvals": [a.to_json() for a in approved_by],
+                    "approved_by": [vault.operator_name(o) for o in decision.approved_by],
+                },
+                request_id=rid,
+                actor=name,
+                ts=now,
+            )
+        return Reinstated(
+            rid, name, statement.suspension_seq, tuple(vault.operator_name(o) for o in decision.approved_by)
+        )
+
     # --- veto -----------------------------------------------------------------------------------
-    def reject(self, request_id: str, *, operator: str, reason: str = "") -> RequestState:
-        """Record an operator's veto under the writer lock: once it is durable, nothing signs the request."""
+    def reject(
+        self,
+        request_id: str,
+        *,
+        operator: str,
+        reason: str = "",
+        finder: TokenFinder | None = None,
+        prompts: Prompts | None = None,
+        rejection: Rejection | None = None,
+    ) -> RequestState:
+        """An operator's veto, signed with a touch (docs/approvals.md §8); once durable, nothing signs the request.
+
+        :param rejection: a veto already signed (:meth:`sign_rejection`, e.g. by the CLI that hands it to
+            a running agent); otherwise ``operator`` touches their token here (``finder``, ``prompts``:
+            by default the tokens on this host and the terminal).
+        :raises ApprovalInvalid: the signature does not verify against the operator's enrolled token.
+        """
+        if rejection is None:
+            rejection = self.sign_rejection(
+                request_id, operator=operator, reason=reason, finder=finder, prompts=prompts
+            )
+        return self.record_rejection(request_id, rejection, operator=operator)
+
+    def sign_rejection(
+        self,
+        request_id: str,
+        *,
+        operator: str,
+        reason: str = "",
+        finder: TokenFinder | None = None,
+        prompts: Prompts | None = None,
+    ) -> Rejection:
+        """PIN and touch of ``operator``'s token over the request's rejection digest; nothing is written."""
         vault = self.vault()
         op_id = _operator_id(vault, operator)
         if op_id is None:
             raise UsageError("only an operator can veto a request")
+        state = self.request(request_id)
+        self._vetoable(state)
+        if finder is None:
+            from agent.tokens.discovery import find_token
+
+            home = self.home
+            finder = lambda slot: find_token(slot, home)  # noqa: E731
+        if prompts is None:
+            prompts = _UnattendedPrompts(self.home)
+        digest = rejection_digest(state.payload, reason)
+        with OperatorLocks(self.state) as held:
+            collected = vault.collect(finder, prompts, digest=digest, want=1, operators=[operator], hold=held.acquire)
+            try:
+                if not collected.touches:
+                    raise TokenNotFound(
+                        f"no token of {operator} is present to sign the veto",
+                        hint="plug in one of the operator's tokens (see `kms-agent token list`)",
+                        request_id=state.request_id,
+                    )
+                touch = collected.touches[0]
+            finally:
+                collected.wipe()
+        now = self._now()
+        evidence = RecordedApproval.from_token(
+            touch.approval,
+            request_id=state.payload.request_id,
+            operator_id=touch.operator_id,
+            slot_id=touch.slot_id,
+            approved_at=now,
+        )
+        return Rejection(state.payload.request_id, op_id, now, reason, evidence)
+
+    def record_rejection(self, request_id: str, rejection: Rejection, *, operator: str | None = None) -> RequestState:
+        """Verify a signed veto against the operator's enrolled token and write its row, under the writer lock."""
+        vault = self.vault()
         with writer_lock(self.state):
             state = self.request(request_id)
             rid = state.request_id
-            if state.status is Status.SIGNED:
-                raise ApprovalError(f"request {rid} is already signed; too late to veto", request_id=rid)
-            if not state.pending:
-                raise ApprovalError(f"request {rid} is {state.status.value}; nothing to reject", request_id=rid)
-            rejection = Rejection(bytes.fromhex(rid), op_id, self._now(), reason)
-            self.audit.append(AuditKind.REJECTION, rejection.to_json(), request_id=rid, actor=operator)
+            self._vetoable(state)
+            roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
+            op = roster.get(rejection.operator_id)
+            if op is None or (operator is not None and op.name != operator):
+                raise UsageError(f"the veto is not signed by operator {operator or rejection.operator_id.hex()}")
+            touch = rejection.touch
+            slot = op.slot(touch.slot_id) if touch is not None else None
+            if touch is None or slot is None:
+                raise ApprovalInvalid(
+                    f"a veto must be signed with a touch of one of {op.name}'s tokens", request_id=rid
+                )
+            now = self._now()
+            rejection = dataclasses.replace(
+                rejection, rejected_at=now, touch=dataclasses.replace(touch, approved_at=now)
+            )
+            verify_rejection(rejection, slot, state.payload)
+            self.audit.append(
+                AuditKind.REJECTION,
+                rejection_audit_payload(state.payload, rejection, slot),
+                request_id=rid,
+                actor=op.name,
+                ts=now,
+            )
             self.sync()
             return self.request(rid)
+
+    @staticmethod
+    def _vetoable(state: RequestState) -> None:
+        rid = state.request_id
+        if state.status is Status.SIGNED:
+            raise ApprovalError(f"request {rid} is already signed; too late to veto", request_id=rid)
+        if not state.pending:
+            raise ApprovalError(f"request {rid} is {state.status.value}; nothing to reject", request_id=rid)
+
+
+class _UnattendedPrompts:
+    """The default for library callers that pass no prompts: nobody is there to enter a PIN.
+
+    Simulated tokens whose touch is automated (``KMS_AGENT_SIM_TOUCH``, README "Scripting contract")
+    answer their own PIN, as the CLI's prompts do; any other token needs the caller's prompts.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def touch(self, token_label: str) -> None:
+        print(f"Touch {token_label} now...", file=sys.stderr, flush=True)
+
+    def pin(self, token_label: str, attempts_remaining: int | None) -> bytearray:
+        if token_label.startswith("sim:") and os.environ.get("KMS_AGENT_SIM_TOUCH", "ask") != "ask":
+            from agent.tokens.sim import simulated_pin
+
+            return bytearray(simulated_pin(self.home, token_label[4:]).encode())
+        raise PinRequired(
+            f"{token_label} needs its PIN and no prompt was given", hint="use `kms-agent reject`, which asks for it"
+        )
 
 
 #: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a

@@ -73,3 +73,38 @@ def payload_map(fields: dict[str, Any]) -> dict[str, Any]:
 def digest(fields: dict[str, Any]) -> tuple[bytes, bytes]:
     data = encode(payload_map(fields))
     return data, hashlib.sha256(DOMAIN + data).digest()
+
+
+# --- docs/approvals.md §8 (vetoes) and §9 (reinstatements) -------------------------------------
+REJECTION_DOMAIN = b"kms-agent/v1/rejection\x00"
+
+
+def rejection_map(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "action": "reject",
+        "vault_id": bytes.fromhex(fields["vault_id"]),
+        "request_id": bytes.fromhex(fields["request_id"]),
+        "payload_sha256": bytes.fromhex(fields["payload_sha256"]),
+        "reason": fields["reason"],
+    }
+
+
+def rejection_digest(fields: dict[str, Any]) -> tuple[bytes, bytes]:
+    data = encode(rejection_map(fields))
+    return data, hashlib.sha256(REJECTION_DOMAIN + data).digest()
+
+
+def reinstatement_map(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "action": "reinstate",
+        "vault_id": bytes.fromhex(fields["vault_id"]),
+        "operator_id": bytes.fromhex(fields["operator_id"]),
+        "suspension_seq": fields["suspension_seq"],
+    }
+
+
+def reinstatement_sha256(fields: dict[str, Any]) -> tuple[bytes, bytes]:
+    data = encode(reinstatement_map(fields))
+    return data, hashlib.sha256(data).digest()

@@ -233,3 +233,24 @@ def test_enrolment_counter_is_the_floor(team: Team) -> None:
     p = payload()
     d = evaluate_quorum(request(p), [team.approve(p, 1, 0x11, counter=12)], [], RULE_2, roster, NOW, {})
     assert d.suspended == (oid(1),)
+
+
+def test_a_signed_veto_rejects_only_when_its_signature_verifies(team: Team) -> None:
+    from agent.approvals.statements import rejection_digest
+
+    p = payload()
+    approvals = [team.approve(p, 1, 0x11), team.approve(p, 2, 0x21)]
+    for slot, operator in ((0x41, 4), (0x31, 3)):  # FIDO2 and PIV vetoes
+        touch = team.approve(p, operator, slot, digest=rejection_digest(p, "no"))
+        veto = Rejection(p.request_id, oid(operator), NOW - 5, "no", touch)
+        d = evaluate_quorum(request(p), approvals, [veto], RULE_2, team.roster, NOW, {})
+        assert d.outcome is QuorumOutcome.REJECTED, d.explain()
+    # Signed over the approval digest, over another reason, or with another operator's token: ignored, alerted.
+    bad = [
+        Rejection(p.request_id, oid(4), NOW, "no", team.approve(p, 4, 0x41)),
+        Rejection(p.request_id, oid(4), NOW, "edited", team.approve(p, 4, 0x41, digest=rejection_digest(p, "no"))),
+        Rejection(p.request_id, oid(4), NOW, "no", team.approve(p, 4, 0x21, digest=rejection_digest(p, "no"))),
+    ]
+    for veto in bad:
+        d = evaluate_quorum(request(p), approvals, [veto], RULE_2, team.roster, NOW, {})
+        assert d.approved and any(r.rule == "veto-signature" and r.alert for r in d.reasons), d.explain()

@@ -41,6 +41,8 @@ ETH_KEY = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 NOT_RUN = {"demo", "serve"}  # serve runs until SIGTERM (tests/service start it)
 #: Commands whose exit code depends on the machine (``doctor`` exits 1 when pcscd or udev is missing).
 ANY_DOCUMENTED = {"doctor"}
+#: Groups that run a default command when given no subcommand (``backup`` is ``backup create``).
+DEFAULT_COMMAND = {"backup"}
 #: Commands that need an option even though none is marked required.
 NEEDS_OPTIONS = {"sim pcsc": 2}
 WALLET = "{wallet}"  # replaced by the signature id of the wallet stored in the vault fixture
@@ -154,7 +156,7 @@ def _tree_cases() -> list[Case]:
         group = _is_group(cmd)
         required = any(p.required for p in _params(cmd))
         # 1. no arguments
-        if group or required:
+        if (group and name not in DEFAULT_COMMAND) or required:
             cases.append(Case(f"{name}: no arguments", path, 2, stderr_has=("kms-agent: error: ",)))
         elif name not in NOT_RUN:
             expect: int | frozenset[int] = frozenset({0, 7})  # an empty home: it works, or there is no vault
