@@ -811,7 +811,9 @@ class Withdrawals:
                 f"touches and only {len(collected.shares)} were present",
                 request_id=rid,
             )
-        with vault.open_with(collected) as opened:
+        # Open the file the touches were made against: if a rotation committed since, transact follows
+        # it with the same operators' slots (or refuses), where the new file would not open at all.
+        with collected.vault.open_with(collected) as opened:
             opened.transact(lambda v: v.set_policy(new.to_dict()))
         return PolicyChanged(rid, new.generation, tuple(vault.operator_name(a.operator_id) for a in decision.accepted))
 
