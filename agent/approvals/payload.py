@@ -137,6 +137,36 @@ class ApprovalPayload:
         return approval_digest(self)
 
     @classmethod
+    def for_statement(
+        cls,
+        action: Action,
+        *,
+        vault_id: bytes,
+        request_id: bytes,
+        statement_sha256: bytes,
+        expires_at: int,
+        policy_generation: int,
+        initiator: bytes | None = None,
+    ) -> ApprovalPayload:
+        """A payload that moves no coin: approvers sign the SHA-256 of a statement (a policy, a reinstatement)."""
+        return cls(
+            vault_id=vault_id,
+            request_id=request_id,
+            chain="",
+            network="",
+            signature_id="",
+            derivation_index=0,
+            unsigned_tx_sha256=statement_sha256,
+            outputs=(),
+            fee=0,
+            nonce=None,
+            expires_at=expires_at,
+            policy_generation=policy_generation,
+            action=action,
+            initiator=initiator,
+        )
+
+    @classmethod
     def from_cbor(cls, data: bytes) -> ApprovalPayload:
         """Strictly decode stored payload bytes (audit rows, a co-signer's input).
 

@@ -171,19 +171,12 @@ def reinstatement_payload(
     ``initiator`` is the suspended operator, so that their own touch never counts towards lifting
     their own suspension; ``unsigned_tx_sha256`` is the statement's SHA-256.
     """
-    return ApprovalPayload(
+    return ApprovalPayload.for_statement(
+        Action.REINSTATEMENT,
         vault_id=statement.vault_id,
         request_id=request_id,
-        chain="",
-        network="",
-        signature_id="",
-        derivation_index=0,
-        unsigned_tx_sha256=statement.sha256(),
-        outputs=(),
-        fee=0,
-        nonce=None,
+        statement_sha256=statement.sha256(),
         expires_at=expires_at,
         policy_generation=policy_generation,
-        action=Action.REINSTATEMENT,
         initiator=statement.operator_id,
     )

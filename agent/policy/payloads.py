@@ -64,20 +64,13 @@ def policy_change_payload(
     """
     if new.generation != current.generation + 1:
         raise PolicyFormatError(f"the new policy must be generation {current.generation + 1}, not {new.generation}")
-    return ApprovalPayload(
+    return ApprovalPayload.for_statement(
+        Action.POLICY_CHANGE,
         vault_id=vault_id,
         request_id=request_id,
-        chain="",
-        network="",
-        signature_id="",
-        derivation_index=0,
-        unsigned_tx_sha256=new.sha256(),
-        outputs=(),
-        fee=0,
-        nonce=None,
+        statement_sha256=new.sha256(),
         expires_at=expires_at,
         policy_generation=current.generation,
-        action=Action.POLICY_CHANGE,
     )
 
 
