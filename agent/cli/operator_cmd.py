@@ -8,16 +8,13 @@ from typing import Annotated
 import typer
 
 from agent.cli.context import Paths, emit
-from agent.cli.options import AllowUnattested, Json, Operators, PinStdin
+from agent.cli.options import AllowUnattested, DropAbsent, Json, Operators, PinStdin
 from agent.errors import UsageError
 
 app = typer.Typer(help="operators and their tokens", no_args_is_help=True)
 
 QuorumOpt = Annotated[
     int | None, typer.Option("--quorum", help="the quorum after the change (default: unchanged)", show_default=False)
-]
-DropAbsent = Annotated[
-    bool, typer.Option("--drop-absent", help="drop the slots of tokens that are not plugged in instead of refusing")
 ]
 
 

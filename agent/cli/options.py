@@ -27,3 +27,9 @@ AllowUnattested = Annotated[
         help="enrol a token whose attestation chains to no bundled root (other vendors); recorded in the slot",
     ),
 ]
+
+#: A data-key rotation touches every remaining token once; this drops the absent ones instead of refusing.
+DropAbsent = Annotated[
+    bool,
+    typer.Option("--drop-absent", help="drop the slots of tokens that are not plugged in instead of refusing"),
+]

@@ -612,11 +612,13 @@ def register(app: typer.Typer) -> None:
         if "mnemonic" in entry and row.chain in supported_chains():
             impl = get_chain(row.chain)
             key = impl.private_key_from_mnemonic(" ".join(entry["mnemonic"].split()), index, testnet=row.testnet)
+            text = bytearray()
             try:
                 text = private_key_text(impl, key, testnet=row.testnet)
-                _dump({"privateKey": text.decode()})
+                _dump({"privateKey": text.decode()})  # the command's output, to stdout only (a quorum unlocked)
             finally:
                 key[:] = bytes(len(key))
+                text[:] = bytes(len(text))
             return
         # Tatum: the stored secret if there is one; never the empty mnemonic's key Tatum prints.
         value = entry.get("secret") or entry.get("privateKey")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.context import CliPrompts, Paths, emit
-from agent.cli.options import AllowUnattested, Json, Operators, Owner, PinStdin
+from agent.cli.options import AllowUnattested, DropAbsent, Json, Operators, Owner, PinStdin
 
 app = typer.Typer(help="enrol, list and remove tokens", no_args_is_help=True)
 
@@ -77,9 +77,7 @@ def enrol(
 @app.command("remove")
 def remove(
     label: Annotated[str, typer.Argument(help="the token label shown by `token list`")],
-    drop_absent: Annotated[
-        bool, typer.Option("--drop-absent", help="drop the slots of other tokens that are not plugged in")
-    ] = False,
+    drop_absent: DropAbsent = False,
     operator: Operators = None,
     pin_stdin: PinStdin = False,
     as_json: Json = False,

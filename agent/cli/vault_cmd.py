@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.context import Paths, emit, err
-from agent.cli.options import Json, Operators, PinStdin
+from agent.cli.options import DropAbsent, Json, Operators, PinStdin
 
 app = typer.Typer(help="check and trust wallet.dat, rotate its data key", no_args_is_help=True)
 
@@ -152,9 +152,7 @@ def rotation_text(result: dict[str, Any]) -> str:
 
 @app.command("rotate-key")
 def rotate_key(
-    drop_absent: Annotated[
-        bool, typer.Option("--drop-absent", help="drop the slots of tokens that are not plugged in instead of refusing")
-    ] = False,
+    drop_absent: DropAbsent = False,
     operator: Operators = None,
     pin_stdin: PinStdin = False,
     as_json: Json = False,

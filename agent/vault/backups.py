@@ -338,6 +338,10 @@ def rotate(dest: Path, keep: int, vault_id: str) -> list[Path]:
     return removed
 
 
+#: The last file this process backed up before a save, by its identity, and the copy made.
+_DONE: dict[tuple[object, ...], Backup] = {}
+
+
 def before_save(vault_path: Path) -> Backup | None:
     """The save hook: back up the wallet.dat about to be replaced (None when there is none yet).
 
@@ -347,11 +351,22 @@ def before_save(vault_path: Path) -> Backup | None:
 
     :raises BackupError: the copy could not be written; the caller must not change the vault.
     """
-    if not vault_path.exists():
+    try:
+        st = os.stat(vault_path)
+    except FileNotFoundError:
         return None
     dest = backup_dir(vault_path)
+    # The same file (same inode, size, times) already copied by this process: once is enough (a
+    # policy change backs up before its audit rows, then its save would do it again).
+    key = (str(vault_path), str(dest), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    done = _DONE.get(key)
+    if done is not None and done.path.exists():
+        return done
     try:
-        return write_backup(vault_path, dest, full=False)
+        backup = write_backup(vault_path, dest, full=False)
+        _DONE.clear()
+        _DONE[key] = backup
+        return backup
     except BackupError as exc:
         raise BackupError(
             f"refusing to change the vault: {exc.message}; wallet.dat was left as it was", hint=exc.hint

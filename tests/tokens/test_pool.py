@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import TokenError, WrongToken
+from agent.errors import PinInvalid, WrongToken
 from agent.tokens.discovery import find_token, open_token
 from agent.tokens.sim import create_sim_token, set_plugged
 from tests.conftest import AutoPrompts
@@ -75,8 +75,6 @@ def test_an_unplugged_token_is_absent_even_when_it_was_pooled(
 
 def test_a_token_whose_use_failed_is_not_kept(home: Path, slot: SlotEntry, prompts: AutoPrompts) -> None:
     first = _touch(home, slot, prompts)
-    token = find_token(slot, home)
-    assert token is first
-    with pytest.raises(TokenError), token:  # type: ignore[union-attr]
-        raise TokenError("the touch went wrong")
+    with pytest.raises(PinInvalid):  # the token itself refuses: a wrong PIN
+        _touch(home, slot, AutoPrompts(home, pins={slot.label: "000000"}))
     assert _touch(home, slot, prompts) is not first
