@@ -177,7 +177,7 @@ EXIT_CODES: dict[int, str] = {
     5: "approval or policy: quorum not met, denied, expired",
     6: "vault: integrity, format, rollback or permission failure",
     7: "vault not found",
-    8: "chain: transaction could not be decoded or signed",
+    8: "chain: transaction could not be decoded, signed or broadcast",
     9: "agent state or audit store unusable",
     130: "interrupted (Ctrl-C); nothing was written",
 }

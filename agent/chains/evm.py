@@ -21,6 +21,7 @@ EIP-55 checksummed (XDC: ``xdc`` + the checksummed body, as XDC tools show them)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ def keccak256(data: bytes) -> bytes:
     return bytes(keccak.new(digest_bits=256, data=data).digest())
 
 
+@functools.lru_cache(maxsize=65536)
 def checksum(addr20: bytes) -> str:
     """EIP-55 mixed-case hex body (no prefix) of a 20-byte address."""
     body = addr20.hex()
@@ -317,10 +319,16 @@ class EvmChain(Chain):
     def sign(
         self, tx: bytes | str | Mapping[str, Any], keys: Sequence[bytes], *, testnet: bool, owned: Owned | None = None
     ) -> SignedTx:
-        import rlp
-        from eth_account import Account
+        """Sign the exact decoded fields with coincurve (libsecp256k1) as eth-account does, minus its dict round trip.
 
-        _require_coincurve_backend()
+        The signing hash is keccak256 of the re-encoded unsigned fields (EIP-1559: ``0x02 || rlp(9
+        fields)``; legacy: EIP-155's ``rlp(6 fields, chainId, 0, 0)``), the signature is RFC 6979
+        and low-s, and the result must decode to the same fields and recover to the key's address.
+        tests/chains/test_evm.py checks the bytes are identical to eth-account's.
+        """
+        import rlp
+        from coincurve import PrivateKey, PublicKey
+
         if len(keys) != 1:
             raise ChainError("an EVM transaction is signed by exactly one key")
         key = keys[0]
@@ -328,43 +336,30 @@ class EvmChain(Chain):
             raise ChainError("signing keys must be 32 bytes")
         raw = unsigned_bytes(tx)
         summary, items = self._decode(raw, testnet, owned)
-        sender = self.address_from_private_key(key, testnet=testnet)
         typed = summary.tx_type == "eip1559"
-        d: dict[str, Any] = {
-            "chainId": summary.chain_id,
-            "nonce": summary.nonce,
-            "gas": summary.size,
-            "value": summary.outputs[0].amount,
-            "data": "0x" + bytes(items[7 if typed else 5]).hex(),
-        }
-        if summary.outputs[0].address is not None:
-            d["to"] = "0x" + checksum(bytes(items[5 if typed else 3]))
-        if typed:
-            d.update(
-                type=2,
-                maxPriorityFeePerGas=_uint(items[2], ""),
-                maxFeePerGas=_uint(items[3], ""),
-                accessList=[
-                    {"address": "0x" + checksum(bytes(a)), "storageKeys": ["0x" + bytes(k).hex() for k in keys_]}
-                    for a, keys_ in items[8]
-                ],
-            )
-        else:
-            d["gasPrice"] = _uint(items[1], "")
+        chain_id = summary.chain_id or 0
+        if not typed and chain_id <= 0:
+            raise ChainError("a legacy transaction without an EIP-155 chain id would be valid on every chain")
+        fields = list(items[:9] if typed else items[:6])
+        unsigned = b"\x02" + rlp.encode(fields) if typed else rlp.encode([*fields, chain_id, 0, 0])
+        digest = keccak256(unsigned)
         try:
-            signed = Account.sign_transaction(d, bytes(key))
-        except Exception as exc:
-            raise ChainError(f"eth-account refused the transaction: {type(exc).__name__}") from None
-        out = bytes(signed.raw_transaction)
-        # What was signed must be exactly what was decoded.
-        back = rlp.decode(out[1:] if typed else out)
-        if typed and (out[0] != 0x02 or back[:9] != items):
+            signer = PrivateKey(bytes(key))
+        except Exception:
+            raise ChainError("not a valid secp256k1 private key") from None
+        signature = signer.sign_recoverable(digest, hasher=None)
+        r, s, recid = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64]
+        v = recid if typed else recid + 35 + 2 * chain_id
+        body = rlp.encode([*fields, v, r, s])
+        out = b"\x02" + body if typed else body
+        sender_pub = signer.public_key.format(compressed=False)[1:]
+        sender = self.format_address(keccak256(sender_pub)[-20:])
+        # What was signed must be exactly what was decoded, and must recover to the signing key.
+        back = rlp.decode(body)
+        recovered = PublicKey.from_signature_and_message(signature, digest, hasher=None)
+        if back[: len(fields)] != fields or recovered.format(compressed=False)[1:] != sender_pub:
             raise ChainError("internal error: signed transaction differs from the decoded one")
-        if not typed:
-            v = _uint(back[6], "v")
-            if back[:6] != items[:6] or v not in (2 * (summary.chain_id or 0) + 35, 2 * (summary.chain_id or 0) + 36):
-                raise ChainError("internal error: signed transaction differs from the decoded one")
-        return SignedTx(chain=self.name, raw=out, txid="0x" + bytes(signed.hash).hex(), summary=summary, sender=sender)
+        return SignedTx(chain=self.name, raw=out, txid="0x" + keccak256(out).hex(), summary=summary, sender=sender)
 
     # --- building ---------------------------------------------------------------------------------
     def build_transfer(
@@ -457,23 +452,6 @@ class EvmChain(Chain):
             raise UsageError("nothing to sweep: token balance is zero")
         return self.build_erc20_transfer(
             token=token, to=to, amount=token_balance, nonce=nonce, chain_id=chain_id, gas=gas, **fees
-        )
-
-
-def _require_coincurve_backend() -> None:
-    """Refuse to sign unless eth-keys (under eth-account) uses coincurve, i.e. libsecp256k1.
-
-    Without coincurve, or with ``ECC_BACKEND_CLASS`` pointing elsewhere, eth-keys silently uses
-    its pure-Python backend, which is slow and not constant-time.
-
-    :raises ChainError: another backend is selected.
-    """
-    from eth_keys.backends import get_backend
-
-    if type(get_backend()).__name__ != "CoinCurveECCBackend":
-        raise ChainError(
-            "eth-keys is not using its coincurve (libsecp256k1) backend; refusing to sign",
-            hint="install coincurve and unset ECC_BACKEND_CLASS",
         )
 
 

@@ -82,10 +82,29 @@ COMMANDS: dict[str, _Entry] = {
         "withdraw_cmd", None, "approve a withdrawal with PIN and touch; signs as soon as the quorum is met"
     ),
     "reject": _Entry("withdraw_cmd", None, "veto a withdrawal: it can no longer be signed"),
+    "daemon": _Entry(
+        "daemon_cmd",
+        None,
+        "poll a Tatum-compatible API for pending transactions; sign only what policy and operators approve",
+    ),
     "serve": _Entry(
         "serve_cmd",
         None,
         "serve the local API for applications until SIGTERM or Ctrl-C (Unix socket; --tcp for loopback)",
+    ),
+    "broadcast": _Entry(
+        "broadcast_cmd",
+        None,
+        "send signed transactions to their chain's node, recording every attempt in the audit log",
+    ),
+    "watch": _Entry(
+        "broadcast_cmd",
+        None,
+        "follow broadcast transactions to a final state and record confirmations (until SIGTERM or Ctrl-C)",
+    ),
+    "node": _Entry("broadcast_cmd", "node_app", "the node each chain's signed transactions are sent to"),
+    "callback": _Entry(
+        "broadcast_cmd", "callback_app", "the application's callback for on-chain changes (HMAC-signed)"
     ),
     "token": _Entry("token_cmd", "app", "enrol, list and remove tokens"),
     "operator": _Entry("operator_cmd", "app", "operators and their tokens"),

@@ -69,6 +69,7 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
         "signed",
     )
     out = {("signatureId" if k == "signature_id" else k): rec[k] for k in keys}  # Tatum's name for a wallet
+    out["onchain"] = rec.get("onchain")  # broadcast and confirmations (docs/broadcast.md §5)
     out["approvals"] = [
         {
             "operator_id": a["operator_id"],
@@ -172,6 +173,9 @@ def register(root: typer.Typer) -> None:
         request_id: str,
         operator: Operators = None,
         pin_stdin: PinStdin = False,
+        broadcast: Annotated[
+            bool, typer.Option("--broadcast", help="once signed, send it to its chain's node (docs/broadcast.md)")
+        ] = False,
         as_json: Json = False,
     ) -> None:
         """approve a withdrawal with PIN and touch; signs as soon as the quorum is met
@@ -187,6 +191,14 @@ def register(root: typer.Typer) -> None:
         service = _service()
         state = service.request(request_id)
         vault = load_public(paths)  # warns when the tokens are simulated
+        if broadcast:
+            from agent.broadcast import config as node_config
+
+            if node_config.load(paths.home).node(state.chain, state.testnet) is None:
+                raise UsageError(
+                    f"--broadcast: no node configured for {state.chain} {'testnet' if state.testnet else 'mainnet'}",
+                    hint="kms-agent node set CHAIN ... (nothing was approved)",
+                )
         err(describe(state))
         agent = AgentClient.find(paths.home)
         answer: dict[str, Any] = {}
@@ -210,6 +222,19 @@ def register(root: typer.Typer) -> None:
         touches = answer.get("vault_touches")
         if touches is not None:
             result["vault_touches"] = touches
+        if state.signed is not None and broadcast:
+            from agent.broadcast.broadcaster import BroadcastFailed, broadcast_request
+
+            sent = broadcast_request(paths.home, state.request_id)
+            result["broadcast"] = sent.to_json()
+            emit(result, as_json, f"Signed. txid {state.signed.txid}\nbroadcast: {sent.outcome or sent.skipped}")
+            if not sent.ok and not sent.skipped:
+                raise BroadcastFailed(
+                    f"request {state.request_id} is signed but was not accepted: {sent.reason or 'no answer'}",
+                    hint=f"kms-agent broadcast {state.request_id}",
+                    request_id=state.request_id,
+                )
+            return
         if state.signed is not None:
             emit(result, as_json, f"Signed. txid {state.signed.txid}\n{state.signed.raw}")
             return

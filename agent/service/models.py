@@ -140,6 +140,29 @@ class SignedView(BaseModel):
     signed_at: int
 
 
+class OnChainView(BaseModel):
+    """Where the signed transaction is on its chain, from its broadcast and confirmation rows (docs/broadcast.md §5)."""
+
+    state: str = Field(description="unreachable, broadcast, pending, confirmed, failed, dropped, replaced or unknown")
+    txid: str
+    attempts: int = Field(description="broadcast attempts recorded")
+    accepted: bool = Field(description="whether a node ever accepted the signed bytes")
+    depth: int | None = Field(default=None, description="confirmations (1: in the tip block)")
+    block_height: int | None = None
+    block_hash: str | None = None
+    reason: str | None = Field(default=None, description="the node's reason for a rejection, 'reverted', ...")
+    replaced_by: str | None = Field(default=None, description="the transaction that took the nonce (EVM)")
+    node: str | None = Field(default=None, description="the node's URL, without credentials")
+    last_outcome: str | None = None
+    last_answer: str | None = Field(
+        default=None, description="the node's last answer (its start; whole in the audit log)"
+    )
+    accepted_at: int | None = None
+    stuck_alerted: bool = False
+    updated_at: int
+    audit_seq: int
+
+
 class Withdrawal(BaseModel):
     """A withdrawal request as the audit log proves it."""
 
@@ -163,6 +186,9 @@ class Withdrawal(BaseModel):
     approvals: list[ApprovalView] = Field(description="one per operator who approved so far")
     rejections: list[dict[str, Any]]
     signed: SignedView | None = Field(description="the signed transaction, once there is one")
+    onchain: OnChainView | None = Field(
+        default=None, description="broadcast and confirmations of the signed transaction (docs/broadcast.md)"
+    )
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Withdrawal:
@@ -202,6 +228,7 @@ class Withdrawal(BaseModel):
             ],
             rejections=rec.get("rejections", []),
             signed=SignedView(**rec["signed"]) if rec.get("signed") else None,
+            onchain=OnChainView(**rec["onchain"]) if rec.get("onchain") else None,
         )
 
 

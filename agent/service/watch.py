@@ -408,6 +408,17 @@ def _row_alerts(row: AuditRow) -> Iterator[Alert]:
             severity="critical",
             seq=row.seq,
         )
+    elif row.kind == AuditKind.CONFIRMATION and payload.get("state") in ("failed", "dropped", "replaced"):
+        # A signed withdrawal that will not land as signed (docs/broadcast.md §7).
+        yield Alert(
+            "alert",
+            f"kms-agent: transaction {payload.get('state')}",
+            f"{payload.get('txid')}: {payload.get('reason') or payload.get('state')}",
+            row.ts,
+            request_id=rid,
+            severity="critical",
+            seq=row.seq,
+        )
     elif row.kind == AuditKind.ALERT:
         rule = payload.get("rule")
         if rule == "recovery-used":

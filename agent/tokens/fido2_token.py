@@ -18,6 +18,7 @@ What enrolment refuses (docs/tokens.md): an authenticator that cannot test user 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -317,16 +318,24 @@ class Fido2Token(Token):
         return Unwrapped(ikm, approval)
 
 
+@functools.lru_cache(maxsize=4096)
+def _signature_verifies(cose_key: bytes, message: bytes, signature: bytes) -> bool:
+    """A pure function of its bytes, so remembered: a batch verifies each approval when it records it
+    and again when it signs, and every decision re-verifies the approvals already in the log."""
+    try:
+        CoseKey.parse(cast(Mapping[int, Any], cbor.decode(cose_key))).verify(message, signature)
+    except Exception:
+        return False
+    return True
+
+
 def verify_assertion(
     slot_public: Mapping[str, Any], digest: bytes, auth_data: bytes, signature: bytes, label: str
 ) -> Approval:
     """Check a getAssertion over ``digest`` against the enrolled key; usable offline by auditors."""
     data = AuthenticatorData(auth_data)
-    key = CoseKey.parse(cast(Mapping[int, Any], cbor.decode(slot_public["cose_key"])))
-    try:
-        key.verify(auth_data + digest, signature)
-    except Exception:
-        raise TokenError(f"{label} returned an assertion that does not verify against its enrolled key") from None
+    if not _signature_verifies(bytes(slot_public["cose_key"]), auth_data + digest, bytes(signature)):
+        raise TokenError(f"{label} returned an assertion that does not verify against its enrolled key")
     if data.rp_id_hash != _sha256(slot_public["rp_id"].encode()):
         raise TokenError(f"{label} signed for another relying party")
     up = bool(data.flags & AuthenticatorData.FLAG.UP)

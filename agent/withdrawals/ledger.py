@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from agent.approvals import ApprovalPayload, RecordedApproval, Rejection, roster_from_header
 from agent.approvals.verify import rejection_row_slot, verify_reinstatement_record, verify_rejection
-from agent.audit import AuditKind, AuditLog, AuditRow
+from agent.audit import AuditKind, AuditLog, AuditRow, IndexLookup
 from agent.audit.log import row_is_intact
+from agent.broadcast.chainstate import OnChain, fold, is_chain_row
 from agent.errors import ApprovalInvalid, AuditIntegrityError, UsageError
 from agent.withdrawals.velocity import SIGN_COUNT, EvidenceIndexer
 
@@ -89,6 +90,10 @@ class RequestState:
     decision: Mapping[str, Any]
     rule: Mapping[str, Any]
     last_seq: int
+    #: The outside system's id this request was made for (``tatum:<pending-tx id>``), as its request row says.
+    external: str | None = None
+    #: Where the signed transaction is on its chain (broadcast, confirmation and stuck rows); None before any.
+    onchain: OnChain | None = None
 
     @property
     def pending(self) -> bool:
@@ -123,6 +128,8 @@ class RequestState:
             "rejections": [r.to_json() for r in self.rejections],
             "signed": self.signed.to_json() if self.signed else None,
             "audit_seq": self.last_seq,
+            "external": self.external,
+            "onchain": self.onchain.to_json() if self.onchain else None,
         }
 
 
@@ -212,14 +219,16 @@ class Ledger:
         ]
         return max(seqs) if seqs else None
 
-    def counters(self, slot_ids: Iterable[bytes]) -> dict[bytes, int]:
+    def counters(self, slot_ids: Iterable[bytes], index: IndexLookup | None = None) -> dict[bytes, int]:
         """The highest signCount any approval row recorded for each of ``slot_ids`` (absent: none yet).
 
         One indexed lookup and one re-hashed row per slot. The row found must itself say that slot
         and that count; an index that lost its newest entries can hide a higher count, which
         ``audit verify`` reports (the index is compared with every row).
+
+        :param index: lookups inside an open audit transaction (which sees its own rows).
         """
-        index = self.audit.index()
+        index = index or self.audit.index()
         out: dict[bytes, int] = {}
         for slot_id in dict.fromkeys(slot_ids):
             seq = index.top(SIGN_COUNT + slot_id.hex())
@@ -320,4 +329,6 @@ def derive(rows: Sequence[AuditRow]) -> RequestState:
         decision=decision,
         rule=rule,
         last_seq=rows[-1].seq,
+        external=first.get("external") if isinstance(first.get("external"), str) else None,
+        onchain=fold(row for row in rows[1:] if is_chain_row(row)) if signed is not None else None,
     )

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from agent.files import PRIVATE_FILE, ensure_private_dir, inode_of
 from agent.withdrawals.ledger import Ledger, RequestState, Status, derive
 
 #: Bumped whenever the index's shape changes: a mismatch drops the tables and rebuilds from the log.
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 
 #: Record fields the queue does not keep: they are in the audit log, once.
 _IN_THE_LOG = ("tx", "payload", "summary")
@@ -117,12 +117,19 @@ class Queue:
         return None if inode is None else (inode, inode_of(f"{self.path}-wal"))
 
     # --- keeping level with the audit log ------------------------------------------------------
-    def sync(self, ledger: Ledger, known: RequestState | None = None) -> int:
+    def sync(self, ledger: Ledger, known: RequestState | Iterable[RequestState] | None = None) -> int:
         """Re-derive every request with audit rows the index has not seen; returns how many.
 
-        :param known: a request the caller derived from the log as it is now (it is not derived again
+        :param known: requests the caller derived from the log as it is now (one is not derived again
             if its rows are the newest the log has for it).
         """
+        knowns: dict[str, RequestState]
+        if known is None:
+            knowns = {}
+        elif isinstance(known, RequestState):
+            knowns = {known.request_id: known}
+        else:
+            knowns = {k.request_id: k for k in known}
         head = ledger.audit.last_seq()
         with self._db() as db:
             if _applied(db) == head:
@@ -135,12 +142,9 @@ class Queue:
                     applied = 0
                 ids = ledger.request_ids_since(applied)
                 for rid in ids:
-                    if (
-                        known is not None
-                        and rid == known.request_id
-                        and known.last_seq == ledger.audit.last_seq(request_id=rid)
-                    ):
-                        _put(db, known.to_record())
+                    mine = knowns.get(rid)
+                    if mine is not None and mine.last_seq == ledger.audit.last_seq(request_id=rid):
+                        _put(db, mine.to_record())
                     else:
                         self._put_derived(db, ledger, rid)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('applied_seq', ?)", (head,))
@@ -183,6 +187,11 @@ class Queue:
     def list(self, status: str | None = None) -> list[dict[str, Any]]:
         """Whole records (as :meth:`RequestState.to_record`), read back from the audit log; status as indexed."""
         return [self._whole(record) for record in self._indexed(status)]
+
+    def records(self, status: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The compact records as indexed, without reading the audit log: for choosing whom to look at
+        (the broadcast watcher), never evidence."""
+        return tuple(self._indexed(status))
 
     def _whole(self, record: dict[str, Any]) -> dict[str, Any]:
         """Display only (never evidence): the request's rows as they are, without re-hashing them."""

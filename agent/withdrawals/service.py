@@ -21,7 +21,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,13 @@ from agent.approvals import (
 )
 from agent.approvals.statements import ReinstatementStatement, reinstatement_payload, rejection_digest
 from agent.approvals.verify import rejection_audit_payload, verify_rejection
-from agent.audit import AuditKind, AuditRow
-from agent.audit.log import AuditTransaction
+from agent.audit import AuditKind, AuditRow, IndexLookup
+from agent.audit.log import AuditTransaction, row_is_intact
 from agent.chains import Owned, get_chain
 from agent.errors import (
     ApprovalError,
     ApprovalInvalid,
+    AuditIntegrityError,
     ChainError,
     KmsAgentError,
     PinRequired,
@@ -63,6 +64,7 @@ from agent.policy import (
     Decision,
     HistoryEntry,
     RequestSummary,
+    Velocity,
     evaluate,
     from_tx_summary,
     policy_of,
@@ -71,12 +73,12 @@ from agent.policy import withdrawal_payload as _withdrawal_payload
 from agent.tokens.base import Prompts
 from agent.vault.primitives import wipe
 from agent.vault.records import WalletRow
-from agent.vault.vault import Collected, PublicVault, TokenFinder
+from agent.vault.vault import Collected, PublicVault, TokenFinder, Touch, UnlockedVault
 from agent.wallets.mainnet import refuse_simulated_mainnet
 from agent.withdrawals.holding import ShareHolder
 from agent.withdrawals.ledger import DecisionStage, Ledger, RequestState, Status, derive, open_audit
 from agent.withdrawals.queue import Queue, differences
-from agent.withdrawals.velocity import SLOT_PUBLIC, TallyVelocity, tally_for, velocity_summary
+from agent.withdrawals.velocity import EXTERNAL, SLOT_PUBLIC, TallyVelocity, tally_for, velocity_summary
 
 
 def tx_bytes(tx: str | bytes) -> bytes:
@@ -104,6 +106,64 @@ def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
 
 def _warn(message: str) -> None:
     print(f"kms-agent: warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """One withdrawal to create: the unsigned bytes and the wallet key that would sign them."""
+
+    chain: str
+    signature_id: str
+    index: int
+    tx: str | bytes
+    initiator: str | None = None
+    #: An outside system's id for it (``tatum:<pending-tx id>``): recorded, indexed, never made twice.
+    external: str | None = None
+
+
+@dataclass(frozen=True)
+class Created:
+    spec: CreateSpec
+    #: None when nothing was recorded (undecodable bytes, unknown wallet, outside id already used).
+    state: RequestState | None
+    #: PolicyDenied (then ``state`` is the recorded, denied request), or why nothing was recorded.
+    error: KmsAgentError | None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :meth:`Withdrawals.approve_batch` did, with the two phases timed apart."""
+
+    signed: list[RequestState]
+    #: Requests that are approved but still wait for other approvals (a rule needing more operators).
+    waiting: list[str]
+    failed: dict[str, KmsAgentError]
+    #: Seconds spent collecting touches and recording the approvals.
+    approved_s: float
+    #: Seconds from the approvals being recorded to every signature row being durable.
+    signed_s: float
+
+
+@dataclass(frozen=True)
+class _TouchPlan:
+    digest: bytes
+    rule: QuorumRule
+    #: Operators whose approval already counts.
+    already: set[bytes]
+    #: How many more operators must touch.
+    want: int
+    skip: list[bytes]
+    #: Operators who may never approve this request (suspended; the initiator when the rule says so).
+    not_allowed: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    rid: str
+    row: dict[str, Any]
+    decision: Decision
+    initiator: str | None
+    now: int
 
 
 @dataclass(frozen=True)
@@ -168,10 +228,10 @@ class Withdrawals:
     def _now(self) -> int:
         return int(self.clock())
 
-    def sync(self, known: RequestState | None = None) -> int:
+    def sync(self, known: RequestState | Sequence[RequestState] | None = None) -> int:
         """Bring the queue index level with the audit log (after a crash, or a deleted queue).
 
-        :param known: a request this process just derived from the log (not derived again).
+        :param known: requests this process just derived from the log (not derived again).
         """
         return self.queue.sync(self.ledger, known)
 
@@ -238,27 +298,100 @@ class Withdrawals:
 
     # --- create ---------------------------------------------------------------------------------
     def create(
-        self, *, chain: str, signature_id: str, index: int, tx: str | bytes, initiator: str | None = None
+        self,
+        *,
+        chain: str,
+        signature_id: str,
+        index: int,
+        tx: str | bytes,
+        initiator: str | None = None,
+        external: str | None = None,
     ) -> RequestState:
         """Decode, judge and queue a request. A denied request is recorded, then refused.
 
+        :param external: an outside system's id for it (``tatum:<id>``); a second request for the
+            same id is refused.
         :raises PolicyDenied: the policy denied it (its audit rows are written first).
         """
-        vault = self.vault()
-        wallet = vault.wallet(signature_id)
-        impl = get_chain(chain)
+        spec = CreateSpec(chain, signature_id, index, tx, initiator, external)
+        prepared = self._prepare(spec, self.vault(), self.velocity(), self._now())
+        (outcome,) = self._commit_created([prepared])
+        if isinstance(outcome, KmsAgentError):
+            raise outcome
+        if not prepared.decision.allowed:
+            raise PolicyDenied(
+                f"request {prepared.rid} denied by policy: {prepared.decision.explain()}", request_id=prepared.rid
+            )
+        return outcome
+
+    def create_many(self, specs: Sequence[CreateSpec]) -> list[Created]:
+        """Decode and judge every spec, then record them all in one audit transaction.
+
+        A spec that cannot be decoded or names no wallet of ours is not recorded (its error says
+        why); a denied one is recorded as denied, exactly as :meth:`create` would.
+        """
+        vault, now = self.vault(), self._now()
+        velocity = self.velocity()
+        prepared: list[_Prepared | KmsAgentError] = []
+        for spec in specs:
+            try:
+                prepared.append(self._prepare(spec, vault, velocity, now))
+            except KmsAgentError as exc:
+                prepared.append(exc)
+        committed = iter(self._commit_created([p for p in prepared if isinstance(p, _Prepared)]))
+        out = []
+        for spec, item in zip(specs, prepared, strict=True):
+            if isinstance(item, KmsAgentError):
+                out.append(Created(spec, None, item))
+                continue
+            outcome = next(committed)
+            if isinstance(outcome, KmsAgentError):
+                out.append(Created(spec, None, outcome))
+            elif not item.decision.allowed:
+                denied = PolicyDenied(
+                    f"request {item.rid} denied by policy: {item.decision.explain()}", request_id=item.rid
+                )
+                out.append(Created(spec, outcome, denied))
+            else:
+                out.append(Created(spec, outcome, None))
+        return out
+
+    def find_external(self, external: str) -> RequestState | None:
+        """The request made for an outside system's id, found through the audit index and re-hashed."""
+        index = self.audit.index()
+        seq = index.last(EXTERNAL + external)
+        if seq is None:
+            return None
+        row = index.row(seq)
+        if (
+            row is None
+            or not row_is_intact(row)
+            or row.kind != AuditKind.REQUEST.value
+            or row.payload.get("external") != external
+            or not row.request_id
+        ):
+            raise AuditIntegrityError(
+                f"audit row {seq}, indexed as the request for {external}, does not say so",
+                hint="run `kms-agent audit verify`",
+            )
+        return self.request(row.request_id)
+
+    def _prepare(self, spec: CreateSpec, vault: PublicVault, velocity: Velocity, now: int) -> _Prepared:
+        """Everything a new request's rows say, from the chain module's decode of its exact bytes."""
+        wallet = vault.wallet(spec.signature_id)
+        impl = get_chain(spec.chain)
         if impl.name != wallet.chain:
-            raise UsageError(f"wallet {signature_id} is a {wallet.chain} wallet, not {impl.name}")
+            raise UsageError(f"wallet {spec.signature_id} is a {wallet.chain} wallet, not {impl.name}")
+        index = spec.index
         if not 0 <= index < 2**31 or (wallet.address and index != 0):
             raise UsageError("bad derivation index for this wallet (0 to 2^31-1; 0 for a private-key wallet)")
         refuse_simulated_mainnet(simulated=vault.simulated, testnet=wallet.testnet, what="withdrawal")
-        raw = tx_bytes(tx)
+        raw = tx_bytes(spec.tx)
         summary = impl.decode(raw, testnet=wallet.testnet, owned=_owned(wallet))
-        req_summary = from_tx_summary(summary, signature_id=signature_id, native_asset=impl.symbol)
+        req_summary = from_tx_summary(summary, signature_id=spec.signature_id, native_asset=impl.symbol)
         policy = policy_of(vault.header)
-        now = self._now()
-        decision = evaluate(req_summary, policy, self.velocity(), now)
-        initiator_id = _operator_id(vault, initiator)
+        decision = evaluate(req_summary, policy, velocity, now)
+        initiator_id = _operator_id(vault, spec.initiator)
         request_id = os.urandom(16)
         payload = dataclasses.replace(
             _withdrawal_payload(
@@ -273,31 +406,51 @@ class Withdrawals:
             ),
             initiator=initiator_id,
         )
-        rid = request_id.hex()
+        row: dict[str, Any] = {
+            "chain": impl.name,
+            "testnet": wallet.testnet,
+            "signature_id": spec.signature_id,
+            "index": index,
+            "tx": raw.hex(),
+            "initiator": spec.initiator,
+            "initiator_id": initiator_id.hex() if initiator_id else None,
+            "payload_cbor": payload.canonical_bytes().hex(),
+            "summary": summary.to_json(),
+        }
+        if spec.external is not None:
+            row["external"] = spec.external
+        return _Prepared(request_id.hex(), row, decision, spec.initiator, now)
+
+    def _commit_created(self, prepared: Sequence[_Prepared]) -> list[RequestState | KmsAgentError]:
+        """One audit transaction for all of them; an outside id that already has a request is skipped.
+
+        The check is inside the transaction (under the log's write lock), so two processes given the
+        same outside id cannot both record a request for it.
+        """
+        if not prepared:
+            return []
+        outcomes: dict[str, RequestState | KmsAgentError] = {}
         with self.audit.transaction() as tx_rows:
-            tx_rows.append(
-                AuditKind.REQUEST,
-                {
-                    "chain": impl.name,
-                    "testnet": wallet.testnet,
-                    "signature_id": signature_id,
-                    "index": index,
-                    "tx": raw.hex(),
-                    "initiator": initiator,
-                    "initiator_id": initiator_id.hex() if initiator_id else None,
-                    "payload_cbor": payload.canonical_bytes().hex(),
-                    "summary": summary.to_json(),
-                },
-                request_id=rid,
-                actor=initiator,
-                ts=now,
-            )
-            tx_rows.append(AuditKind.DECISION, _policy_row(decision, DecisionStage.CREATE), request_id=rid, ts=now)
-        state = derive(tx_rows.rows)  # the rows this transaction committed: the request's whole history
-        self.sync(known=state)
-        if not decision.allowed:
-            raise PolicyDenied(f"request {rid} denied by policy: {decision.explain()}", request_id=rid)
-        return state
+            for item in prepared:
+                external = item.row.get("external")
+                if external is not None and tx_rows.index.last(EXTERNAL + external) is not None:
+                    outcomes[item.rid] = UsageError(f"{external} already has a withdrawal request; not made twice")
+                    continue
+                tx_rows.append(AuditKind.REQUEST, item.row, request_id=item.rid, actor=item.initiator, ts=item.now)
+                tx_rows.append(
+                    AuditKind.DECISION,
+                    _policy_row(item.decision, DecisionStage.CREATE),
+                    request_id=item.rid,
+                    ts=item.now,
+                )
+        by_request: dict[str, list[AuditRow]] = {}
+        for row in tx_rows.rows:
+            by_request.setdefault(str(row.request_id), []).append(row)
+        # The rows this transaction committed are each request's whole history.
+        states = [derive(rows) for rows in by_request.values()]
+        outcomes.update((state.request_id, state) for state in states)
+        self.sync(known=states)
+        return [outcomes[item.rid] for item in prepared]
 
     # --- approve and sign -----------------------------------------------------------------------
     def approve(
@@ -321,32 +474,12 @@ class Withdrawals:
         state = self.request(request_id)
         self.check_index(state)
         rid = state.request_id
-        if state.status is Status.SIGNED:
-            raise ApprovalError(f"request {rid} is already signed; nothing to approve", request_id=rid)
-        if state.status is Status.EXPIRED:
-            self._record_terminal(rid)
-        if not state.pending:
-            raise ApprovalError(f"request {rid} is {state.status.value}; nothing to approve", request_id=rid)
         vault = vault or self.vault()
-        self._check_binding(state)
-        digest = approval_digest(state.payload)
-        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
-        now = self._now()
-        policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.velocity(), now)
-        rule = _quorum_rule(policy_decision, vault)
-        before = self._evaluate(state, [], rule, roster, now)
-        if before.outcome.value in ("expired", "rejected", "stale"):
-            self._record_terminal(rid)
-            raise ApprovalError(f"request {rid} is {before.outcome.value}: {before.explain()}", request_id=rid)
-        already = {a.operator_id for a in state.approvals if a.operator_id in before.approved_by}
-        suspended = [op_id for op_id, op in roster.items() if op.suspended]
-        initiator = state.payload.initiator
-        excluded = [initiator] if initiator and not rule.initiator_may_approve else []
-        want = max(rule.approvals_required - len(already), 0)
-        skip = [*already, *suspended, *excluded]
+        plan = self._plan_touches(state, vault)
+        digest, rule, already, want, skip = plan.digest, plan.rule, plan.already, plan.want, plan.skip
         if submit is not None and want == 0:
             # The approvals are complete but the agent lacks shares (it restarted): this touch lends one.
-            want, skip = 1, [*suspended, *excluded]
+            want, skip = 1, list(plan.not_allowed)
         with OperatorLocks(self.state) as held:
             collected = vault.collect(
                 finder,
@@ -375,6 +508,293 @@ class Withdrawals:
                 collected.wipe()
                 if key is not None:
                     wipe(key)
+
+    def _plan_touches(self, state: RequestState, vault: PublicVault) -> _TouchPlan:
+        """Who still has to touch for ``state``, and over which digest; refuses a request that cannot be approved."""
+        rid = state.request_id
+        if state.status is Status.SIGNED:
+            raise ApprovalError(f"request {rid} is already signed; nothing to approve", request_id=rid)
+        if state.status is Status.EXPIRED:
+            self._record_terminal(rid)
+        if not state.pending:
+            raise ApprovalError(f"request {rid} is {state.status.value}; nothing to approve", request_id=rid)
+        self._check_binding(state)
+        roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
+        now = self._now()
+        policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), self.velocity(), now)
+        rule = _quorum_rule(policy_decision, vault)
+        before = self._evaluate(state, [], rule, roster, now)
+        if before.outcome.value in ("expired", "rejected", "stale"):
+            self._record_terminal(rid)
+            raise ApprovalError(f"request {rid} is {before.outcome.value}: {before.explain()}", request_id=rid)
+        already = {a.operator_id for a in state.approvals if a.operator_id in before.approved_by}
+        suspended = [op_id for op_id, op in roster.items() if op.suspended]
+        initiator = state.payload.initiator
+        excluded = [initiator] if initiator and not rule.initiator_may_approve else []
+        return _TouchPlan(
+            digest=approval_digest(state.payload),
+            rule=rule,
+            already=already,
+            want=max(rule.approvals_required - len(already), 0),
+            skip=[*already, *suspended, *excluded],
+            not_allowed=(*suspended, *excluded),
+        )
+
+    # --- batches (the Tatum-compatible daemon) ---------------------------------------------------
+    def approve_batch(
+        self,
+        request_ids: Sequence[str],
+        *,
+        finder: TokenFinder,
+        prompts: Prompts,
+        operators: Sequence[str] | None = None,
+        chunk: int = 256,
+    ) -> BatchResult:
+        """Touch approvals for many requests, then open the vault once and sign every approved one.
+
+        Each request still gets its own touch per operator, over its own digest (what an approver
+        signs is that request's bytes). The touches also unwrap the operators' shares; the first
+        share of each operator is kept for the batch and wiped at the end, so the vault is opened
+        once, in this process, for as long as the signing takes. Approvals and signatures are
+        committed ``chunk`` requests per audit transaction; each signature is decided under the
+        writer lock from the log as committed, so a request is signed at most once.
+        """
+        vault = self.vault()
+        failed: dict[str, KmsAgentError] = {}
+        shares: dict[bytes, bytearray] = {}
+        started = time.perf_counter()
+        with OperatorLocks(self.state) as held:
+            try:
+                touched: list[tuple[str, list[Touch]]] = []
+                recent: dict[bytes, int] = {}
+                approved: set[str] = set()
+                for rid in request_ids:
+                    try:
+                        touches = self._touch_for_batch(rid, vault, finder, prompts, operators, held, shares)
+                    except KmsAgentError as exc:
+                        failed[rid] = exc
+                        continue
+                    if touches:
+                        touched.append((rid, touches))
+                    else:
+                        approved.add(rid)  # its approvals were complete already
+                    if len(touched) >= chunk:
+                        approved |= self._record_batch(touched, recent, failed)
+                        touched = []
+                approved |= self._record_batch(touched, recent, failed)
+                approved_at = time.perf_counter()
+                ready = [rid for rid in dict.fromkeys(request_ids) if rid in approved and rid not in failed]
+                if ready and len(shares) < vault.header.quorum:
+                    # Approved earlier (a previous run): opening the vault still needs a quorum's touches.
+                    self._more_batch_shares(ready[0], vault, finder, prompts, operators, held, shares, recent, failed)
+                signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk)
+                waiting += [rid for rid in dict.fromkeys(request_ids) if rid not in approved and rid not in failed]
+            finally:
+                wipe(*shares.values())
+        return BatchResult(signed, waiting, failed, approved_at - started, time.perf_counter() - approved_at)
+
+    def _more_batch_shares(
+        self,
+        rid: str,
+        vault: PublicVault,
+        finder: TokenFinder,
+        prompts: Prompts,
+        operators: Sequence[str] | None,
+        held: OperatorLocks,
+        shares: dict[bytes, bytearray],
+        recent: dict[bytes, int],
+        failed: dict[str, KmsAgentError],
+    ) -> None:
+        """Ask operators present who have not touched yet, over ``rid``'s digest (recorded as approvals of it)."""
+        state = self.request(rid)
+        extra = vault.collect(
+            finder,
+            prompts,
+            digest=approval_digest(state.payload),
+            want=vault.header.quorum - len(shares),
+            operators=operators,
+            skip=list(shares),
+            hold=lambda op_id: held.acquire(op_id, wait=False),
+        )
+        try:
+            for op_id, share in extra.shares.items():
+                shares.setdefault(op_id, bytearray(share))
+            self._record_batch([(rid, list(extra.touches))], recent, failed)
+        finally:
+            extra.wipe()
+
+    def _touch_for_batch(
+        self,
+        rid: str,
+        vault: PublicVault,
+        finder: TokenFinder,
+        prompts: Prompts,
+        operators: Sequence[str] | None,
+        held: OperatorLocks,
+        shares: dict[bytes, bytearray],
+    ) -> list[Touch]:
+        state = self.request(rid)
+        plan = self._plan_touches(state, vault)
+        if plan.want == 0:
+            return []
+        collected = vault.collect(
+            finder, prompts, digest=plan.digest, want=plan.want, operators=operators, skip=plan.skip, hold=held.acquire
+        )
+        try:
+            for op_id, share in collected.shares.items():
+                if op_id not in shares:
+                    shares[op_id] = bytearray(share)
+            return list(collected.touches)
+        finally:
+            collected.wipe()
+
+    def _record_batch(
+        self, touched: Sequence[tuple[str, Sequence[Touch]]], recent: dict[bytes, int], failed: dict[str, KmsAgentError]
+    ) -> set[str]:
+        """Record a chunk's touches in one transaction, each judged from the log under the writer lock.
+
+        Returns the requests whose approvals are now complete.
+        """
+        approved: set[str] = set()
+        if not touched:
+            return approved
+        with writer_lock(self.state):
+            vault = self.vault()
+            roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
+            now = self._now()
+            with self.audit.transaction() as rows:
+                velocity = TallyVelocity(rows.index, self.history_entry)
+                for rid, touches in touched:
+                    state = self.ledger.request(rid)
+                    if not state.pending or now >= state.payload.expires_at:
+                        failed[rid] = ApprovalError(
+                            f"request {rid} was {state.status_at(now).value} meanwhile; nothing recorded",
+                            request_id=rid,
+                        )
+                        continue
+                    fresh = [
+                        RecordedApproval.from_token(
+                            t.approval,
+                            request_id=state.payload.request_id,
+                            operator_id=t.operator_id,
+                            slot_id=t.slot_id,
+                            approved_at=now,
+                        )
+                        for t in touches
+                    ]
+                    self._check_binding(state)
+                    policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), velocity, now)
+                    rule = _quorum_rule(policy_decision, vault)
+                    decision = self._evaluate(state, fresh, rule, roster, now, recent, rows.index)
+                    self._record(rows, rid, state.payload, decision, fresh, roster, vault, now, payload_in_request=True)
+                    for approval in decision.accepted:
+                        recent[approval.slot_id] = max(recent.get(approval.slot_id, 0), approval.sign_count)
+                    if decision.approved:
+                        approved.add(rid)
+                    elif decision.outcome.value not in ("pending", "consumed"):
+                        failed[rid] = ApprovalError(
+                            f"request {rid} is {decision.outcome.value}: {decision.explain()}", request_id=rid
+                        )
+        self.sync()
+        return approved
+
+    def _sign_batch(
+        self,
+        request_ids: Sequence[str],
+        vault: PublicVault,
+        shares: dict[bytes, bytearray],
+        failed: dict[str, KmsAgentError],
+        chunk: int,
+    ) -> tuple[list[RequestState], list[str]]:
+        """Open the vault once with the batch's shares and sign every request the log shows approved."""
+        signed: list[RequestState] = []
+        waiting: list[str] = []
+        if not request_ids:
+            return signed, waiting
+        if len(shares) < vault.header.quorum:
+            for rid in request_ids:
+                failed[rid] = QuorumNotMet(
+                    f"request {rid}: opening the vault to sign needs {vault.header.quorum} operators' touches "
+                    f"and only {len(shares)} took part in this batch",
+                    request_id=rid,
+                )
+            return signed, waiting
+        keys: dict[tuple[str, int], bytearray] = {}
+        copies = Collected(vault, shares={op: bytearray(share) for op, share in shares.items()})
+        try:
+            with vault.open_with(copies) as opened:
+                for start in range(0, len(request_ids), chunk):
+                    # Read outside the lock; under it, a request with a newer row is read again.
+                    part = {rid: self.ledger.rows(rid) for rid in request_ids[start : start + chunk]}
+                    for history in part.values():
+                        state = derive(history)
+                        if (state.signature_id, state.index) not in keys and state.signed is None:
+                            keys[state.signature_id, state.index] = _wallet_key(opened, state)
+                    done, still = self._sign_chunk(part, vault, keys, failed)
+                    signed.extend(done)
+                    waiting.extend(still)
+        finally:
+            wipe(*keys.values())
+        return signed, waiting
+
+    def _sign_chunk(
+        self,
+        histories: dict[str, list[AuditRow]],
+        vault: PublicVault,
+        keys: dict[tuple[str, int], bytearray],
+        failed: dict[str, KmsAgentError],
+    ) -> tuple[list[RequestState], list[str]]:
+        """One transaction: each request judged under the writer lock from its newest rows, and signed once."""
+        waiting: list[str] = []
+        done: list[str] = []
+        with writer_lock(self.state):
+            vault = self.vault()
+            roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
+            policy = policy_of(vault.header)
+            now = self._now()
+            with self.audit.transaction() as rows:
+                # Velocity sees the signatures this transaction already holds.
+                velocity = TallyVelocity(rows.index, self.history_entry)
+                for rid, history in histories.items():
+                    if self.audit.last_seq(request_id=rid) != history[-1].seq:
+                        histories[rid] = history = self.ledger.rows(rid)  # another process wrote meanwhile
+                    state = derive(history)
+                    if state.signed is not None or state.status_at(now) is not Status.PENDING:
+                        if state.signed is None:
+                            failed[rid] = ApprovalError(
+                                f"request {rid} is {state.status_at(now).value}", request_id=rid
+                            )
+                        continue
+                    self._check_binding(state)
+                    summary = self._decode(state, vault)
+                    policy_decision = evaluate(summary, policy, velocity, now)
+                    rule = _quorum_rule(policy_decision, vault)
+                    decision = self._evaluate(state, [], rule, roster, now, index=rows.index)
+                    if not decision.approved:
+                        waiting.append(rid)
+                        continue
+                    if not policy_decision.allowed:
+                        rows.append(
+                            AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=rid, ts=now
+                        )
+                        failed[rid] = PolicyDenied(
+                            f"request {rid} approved, but the policy denies it now: {policy_decision.explain()}",
+                            request_id=rid,
+                        )
+                        continue
+                    key = keys.get((state.signature_id, state.index))
+                    if key is None:
+                        continue  # signed by another process meanwhile (its key was never derived here)
+                    self._sign(rows, state, vault, Collected(vault), summary, policy_decision, now, key)
+                    done.append(rid)
+                crash_point("before-commit")
+        crash_point("after-commit")
+        new: dict[str, list[AuditRow]] = {}
+        for row in rows.rows:
+            new.setdefault(str(row.request_id), []).append(row)
+        states = [derive([*histories[rid], *new[rid]]) for rid in done]
+        self.sync(known=states)
+        return states, waiting
 
     def decide_held(self, rid: str, collected: Collected, holder: ShareHolder) -> tuple[RequestState, bool]:
         """The running agent's decision: touches a CLI sent, plus the shares held for this request.
@@ -437,9 +857,17 @@ class Withdrawals:
         rule: QuorumRule,
         roster: Any,
         now: int,
+        recent: Mapping[bytes, int] | None = None,
+        index: IndexLookup | None = None,
     ) -> QuorumDecision:
+        """:param recent: signCounts recorded by this batch's earlier transactions.
+        :param index: lookups inside an open audit transaction."""
         request = ApprovalRequest(state.payload, initiator=state.payload.initiator, consumed=state.signed is not None)
-        counters = self.ledger.counters(a.slot_id for a in fresh)  # only fresh approvals are checked against them
+        # Only fresh approvals are checked against the counters.
+        counters = self.ledger.counters((a.slot_id for a in fresh), index)
+        for slot_id, count in (recent or {}).items():
+            if slot_id in counters or any(a.slot_id == slot_id for a in fresh):
+                counters[slot_id] = max(counters.get(slot_id, 0), count)
         return evaluate_quorum(request, [*state.approvals, *fresh], state.rejections, rule, roster, now, counters)
 
     def _decide(self, rid: str, collected: Collected, *, key: bytearray | None = None) -> RequestState:
@@ -639,20 +1067,9 @@ class Withdrawals:
     @staticmethod
     def _signing_key(state: RequestState, vault: PublicVault, collected: Collected) -> bytearray:
         """The request's wallet key, opened with a quorum of ``collected``'s shares (which it leaves in place)."""
-        impl = get_chain(state.chain)
         shares = Collected(vault, shares={op: bytearray(share) for op, share in collected.shares.items()})
         with vault.open_with(shares) as opened:
-            wallet_type, secret = opened.read_secret(state.signature_id)
-            try:
-                text = secret.decode()
-                key = (
-                    impl.private_key_from_mnemonic(text, state.index, testnet=state.testnet)
-                    if wallet_type == "MNEMONIC"
-                    else impl.parse_private_key(text, testnet=state.testnet)
-                )
-                del text
-            finally:
-                wipe(secret)
+            key = _wallet_key(opened, state)
         return key
 
     def _sign(
@@ -1071,6 +1488,23 @@ class _UnattendedPrompts:
 #: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a
 #: BIP-32 derivation that re-derives from the wallet's xpub), never because a request says so.
 CHANGE_GAP = 100
+
+
+def _wallet_key(opened: UnlockedVault, state: RequestState) -> bytearray:
+    """The key that signs ``state``: its wallet's mnemonic at the request's index, or its private key."""
+    impl = get_chain(state.chain)
+    wallet_type, secret = opened.read_secret(state.signature_id)
+    try:
+        text = secret.decode()
+        key = (
+            impl.private_key_from_mnemonic(text, state.index, testnet=state.testnet)
+            if wallet_type == "MNEMONIC"
+            else impl.parse_private_key(text, testnet=state.testnet)
+        )
+        del text
+    finally:
+        wipe(secret)
+    return key
 
 
 def _owned(wallet: WalletRow) -> Owned:

@@ -36,12 +36,14 @@ LEGACY_SIGNATURE = "velocity-legacy"
 SIGN_COUNT = "signcount:"
 #: Approval rows that carry a slot's public fields inline, by their SHA-256 (later rows refer to them).
 SLOT_PUBLIC = "slot-public:"
+#: Requests made for an outside system's id (``tatum:<pending-tx id>``), so one id never becomes two requests.
+EXTERNAL = "external:"
 
 
 class EvidenceIndexer(AuditIndexer):
-    """Index entries for the evidence a decision looks up: velocity totals and signCounts."""
+    """Index entries for the evidence a decision looks up: velocity totals, signCounts, outside ids."""
 
-    version = "evidence-1"
+    version = "evidence-2"
 
     def entries(self, row: AuditRow) -> Iterable[tuple[str, int]]:
         payload = row.payload if isinstance(row.payload, dict) else {}
@@ -67,6 +69,8 @@ class EvidenceIndexer(AuditIndexer):
                 with contextlib.suppress(ValueError):
                     entries.append((SLOT_PUBLIC + hashlib.sha256(bytes.fromhex(public)).hexdigest(), 0))
             return entries
+        if row.kind == AuditKind.REQUEST.value and isinstance(payload.get("external"), str):
+            return [(EXTERNAL + payload["external"], 0)]
         return []
 
 

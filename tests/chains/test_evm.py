@@ -277,7 +277,42 @@ def test_input_forms_agree() -> None:
     assert chain.decode(json.dumps(d), testnet=False) == want
 
 
-def test_pure_python_ecc_backend_refuses_to_sign(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ECC_BACKEND_CLASS", "eth_keys.backends.native.NativeECCBackend")
-    with pytest.raises(ChainError, match="coincurve"):
-        evm().sign(_good(), [key(evm())], testnet=False)
+@pytest.mark.parametrize("legacy", [False, True])
+def test_signatures_are_byte_for_byte_eth_accounts(legacy: bool) -> None:
+    """We sign with coincurve directly; eth-account (the reference) must produce the same bytes."""
+    import random
+
+    from eth_account import Account
+
+    rng = random.Random(14 + legacy)
+    chain = evm()
+    for i in range(25):
+        k = bytes(chain.private_key_from_mnemonic(ABANDON, i, testnet=False))
+        fees = {"gas_price": rng.randrange(1, 10**12)} if legacy else {"max_fee_per_gas": rng.randrange(GWEI, 10**12)}
+        data = rng.randbytes(rng.choice([0, 4, 68]))
+        unsigned = chain.build_transfer(
+            to=TO,
+            value=rng.randrange(0, 10**20),
+            nonce=rng.randrange(0, 10**6),
+            chain_id=1,
+            gas=60_000,
+            data=data,
+            **fees,
+        )
+        ours = chain.sign(unsigned, [k], testnet=False)
+        fields = {
+            "to": TO,
+            "value": ours.summary.outputs[0].amount,
+            "nonce": ours.summary.nonce,
+            "chainId": 1,
+            "gas": 60_000,
+            "data": "0x" + data.hex(),
+        }
+        if legacy:
+            fields["gasPrice"] = fees["gas_price"]
+        else:
+            fields.update(type=2, maxFeePerGas=fees["max_fee_per_gas"], maxPriorityFeePerGas=fees["max_fee_per_gas"])
+        reference = Account.sign_transaction(fields, k)
+        assert ours.raw == bytes(reference.raw_transaction)
+        assert ours.txid == "0x" + bytes(reference.hash).hex()
+        assert Account.recover_transaction(ours.raw) == ours.sender == Account.from_key(k).address
