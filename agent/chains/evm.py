@@ -521,6 +521,27 @@ def _bytes_field(v: Any, name: str) -> bytes:
     raise UsageError(f"field {name} must be hex or bytes")
 
 
+#: The fields of a web3 TransactionConfig that an unsigned transaction given as JSON may carry.
+TRANSACTION_FIELDS = frozenset(
+    {
+        "chainId",
+        "nonce",
+        "to",
+        "value",
+        "data",
+        "input",
+        "gas",
+        "gasLimit",
+        "gasPrice",
+        "maxFeePerGas",
+        "maxPriorityFeePerGas",
+        "type",
+        "accessList",
+        "from",
+    }
+)
+
+
 def unsigned_bytes(tx: bytes | str | Mapping[str, Any]) -> bytes:
     """The signing payload of an unsigned transaction given as bytes, hex, a JSON object or a dict.
 
@@ -553,23 +574,7 @@ def unsigned_bytes(tx: bytes | str | Mapping[str, Any]) -> bytes:
             raise ChainError("transaction is not hex") from None
     if not isinstance(tx, Mapping):
         raise ChainError("transaction must be bytes, hex or a JSON object")
-    allowed = {
-        "chainId",
-        "nonce",
-        "to",
-        "value",
-        "data",
-        "input",
-        "gas",
-        "gasLimit",
-        "gasPrice",
-        "maxFeePerGas",
-        "maxPriorityFeePerGas",
-        "type",
-        "accessList",
-        "from",
-    }
-    extra = set(tx) - allowed
+    extra = set(tx) - TRANSACTION_FIELDS
     if extra:
         raise UsageError(f"unknown transaction fields: {', '.join(sorted(extra))}")
     for need in ("chainId", "nonce"):

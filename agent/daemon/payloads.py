@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from agent.chains.evm import TRANSACTION_FIELDS
 from agent.daemon.tatum_api import PendingTx
 from agent.errors import KmsAgentError, UsageError
 
@@ -34,22 +35,6 @@ from agent.errors import KmsAgentError, UsageError
 MAX_SERIALIZED = 2_000_000
 MAX_MONEY = 21_000_000 * 10**8
 MAX_UINT256 = 2**256 - 1
-_EVM_FIELDS = {
-    "to",
-    "from",
-    "value",
-    "data",
-    "input",
-    "gas",
-    "gasLimit",
-    "gasPrice",
-    "maxFeePerGas",
-    "maxPriorityFeePerGas",
-    "nonce",
-    "chainId",
-    "type",
-    "accessList",
-}
 _UTXO_CHAINS = {"BTC", "LTC", "DOGE", "BCH"}
 
 
@@ -173,7 +158,7 @@ def evm_transaction(text: str) -> str:
     from agent.chains.evm import MAX_GAS, unsigned_bytes
 
     obj = _json_object(text, "expected a web3 TransactionConfig")
-    unknown = sorted(set(obj) - _EVM_FIELDS)
+    unknown = sorted(set(obj) - TRANSACTION_FIELDS)
     if unknown:
         raise PayloadError(f"unknown TransactionConfig fields: {', '.join(unknown)}")
     missing = [name for name in ("nonce", "chainId") if obj.get(name) is None]

@@ -549,6 +549,7 @@ class Withdrawals:
         prompts: Prompts,
         operators: Sequence[str] | None = None,
         chunk: int = 256,
+        on_signed: Callable[[Sequence[RequestState]], None] | None = None,
     ) -> BatchResult:
         """Touch approvals for many requests, then open the vault once and sign every approved one.
 
@@ -558,6 +559,9 @@ class Withdrawals:
         once, in this process, for as long as the signing takes. Approvals and signatures are
         committed ``chunk`` requests per audit transaction; each signature is decided under the
         writer lock from the log as committed, so a request is signed at most once.
+
+        :param on_signed: called with each chunk's signed requests once their rows are durable, while
+            the next chunk is signed (the daemon broadcasts them meanwhile).
         """
         vault = self.vault()
         failed: dict[str, KmsAgentError] = {}
@@ -587,7 +591,7 @@ class Withdrawals:
                 if ready and len(shares) < vault.header.quorum:
                     # Approved earlier (a previous run): opening the vault still needs a quorum's touches.
                     self._more_batch_shares(ready[0], vault, finder, prompts, operators, held, shares, recent, failed)
-                signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk)
+                signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk, on_signed)
                 waiting += [rid for rid in dict.fromkeys(request_ids) if rid not in approved and rid not in failed]
             finally:
                 wipe(*shares.values())
@@ -616,12 +620,7 @@ class Withdrawals:
             skip=list(shares),
             hold=lambda op_id: held.acquire(op_id, wait=False),
         )
-        try:
-            for op_id, share in extra.shares.items():
-                shares.setdefault(op_id, bytearray(share))
-            self._record_batch([(rid, list(extra.touches))], recent, failed)
-        finally:
-            extra.wipe()
+        self._record_batch([(rid, _keep_shares(extra, shares))], recent, failed)
 
     def _touch_for_batch(
         self,
@@ -640,13 +639,7 @@ class Withdrawals:
         collected = vault.collect(
             finder, prompts, digest=plan.digest, want=plan.want, operators=operators, skip=plan.skip, hold=held.acquire
         )
-        try:
-            for op_id, share in collected.shares.items():
-                if op_id not in shares:
-                    shares[op_id] = bytearray(share)
-            return list(collected.touches)
-        finally:
-            collected.wipe()
+        return _keep_shares(collected, shares)
 
     def _record_batch(
         self, touched: Sequence[tuple[str, Sequence[Touch]]], recent: dict[bytes, int], failed: dict[str, KmsAgentError]
@@ -705,6 +698,7 @@ class Withdrawals:
         shares: dict[bytes, bytearray],
         failed: dict[str, KmsAgentError],
         chunk: int,
+        on_signed: Callable[[Sequence[RequestState]], None] | None = None,
     ) -> tuple[list[RequestState], list[str]]:
         """Open the vault once with the batch's shares and sign every request the log shows approved."""
         signed: list[RequestState] = []
@@ -731,6 +725,8 @@ class Withdrawals:
                         if (state.signature_id, state.index) not in keys and state.signed is None:
                             keys[state.signature_id, state.index] = _wallet_key(opened, state)
                     done, still = self._sign_chunk(part, vault, keys, failed)
+                    if on_signed is not None and done:
+                        on_signed(done)
                     signed.extend(done)
                     waiting.extend(still)
         finally:
@@ -1488,6 +1484,17 @@ class _UnattendedPrompts:
 #: Change is recognised when it pays one of the wallet's first CHANGE_GAP addresses (or carries a
 #: BIP-32 derivation that re-derives from the wallet's xpub), never because a request says so.
 CHANGE_GAP = 100
+
+
+def _keep_shares(collected: Collected, shares: dict[bytes, bytearray]) -> list[Touch]:
+    """Copy each operator's first share into the batch's ``shares``, wipe ``collected``, return its touches."""
+    try:
+        for op_id, share in collected.shares.items():
+            if op_id not in shares:
+                shares[op_id] = bytearray(share)
+        return list(collected.touches)
+    finally:
+        collected.wipe()
 
 
 def _wallet_key(opened: UnlockedVault, state: RequestState) -> bytearray:
