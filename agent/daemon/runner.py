@@ -28,11 +28,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -45,9 +45,6 @@ from agent.errors import KmsAgentError, StateError, UsageError
 from agent.files import PRIVATE_FILE
 from agent.tokens.base import Prompts
 from agent.withdrawals.ledger import RequestState, Status
-
-if TYPE_CHECKING:
-    from agent.withdrawals.service import Withdrawals
 
 #: The request's outside id: ``tatum:<pending-tx id>``.
 EXTERNAL_PREFIX = "tatum:"
@@ -327,13 +324,9 @@ class Daemon:
                 signed.append((item, state))
             else:
                 pending.append((item, state))
-        # Broadcasting runs in one background thread, chunk by chunk, while the next chunk is signed:
-        # what is left of it after the last signature is the pass's broadcast_seconds.
-        behind = _Broadcasts(self, chain)
-        behind.submit(signed)
-        self._approve(chain, pending, report, behind.submit)
+        signed += self._approve(chain, pending, report)
         began = time.monotonic()
-        failures += behind.finish(report)
+        failures += self._broadcast(chain, signed, report)
         report.broadcast_seconds += time.monotonic() - began
         if failures:
             try:
@@ -364,23 +357,16 @@ class Daemon:
         return True
 
     def _approve(
-        self,
-        chain: str,
-        pending: list[tuple[PendingTx, RequestState]],
-        report: PassReport,
-        broadcast: Callable[[list[tuple[PendingTx, RequestState]]], None],
-    ) -> None:
-        """With ``--operator``: this pass's pending requests, approved and signed as batches.
-
-        Each chunk of signatures goes to ``broadcast`` as soon as its rows are durable.
-        """
+        self, chain: str, pending: list[tuple[PendingTx, RequestState]], report: PassReport
+    ) -> list[tuple[PendingTx, RequestState]]:
+        """With ``--operator``: this pass's pending requests, approved and signed as batches."""
         if not pending:
-            return
+            return []
         if not self.options.operators:
             report.waiting += len(pending)
             for item, state in pending:
                 self.log(f"{chain} {item.id}: request {state.request_id} waits for approvals (kms-agent approve)")
-            return
+            return []
         from agent.tokens.discovery import find_token
 
         if self.prompts is None:
@@ -393,15 +379,14 @@ class Daemon:
             else:
                 report.unconfirmed += 1
         home = self.home
+        out = []
         for batch in _chunks(confirmed, self.options.max_batch):
-            items = {state.request_id: item for item, state in batch}
             try:
                 result = self.service.approve_batch(
                     [state.request_id for _, state in batch],
                     finder=lambda slot: find_token(slot, home),
                     prompts=self.prompts,
                     operators=list(self.options.operators),
-                    on_signed=_handing_to(broadcast, items),
                 )
             except KmsAgentError as exc:  # a token missing, a PIN asked for with no terminal: retry next pass
                 report.errors.append(f"{chain}: approval: {exc.message}")
@@ -415,20 +400,16 @@ class Daemon:
                 rid = state.request_id
                 if rid in done:
                     report.signed += 1
+                    out.append((item, done[rid]))
                 elif rid in result.failed:
                     self.log(f"{chain} {item.id}: request {rid} not signed: {result.failed[rid].message}")
                     report.waiting += 1
                 else:
                     self.log(f"{chain} {item.id}: request {rid} approved, waits for more approvals")
                     report.waiting += 1
+        return out
 
-    def _broadcast(
-        self,
-        chain: str,
-        signed: list[tuple[PendingTx, RequestState]],
-        report: PassReport,
-        service: Withdrawals | None = None,
-    ) -> list[Failure]:
+    def _broadcast(self, chain: str, signed: list[tuple[PendingTx, RequestState]], report: PassReport) -> list[Failure]:
         """Hand the signed bytes to Tatum; every answer becomes a ``broadcast`` row (one audit transaction).
 
         A request Tatum accepted once is never sent again; an unreachable API is retried on the next
@@ -459,9 +440,7 @@ class Daemon:
             answers = pool.map(lambda s: senders[s.request_id].send(s.signed.raw if s.signed else ""), todo)
             for state, answer in zip(todo, answers, strict=True):
                 senders[state.request_id].answered = answer
-        results = broadcast_states(
-            service or self.service, todo, lambda s: senders[s.request_id], retry=RetryPolicy(attempts=1)
-        )
+        results = broadcast_states(self.service, todo, lambda s: senders[s.request_id], retry=RetryPolicy(attempts=1))
         for result in results:
             pid = pending_ids[result.request_id]
             if result.outcome is Outcome.ACCEPTED:
@@ -474,48 +453,6 @@ class Daemon:
                 failures.append(Failure(pid, f"broadcast rejected: {result.reason}"))
             else:
                 self.log(f"{chain} {pid}: the broadcast got no answer; the next pass sends the same bytes again")
-        return failures
-
-
-def _handing_to(
-    broadcast: Callable[[list[tuple[PendingTx, RequestState]]], None], items: dict[str, PendingTx]
-) -> Callable[[Sequence[RequestState]], None]:
-    """``approve_batch``'s per-chunk callback: each signed request with the pending transaction it came from."""
-    return lambda done: broadcast([(items[state.request_id], state) for state in done])
-
-
-class _Broadcasts:
-    """Signed chunks handed to Tatum in one background thread, in order, while signing goes on.
-
-    The thread has its own withdrawal service (its own SQLite connections) and its own counts,
-    merged into the pass's report by :meth:`finish`, which waits for the last chunk.
-    """
-
-    def __init__(self, daemon: Daemon, chain: str) -> None:
-        self.daemon, self.chain = daemon, chain
-        self.report = PassReport(started_at=time.time())
-        self._service: Withdrawals | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kms-agent-broadcast")
-        self._futures: list[Future[list[Failure]]] = []
-
-    def submit(self, signed: list[tuple[PendingTx, RequestState]]) -> None:
-        if signed:
-            self._futures.append(self._pool.submit(self._send, signed))
-
-    def _send(self, signed: list[tuple[PendingTx, RequestState]]) -> list[Failure]:
-        from agent.withdrawals.service import Withdrawals
-
-        if self._service is None:
-            self._service = Withdrawals(self.daemon.home)
-        return self.daemon._broadcast(self.chain, signed, self.report, self._service)
-
-    def finish(self, report: PassReport) -> list[Failure]:
-        try:
-            failures = [failure for future in self._futures for failure in future.result()]
-        finally:
-            self._pool.shutdown(wait=True)
-        report.broadcast += self.report.broadcast
-        report.broadcast_failed += self.report.broadcast_failed
         return failures
 
 

@@ -549,7 +549,6 @@ class Withdrawals:
         prompts: Prompts,
         operators: Sequence[str] | None = None,
         chunk: int = 256,
-        on_signed: Callable[[Sequence[RequestState]], None] | None = None,
     ) -> BatchResult:
         """Touch approvals for many requests, then open the vault once and sign every approved one.
 
@@ -559,9 +558,6 @@ class Withdrawals:
         once, in this process, for as long as the signing takes. Approvals and signatures are
         committed ``chunk`` requests per audit transaction; each signature is decided under the
         writer lock from the log as committed, so a request is signed at most once.
-
-        :param on_signed: called with each chunk's signed requests once their rows are durable, while
-            the next chunk is signed (the daemon broadcasts them meanwhile).
         """
         vault = self.vault()
         failed: dict[str, KmsAgentError] = {}
@@ -591,7 +587,7 @@ class Withdrawals:
                 if ready and len(shares) < vault.header.quorum:
                     # Approved earlier (a previous run): opening the vault still needs a quorum's touches.
                     self._more_batch_shares(ready[0], vault, finder, prompts, operators, held, shares, recent, failed)
-                signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk, on_signed)
+                signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk)
                 waiting += [rid for rid in dict.fromkeys(request_ids) if rid not in approved and rid not in failed]
             finally:
                 wipe(*shares.values())
@@ -698,7 +694,6 @@ class Withdrawals:
         shares: dict[bytes, bytearray],
         failed: dict[str, KmsAgentError],
         chunk: int,
-        on_signed: Callable[[Sequence[RequestState]], None] | None = None,
     ) -> tuple[list[RequestState], list[str]]:
         """Open the vault once with the batch's shares and sign every request the log shows approved."""
         signed: list[RequestState] = []
@@ -721,12 +716,10 @@ class Withdrawals:
                     # Read outside the lock; under it, a request with a newer row is read again.
                     part = {rid: self.ledger.rows(rid) for rid in request_ids[start : start + chunk]}
                     for history in part.values():
-                        state = derive(history)
-                        if (state.signature_id, state.index) not in keys and state.signed is None:
-                            keys[state.signature_id, state.index] = _wallet_key(opened, state)
+                        wallet = (str(history[0].payload["signature_id"]), int(history[0].payload["index"]))
+                        if wallet not in keys and all(row.kind != AuditKind.SIGNATURE.value for row in history):
+                            keys[wallet] = _wallet_key(opened, derive(history))
                     done, still = self._sign_chunk(part, vault, keys, failed)
-                    if on_signed is not None and done:
-                        on_signed(done)
                     signed.extend(done)
                     waiting.extend(still)
         finally:

@@ -134,9 +134,6 @@ class FakeTatum:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            # Keep-alive, as Tatum's API answers: a new TCP connection per call would measure the fake.
-            protocol_version = "HTTP/1.1"
-
             def _serve(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
