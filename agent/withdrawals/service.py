@@ -564,13 +564,14 @@ class Withdrawals:
         shares: dict[bytes, bytearray] = {}
         started = time.perf_counter()
         with OperatorLocks(self.state) as held:
+            touching = _BatchTouches(vault, finder, prompts, operators, held, shares)
             try:
                 touched: list[tuple[str, list[Touch]]] = []
                 recent: dict[bytes, int] = {}
                 approved: set[str] = set()
                 for rid in request_ids:
                     try:
-                        touches = self._touch_for_batch(rid, vault, finder, prompts, operators, held, shares)
+                        touches = self._touch_for_batch(rid, touching)
                     except KmsAgentError as exc:
                         failed[rid] = exc
                         continue
@@ -586,7 +587,7 @@ class Withdrawals:
                 ready = [rid for rid in dict.fromkeys(request_ids) if rid in approved and rid not in failed]
                 if ready and len(shares) < vault.header.quorum:
                     # Approved earlier (a previous run): opening the vault still needs a quorum's touches.
-                    self._more_batch_shares(ready[0], vault, finder, prompts, operators, held, shares, recent, failed)
+                    self._more_batch_shares(ready[0], touching, recent, failed)
                 signed, waiting = self._sign_batch(ready, vault, shares, failed, chunk)
                 waiting += [rid for rid in dict.fromkeys(request_ids) if rid not in approved and rid not in failed]
             finally:
@@ -594,48 +595,17 @@ class Withdrawals:
         return BatchResult(signed, waiting, failed, approved_at - started, time.perf_counter() - approved_at)
 
     def _more_batch_shares(
-        self,
-        rid: str,
-        vault: PublicVault,
-        finder: TokenFinder,
-        prompts: Prompts,
-        operators: Sequence[str] | None,
-        held: OperatorLocks,
-        shares: dict[bytes, bytearray],
-        recent: dict[bytes, int],
-        failed: dict[str, KmsAgentError],
+        self, rid: str, touching: _BatchTouches, recent: dict[bytes, int], failed: dict[str, KmsAgentError]
     ) -> None:
         """Ask operators present who have not touched yet, over ``rid``'s digest (recorded as approvals of it)."""
-        state = self.request(rid)
-        extra = vault.collect(
-            finder,
-            prompts,
-            digest=approval_digest(state.payload),
-            want=vault.header.quorum - len(shares),
-            operators=operators,
-            skip=list(shares),
-            hold=lambda op_id: held.acquire(op_id, wait=False),
-        )
-        self._record_batch([(rid, _keep_shares(extra, shares))], recent, failed)
+        digest = approval_digest(self.request(rid).payload)
+        need = touching.vault.header.quorum - len(touching.shares)
+        touches = touching.touch(digest, need, skip=list(touching.shares), wait=False)
+        self._record_batch([(rid, touches)], recent, failed)
 
-    def _touch_for_batch(
-        self,
-        rid: str,
-        vault: PublicVault,
-        finder: TokenFinder,
-        prompts: Prompts,
-        operators: Sequence[str] | None,
-        held: OperatorLocks,
-        shares: dict[bytes, bytearray],
-    ) -> list[Touch]:
-        state = self.request(rid)
-        plan = self._plan_touches(state, vault)
-        if plan.want == 0:
-            return []
-        collected = vault.collect(
-            finder, prompts, digest=plan.digest, want=plan.want, operators=operators, skip=plan.skip, hold=held.acquire
-        )
-        return _keep_shares(collected, shares)
+    def _touch_for_batch(self, rid: str, touching: _BatchTouches) -> list[Touch]:
+        plan = self._plan_touches(self.request(rid), touching.vault)
+        return touching.touch(plan.digest, plan.want, skip=plan.skip) if plan.want else []
 
     def _record_batch(
         self, touched: Sequence[tuple[str, Sequence[Touch]]], recent: dict[bytes, int], failed: dict[str, KmsAgentError]
@@ -661,16 +631,7 @@ class Withdrawals:
                             request_id=rid,
                         )
                         continue
-                    fresh = [
-                        RecordedApproval.from_token(
-                            t.approval,
-                            request_id=state.payload.request_id,
-                            operator_id=t.operator_id,
-                            slot_id=t.slot_id,
-                            approved_at=now,
-                        )
-                        for t in touches
-                    ]
+                    fresh = _recorded(state, touches, now)
                     self._check_binding(state)
                     policy_decision = evaluate(self._decode(state, vault), policy_of(vault.header), velocity, now)
                     rule = _quorum_rule(policy_decision, vault)
@@ -868,16 +829,7 @@ class Withdrawals:
         vault = self.vault()
         now = self._now()
         roster = roster_from_header(vault.header, suspended=self.ledger.suspended(vault.header))
-        fresh = [
-            RecordedApproval.from_token(
-                t.approval,
-                request_id=state.payload.request_id,
-                operator_id=t.operator_id,
-                slot_id=t.slot_id,
-                approved_at=now,
-            )
-            for t in collected.touches
-        ]
+        fresh = _recorded(state, collected.touches, now)
         if state.status in (Status.REJECTED, Status.DENIED, Status.STALE):
             raise ApprovalError(f"request {rid} was {state.status.value} meanwhile; nothing recorded", request_id=rid)
         self._check_binding(state)
@@ -1479,15 +1431,49 @@ class _UnattendedPrompts:
 CHANGE_GAP = 100
 
 
-def _keep_shares(collected: Collected, shares: dict[bytes, bytearray]) -> list[Touch]:
-    """Copy each operator's first share into the batch's ``shares``, wipe ``collected``, return its touches."""
-    try:
-        for op_id, share in collected.shares.items():
-            if op_id not in shares:
-                shares[op_id] = bytearray(share)
-        return list(collected.touches)
-    finally:
-        collected.wipe()
+@dataclass
+class _BatchTouches:
+    """The operators' tokens of one batch, and the first share each of them gave (wiped by the batch)."""
+
+    vault: PublicVault
+    finder: TokenFinder
+    prompts: Prompts
+    operators: Sequence[str] | None
+    held: OperatorLocks
+    shares: dict[bytes, bytearray]
+
+    def touch(self, digest: bytes, want: int, *, skip: Sequence[bytes], wait: bool = True) -> list[Touch]:
+        """Up to ``want`` operators touch over ``digest``; their shares are kept, the touches returned."""
+        collected = self.vault.collect(
+            self.finder,
+            self.prompts,
+            digest=digest,
+            want=want,
+            operators=self.operators,
+            skip=skip,
+            hold=self.held.acquire if wait else (lambda op_id: self.held.acquire(op_id, wait=False)),
+        )
+        try:
+            for op_id, share in collected.shares.items():
+                if op_id not in self.shares:
+                    self.shares[op_id] = bytearray(share)
+            return list(collected.touches)
+        finally:
+            collected.wipe()
+
+
+def _recorded(state: RequestState, touches: Sequence[Touch], now: int) -> list[RecordedApproval]:
+    """Touches over ``state``'s digest as the approvals a decision records."""
+    return [
+        RecordedApproval.from_token(
+            t.approval,
+            request_id=state.payload.request_id,
+            operator_id=t.operator_id,
+            slot_id=t.slot_id,
+            approved_at=now,
+        )
+        for t in touches
+    ]
 
 
 def _wallet_key(opened: UnlockedVault, state: RequestState) -> bytearray:

@@ -31,8 +31,8 @@ from agent.withdrawals.service import Withdrawals
 from tests.chains.utxo_helpers import make_coins
 from tests.conftest import REPO, AutoPrompts
 from tests.daemon.fake_tatum import API_KEY, FakeTatum, closed_port
-from tests.vault.helpers import make_vault, unlock
-from tests.withdrawals.helpers import MNEMONIC, add_eth_wallet, home_paths
+from tests.vault.helpers import make_vault
+from tests.withdrawals.helpers import MNEMONIC, add_eth_wallet, add_wallet
 
 COLD = "0x00000000000000000000000000000000000c01d0"
 ELSEWHERE = "0x000000000000000000000000000000000000beef"
@@ -60,15 +60,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         prompts = AutoPrompts(home)
         make_vault(home, prompts)
         eth_entry = add_eth_wallet(home, prompts)
-        with unlock(home_paths(home), prompts, operators=["alice", "bob"]) as v:
-            btc_entry = v.add_wallet(
-                wallet_type="MNEMONIC",
-                chain="BTC",
-                testnet=True,
-                secret=bytearray(MNEMONIC.encode()),
-                xpub=BTC.xpub_from_mnemonic(MNEMONIC, testnet=True),
-            )
-            v.save()
+        btc_entry = add_wallet(home, prompts, "BTC")
         policy = Policy(
             generation=2,
             default=Rule(

@@ -86,14 +86,19 @@ def ready_home(
 
 def add_eth_wallet(home: Path, prompts: AutoPrompts) -> Any:
     """The test mnemonic as a Sepolia ETH wallet, stored by a quorum (alice and bob)."""
-    eth = get_chain("ETH")
+    return add_wallet(home, prompts, "ETH")
+
+
+def add_wallet(home: Path, prompts: AutoPrompts, chain: str) -> Any:
+    """The test mnemonic as a testnet wallet of ``chain``, stored by a quorum (alice and bob)."""
+    impl = get_chain(chain)
     with unlock(home_paths(home), prompts, operators=["alice", "bob"]) as v:
         entry = v.add_wallet(
             wallet_type="MNEMONIC",
-            chain="ETH",
+            chain=impl.name,
             testnet=True,
             secret=bytearray(MNEMONIC.encode()),
-            xpub=eth.xpub_from_mnemonic(MNEMONIC, testnet=True),
+            xpub=impl.xpub_from_mnemonic(MNEMONIC, testnet=True),
         )
         v.save()
     return entry
