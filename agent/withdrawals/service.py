@@ -715,8 +715,8 @@ class Withdrawals:
                                 f"request {rid} is {state.status_at(now).value}", request_id=rid
                             )
                         continue
-                    self._check_binding(state)
                     summary = self._decode(state, vault)
+                    self._check_binding(state, summary)
                     policy_decision = evaluate(summary, policy, velocity, now)
                     rule = _quorum_rule(policy_decision, vault)
                     decision = self._evaluate(state, [], rule, roster, now, index=rows.index)
@@ -832,8 +832,8 @@ class Withdrawals:
         fresh = _recorded(state, collected.touches, now)
         if state.status in (Status.REJECTED, Status.DENIED, Status.STALE):
             raise ApprovalError(f"request {rid} was {state.status.value} meanwhile; nothing recorded", request_id=rid)
-        self._check_binding(state)
         summary = self._decode(state, vault)
+        self._check_binding(state, summary)
         policy_decision = evaluate(summary, policy_of(vault.header), self.velocity(), now)
         rule = _quorum_rule(policy_decision, vault)
         decision = self._evaluate(state, fresh, rule, roster, now)
@@ -951,9 +951,12 @@ class Withdrawals:
                 )
                 self.sync()
 
-    def _check_binding(self, state: RequestState) -> None:
-        """The request's bytes must still be exactly what its payload (and so every approval) names."""
-        decoded = self._decode(state)
+    def _check_binding(self, state: RequestState, decoded: RequestSummary | None = None) -> None:
+        """The request's bytes must still be exactly what its payload (and so every approval) names.
+
+        :param decoded: the request's bytes, decoded by the caller already.
+        """
+        decoded = decoded or self._decode(state)
         payload = state.payload
         if (
             hashlib.sha256(state.tx).digest() != payload.unsigned_tx_sha256
@@ -1036,15 +1039,9 @@ class Withdrawals:
         finally:
             if own_key:
                 wipe(key)
+        # ``approved`` is the decode of these same bytes with the same wallet (change recognised).
         after = from_tx_summary(signed.summary, signature_id=state.signature_id, native_asset=impl.symbol)
-        before = from_tx_summary(
-            impl.decode(state.tx, testnet=state.testnet, owned=owned),
-            signature_id=state.signature_id,
-            native_asset=impl.symbol,
-        )
-        if (before.outputs, before.fee) != (after.outputs, after.fee) or [
-            (o.address, o.amount, o.asset) for o in approved.outputs
-        ] != [(o.address, o.amount, o.asset) for o in after.outputs]:
+        if (approved.outputs, approved.fee) != (after.outputs, after.fee):
             raise ChainError("the signed transaction does not decode to the approved summary; nothing released")
         rows.append(
             AuditKind.DECISION, _policy_row(policy_decision, DecisionStage.SIGN), request_id=state.request_id, ts=now

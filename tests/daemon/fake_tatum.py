@@ -134,6 +134,10 @@ class FakeTatum:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as Tatum's API answers; TCP_NODELAY so the header and body writes are not held back.
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def _serve(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
