@@ -134,11 +134,14 @@ def watch_once(
     made: MutableMapping[tuple[str, bool], NodeClient] = {} if clients is None else clients
     events: list[ChainEvent] = []
     rows: list[tuple[ChainEvent, AuditKind, dict[str, Any]]] = []
+    #: The newest row of each request when it was judged: a change is recorded only on top of it.
+    judged_at: dict[str, int] = {}
     try:
         for record in service.queue.records(Status.SIGNED.value):
             if (record.get("onchain") or {}).get("state") not in FOLLOWED:
                 continue
             state = service.ledger.request(str(record["id"]))
+            judged_at[state.request_id] = state.last_seq
             onchain = state.onchain
             if onchain is None or onchain.phase not in FOLLOWED or state.signed is None:
                 continue
@@ -197,8 +200,13 @@ def watch_once(
     if rows:
         with service.audit.transaction() as tx:
             for event, kind, payload in rows:
+                # Another watcher (a `watch` loop beside `serve`'s) may have recorded this meanwhile:
+                # under the log's write lock, only a request whose rows are as judged gets a row.
+                if service.audit.last_seq(request_id=event.request_id) != judged_at[event.request_id]:
+                    continue
                 row = tx.append(kind, payload, request_id=event.request_id, actor="watcher")
                 event.audit_seq = row.seq
+                judged_at[event.request_id] = row.seq
         service.sync()
     if book.callback is not None:
         from agent.broadcast.callback import post

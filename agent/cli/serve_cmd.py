@@ -26,6 +26,12 @@ def register(root: typer.Typer) -> None:
         max_queue: Annotated[
             int, typer.Option(min=0, max=100_000, help="state-changing requests waiting; beyond, HTTP 429")
         ] = 256,
+        watch_interval: Annotated[
+            float,
+            typer.Option(
+                min=0.05, max=86400, help="seconds between confirmation-watcher passes (when nodes are configured)"
+            ),
+        ] = 15.0,
     ) -> None:
         """serve the local API for applications until SIGTERM or Ctrl-C (Unix socket; --tcp for loopback)"""
         from agent.service.server import SOCKET_NAME, Options, parse_tcp
@@ -40,6 +46,7 @@ def register(root: typer.Typer) -> None:
             tls_key=tls_key,
             max_inflight=max_inflight,
             max_queue=max_queue,
+            watch_interval=watch_interval,
         )
         code = run(options)
         if code:

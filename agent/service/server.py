@@ -53,6 +53,8 @@ class Options:
     tls_key: Path | None = None
     max_inflight: int = 2
     max_queue: int = 256
+    #: Seconds between passes of the confirmation watcher (docs/broadcast.md §7).
+    watch_interval: float = 15.0
 
 
 def parse_tcp(text: str) -> tuple[str, int]:
@@ -236,6 +238,7 @@ def serve(options: Options) -> int:
                 servers.append((_Server(config), sock))
             stop_alerting = start_alerting(home)
             stop_sweeping = _start_sweeper(home, holder)
+            stop_watching = _start_chain_watch(home, options.watch_interval)
             # A signal that arrives between the announcement below and the event loop's own handlers
             # must still mean a clean stop, never the default (killed by SIGTERM).
             early: list[int] = []
@@ -251,6 +254,7 @@ def serve(options: Options) -> int:
             try:
                 asyncio.run(_run(servers, early))
             finally:
+                stop_watching()
                 stop_sweeping()
                 holder.wipe_all()  # shares never outlive the agent
                 stop_alerting()
@@ -281,6 +285,41 @@ def _start_sweeper(home: Path, holder: Any, interval: float = 30.0) -> Callable[
     def stopper() -> None:
         stop.set()
         thread.join(timeout=5)
+
+    return stopper
+
+
+def _start_chain_watch(home: Path, interval: float) -> Callable[[], None]:
+    """Every ``interval`` s, while nodes are configured, follow broadcast transactions (``kms-agent watch``).
+
+    So ``GET /v1/withdrawals/{id}`` shows each transaction's confirmations without a second process.
+    A ``watch`` loop may still run beside it: each change is recorded once (docs/broadcast.md §7).
+    """
+    from agent.broadcast import config
+    from agent.broadcast.nodes import NodeClient
+    from agent.broadcast.watcher import watch_once
+
+    stop = threading.Event()
+    clients: dict[tuple[str, bool], NodeClient] = {}
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                if config.load(home).nodes:
+                    watch_once(home, clients=clients, progress=lambda text: _say(f"watch: {text}"))
+            except KmsAgentError as exc:
+                _say(f"watch: {exc.message}")
+            except Exception as exc:  # a node's odd answer must not end the watcher for the agent's life
+                _say(f"watch: pass failed ({type(exc).__name__}); trying again in {interval:g} s")
+        for client in clients.values():
+            client.close()
+
+    thread = threading.Thread(target=loop, name="kms-agent-chain-watch", daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(timeout=interval + 30)
 
     return stopper
 

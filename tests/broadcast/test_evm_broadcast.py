@@ -257,3 +257,71 @@ def test_broadcast_all_sends_each_signed_request_once_and_the_view_survives_a_re
     world.cli_json("request", "rebuild")
     listed = {r["id"]: r for r in world.cli_json("request", "list")["requests"]}
     assert listed[first.request_id]["onchain"] == before and before["state"] == "broadcast"
+
+
+def test_watchers_racing_record_each_change_once(world: World) -> None:
+    """A `watch` loop may run beside `serve`'s: several at once still write one row per change."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    world.fund(7)
+    world.set_node(confirmations=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_AGENT_")}
+    env.update({"KMS_AGENT_HOME": str(world.home), "KMS_AGENT_SIM_TOUCH": "auto"})
+    for round_ in range(3):
+        state = world.transfer(7, ETHER // 100)
+        rid = state.request_id
+        assert world.cli_json("broadcast", rid)["ok"]
+        world.node.rpc("anvil_mine", "0x2")
+        watchers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "agent", "watch", "--once", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+            for _ in range(4)
+        ]
+        outs = [w.communicate(timeout=120) for w in watchers]
+        assert all(w.returncode == 0 for w in watchers), [err for _, err in outs]
+        confirmations = world.rows(rid, "confirmation")
+        assert [(c["state"], c["depth"]) for c in confirmations] == [("confirmed", 3)], f"round {round_}"
+        events = [e for out, _ in outs for e in json.loads(out)["events"] if e["request_id"] == rid]
+        recorded = [e for e in events if e["audit_seq"] is not None]
+        assert len(recorded) == 1
+
+
+def test_the_running_agent_follows_confirmations_for_its_status_endpoint(world: World) -> None:
+    from tests.service.agent_proc import start_agent
+
+    world.fund(8)
+    world.set_node(confirmations=2)
+    state = world.transfer(8, ETHER // 100)
+    rid = state.request_id
+    assert world.cli_json("broadcast", rid)["ok"]
+    agent = start_agent(world.home, "--watch-interval", "0.1", tcp=False)
+    try:
+        with agent.unix() as api:
+
+            def onchain() -> dict[str, object]:
+                got = api.get(f"/v1/withdrawals/{rid}")
+                assert got.status_code == 200, got.text
+                return dict(got.json()["onchain"])
+
+            deadline = time.monotonic() + 30
+            while onchain()["depth"] != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (onchain()["state"], onchain()["depth"]) == ("pending", 1)  # mined, below 2 confirmations
+            world.node.rpc("anvil_mine", "0x1")
+            while onchain()["state"] != "confirmed" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (onchain()["state"], onchain()["depth"]) == ("confirmed", 2)
+    finally:
+        assert agent.stop() == 0, agent.stderr
+    assert [(c["state"], c["depth"]) for c in world.rows(rid, "confirmation")][-1] == ("confirmed", 2)
