@@ -112,23 +112,22 @@ def remove(
     as_json: Json = False,
 ) -> None:
     """remove an operator and all their tokens; rotates the data key so they open no later file"""
-    from agent.cli.session import load_public, unlock
-    from agent.cli.vault_cmd import rotation_text, run_rotation
+    from agent.cli.session import load_public
+    from agent.cli.vault_cmd import rotate_unlocked, rotation_text
 
     paths = Paths.resolve()
     count = len(load_public(paths, quiet=True).header.operators) - 1
     _precheck(paths, known=[name], operators_after=count, quorum=quorum)
-    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-        result = run_rotation(
-            paths,
-            vault,
-            "operator-remove",
-            {"operator": name, "quorum": quorum},
-            pin_stdin=pin_stdin,
-            remove_operators=[name],
-            quorum_size=quorum,
-            drop_absent=drop_absent,
-        )
+    result = rotate_unlocked(
+        paths,
+        "operator-remove",
+        {"operator": name, "quorum": quorum},
+        operators=operator,
+        pin_stdin=pin_stdin,
+        remove_operators=[name],
+        quorum_size=quorum,
+        drop_absent=drop_absent,
+    )
     emit(
         result,
         as_json,

@@ -120,8 +120,8 @@ def rotate(
     as_json: Json = False,
 ) -> None:
     """issue new recovery shares (a quorum unlocks); the old ones stop working. Rotates the data key"""
-    from agent.cli.session import load_public, unlock
-    from agent.cli.vault_cmd import rotation_text, run_rotation
+    from agent.cli.session import load_public
+    from agent.cli.vault_cmd import rotate_unlocked, rotation_text
 
     paths = Paths.resolve()
     rec = load_public(paths, quiet=True).header.recovery
@@ -130,16 +130,15 @@ def rotate(
         raise UsageError(f"cannot split recovery {t}-of-{n}: need 2 <= threshold <= shares <= 16")
     if recovery_out is not None and recovery_out.exists() and any(recovery_out.iterdir()):
         raise UsageError(f"--recovery-out {recovery_out} must be a new or empty directory (one file per share)")
-    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-        result = run_rotation(
-            paths,
-            vault,
-            "recovery-rotate",
-            {"threshold": t, "count": n},
-            pin_stdin=pin_stdin,
-            new_recovery=(t, n),
-            audit_before=lambda plan: plan.check_recovery(plan.recovery_words[:t]),
-        )
+    result = rotate_unlocked(
+        paths,
+        "recovery-rotate",
+        {"threshold": t, "count": n},
+        operators=operator,
+        pin_stdin=pin_stdin,
+        new_recovery=(t, n),
+        audit_before=lambda plan: plan.check_recovery(plan.recovery_words[:t]),
+    )
     words = result.pop("recovery_words")
     result["recovery"] = {"threshold": t, "shares": n, "dir": str(recovery_out) if recovery_out else None}
     text = _show_words(result, words, recovery_out, paths.home, as_json)

@@ -83,8 +83,8 @@ def remove(
     as_json: Json = False,
 ) -> None:
     """remove a token (a quorum unlocks; an operator keeps at least one token); rotates the data key"""
-    from agent.cli.session import load_public, unlock
-    from agent.cli.vault_cmd import rotation_text, run_rotation
+    from agent.cli.session import load_public
+    from agent.cli.vault_cmd import rotate_unlocked, rotation_text
     from agent.errors import TokenNotFound, UsageError
 
     paths = Paths.resolve()
@@ -99,16 +99,15 @@ def remove(
             "or that operator's share is lost",
             hint="or remove the operator: `kms-agent operator remove`",
         )
-    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-        result = run_rotation(
-            paths,
-            vault,
-            "token-remove",
-            {"token": label},
-            pin_stdin=pin_stdin,
-            remove_tokens=[label],
-            drop_absent=drop_absent,
-        )
+    result = rotate_unlocked(
+        paths,
+        "token-remove",
+        {"token": label},
+        operators=operator,
+        pin_stdin=pin_stdin,
+        remove_tokens=[label],
+        drop_absent=drop_absent,
+    )
     result["removed"] = label
     emit(
         result,

@@ -138,6 +138,22 @@ def run_rotation(
     return result
 
 
+def rotate_unlocked(
+    paths: Paths,
+    purpose: str,
+    change: dict[str, Any],
+    *,
+    operators: list[str] | None,
+    pin_stdin: bool,
+    **plan_args: Any,
+) -> dict[str, Any]:
+    """A quorum unlocks, then :func:`run_rotation` (``change`` is what its audit row says)."""
+    from agent.cli.session import unlock
+
+    with unlock(paths, operators=operators, pin_stdin=pin_stdin) as vault:
+        return run_rotation(paths, vault, purpose, change, pin_stdin=pin_stdin, **plan_args)
+
+
 def rotation_text(result: dict[str, Any]) -> str:
     ops = ", ".join(f"{o['name']} ({', '.join(o['tokens'])})" for o in result["operators"])
     lines = [
@@ -158,11 +174,13 @@ def rotate_key(
     as_json: Json = False,
 ) -> None:
     """rotate the data key: a quorum unlocks, then every token is touched once to wrap the new key"""
-    from agent.cli.session import unlock
-
     paths = Paths.resolve()
-    with unlock(paths, operators=operator, pin_stdin=pin_stdin) as vault:
-        result = run_rotation(
-            paths, vault, "rotate-key", {"drop_absent": drop_absent}, pin_stdin=pin_stdin, drop_absent=drop_absent
-        )
+    result = rotate_unlocked(
+        paths,
+        "rotate-key",
+        {"drop_absent": drop_absent},
+        operators=operator,
+        pin_stdin=pin_stdin,
+        drop_absent=drop_absent,
+    )
     emit(result, as_json, rotation_text(result))

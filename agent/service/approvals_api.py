@@ -29,12 +29,14 @@ _HEX16 = r"^[0-9a-f]{32}$"
 RequestId = Annotated[str, PathParam(pattern=_HEX16, description="the withdrawal's id (32 hex digits)")]
 
 
-class TouchIn(BaseModel):
-    """One operator's touch: the token's evidence over the request's digest, and the share it unwrapped."""
+class VetoTouchIn(BaseModel):
+    """The vetoing operator's touch over the request's rejection digest (docs/approvals.md §8).
+
+    Also the token's evidence part of an approving touch (:class:`TouchIn`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    operator_id: str = Field(pattern=_HEX16)
     slot_id: str = Field(pattern=_HEX16)
     kind: str = Field(max_length=32)
     auth_data: str = Field(max_length=4096, description="base64")
@@ -42,6 +44,12 @@ class TouchIn(BaseModel):
     sign_count: int = Field(ge=0, le=2**32 - 1)
     user_present: bool
     user_verified: bool
+
+
+class TouchIn(VetoTouchIn):
+    """One operator's touch: the token's evidence over the request's digest, and the share it unwrapped."""
+
+    operator_id: str = Field(pattern=_HEX16)
     share: str | None = Field(default=None, max_length=1024, description="the operator's SLIP-39 share")
 
 
@@ -49,20 +57,6 @@ class ApproveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     touches: list[TouchIn] = Field(min_length=1, max_length=16)
-
-
-class VetoTouchIn(BaseModel):
-    """The vetoing operator's touch over the request's rejection digest (docs/approvals.md §8)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    slot_id: str = Field(pattern=_HEX16)
-    kind: str = Field(max_length=32)
-    auth_data: str = Field(max_length=4096, description="base64")
-    signature: str = Field(max_length=1024, description="base64")
-    sign_count: int = Field(ge=0, le=2**32 - 1)
-    user_present: bool
-    user_verified: bool
 
 
 class RejectIn(BaseModel):
